@@ -1,0 +1,227 @@
+"""Every path is a URI: a local path or `s3://bucket/key`. This is the one module that knows about
+S3 endpoints; everything else asks it for a filesystem.
+
+The S3 endpoint comes from `AWS_ENDPOINT_URL` (S3-compatible stores such as SeaweedFS or MinIO);
+without it, AWS's own endpoint is used, which needs credentials from the usual AWS chain.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+import uuid
+from functools import lru_cache
+from pathlib import Path
+from typing import IO
+
+import fsspec
+import pyarrow.fs as pafs
+
+from unmask_core.errors import UserError
+
+S3_SCHEMES = ("s3://", "s3a://")
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith(S3_SCHEMES)
+
+
+def _split_s3(uri: str) -> tuple[str, str]:
+    path = uri.split("://", 1)[1]
+    bucket, _, key = path.partition("/")
+    if not bucket:
+        raise UserError(f"{uri}: an S3 URI needs a bucket (s3://bucket/key)")
+    return bucket, key
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URI parts with '/', for local paths and s3:// alike."""
+    if is_s3(base):
+        return posixpath.join(base.rstrip("/"), *parts)
+    return str(Path(base, *parts))
+
+
+def _endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+
+
+def _require_endpoint(uri: str) -> None:
+    # Without an endpoint and without any AWS credentials, boto would spend a minute on metadata-service
+    # retries and then fail deep inside a worker; say what is missing up front instead.
+    if _endpoint() is None and not (
+        os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("AWS_PROFILE") or os.environ.get("AWS_ROLE_ARN")
+        or os.environ.get("UNMASK_S3_INSTANCE_PROFILE")
+    ):
+        raise UserError(
+            f"{uri}: no S3 endpoint or credentials configured "
+            "(set AWS_ENDPOINT_URL and AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+            "or UNMASK_S3_INSTANCE_PROFILE=1 on a cloud node with an instance profile)"
+        )
+
+
+@lru_cache(maxsize=8)
+def _s3fs(endpoint: str | None) -> fsspec.AbstractFileSystem:
+    import s3fs
+
+    client_kwargs = {"endpoint_url": endpoint} if endpoint else {}
+    return s3fs.S3FileSystem(client_kwargs=client_kwargs, use_listings_cache=False)
+
+
+def fsspec_filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path within it) for a URI, for code that wants file objects."""
+    if is_s3(uri):
+        _require_endpoint(uri)
+        bucket, key = _split_s3(uri)
+        return _s3fs(_endpoint()), f"{bucket}/{key}".rstrip("/")
+    return fsspec.filesystem("file"), str(Path(uri).expanduser().absolute())
+
+
+def pyarrow_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(pyarrow filesystem, path within it) for a URI, for Parquet and Ray Data."""
+    if is_s3(uri):
+        _require_endpoint(uri)
+        bucket, key = _split_s3(uri)
+        endpoint = _endpoint()
+        kwargs: dict = {"region": os.environ.get("AWS_REGION", "us-east-1")}
+        if endpoint:
+            scheme, _, host = endpoint.partition("://")
+            kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
+        return pafs.S3FileSystem(**kwargs), f"{bucket}/{key}".rstrip("/")
+    return pafs.LocalFileSystem(), str(Path(uri).expanduser().absolute())
+
+
+def _translate_errors(uri: str, exc: BaseException) -> UserError:
+    text = str(exc)
+    if isinstance(exc, FileNotFoundError) or "NoSuchBucket" in text or "does not exist" in text:
+        if is_s3(uri) and ("NoSuchBucket" in text or "bucket" in text.lower()):
+            return UserError(f"{uri}: bucket {_split_s3(uri)[0]!r} does not exist")
+        return UserError(f"{uri}: no such file or prefix")
+    if isinstance(exc, PermissionError) or "AccessDenied" in text or "Forbidden" in text:
+        return UserError(f"{uri}: access denied")
+    if "Could not connect" in text or "Connection refused" in text or "ConnectTimeout" in text:
+        return UserError(f"{uri}: cannot reach the S3 endpoint {_endpoint()!r}")
+    return UserError(f"{uri}: {type(exc).__name__}: {text.splitlines()[0] if text else ''}")
+
+
+def exists(uri: str) -> bool:
+    fs, path = fsspec_filesystem(uri)
+    try:
+        return fs.exists(path)
+    except Exception as exc:  # boto and s3fs errors come in many types
+        raise _translate_errors(uri, exc) from exc
+
+
+def check_readable(uri: str) -> None:
+    """Fail with one clear line if `uri` (file or prefix) cannot be read."""
+    fs, path = fsspec_filesystem(uri)
+    try:
+        if is_s3(uri):
+            bucket = path.split("/", 1)[0]
+            if not fs.exists(bucket):
+                raise UserError(f"{uri}: bucket {bucket!r} does not exist")
+        if not fs.exists(path):
+            raise UserError(f"{uri}: no such file or prefix")
+    except UserError:
+        raise
+    except Exception as exc:
+        raise _translate_errors(uri, exc) from exc
+
+
+def check_writable(uri: str) -> None:
+    """Fail early when an output URI points into a missing bucket (local folders are created)."""
+    if is_s3(uri):
+        fs, path = fsspec_filesystem(uri)
+        bucket = path.split("/", 1)[0]
+        try:
+            ok = fs.exists(bucket)
+        except Exception as exc:
+            raise _translate_errors(uri, exc) from exc
+        if not ok:
+            raise UserError(f"{uri}: bucket {bucket!r} does not exist")
+    else:
+        Path(uri).expanduser().mkdir(parents=True, exist_ok=True)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = fsspec_filesystem(uri)
+    try:
+        with fs.open(path, "rb") as f:
+            return f.read()
+    except Exception as exc:
+        raise _translate_errors(uri, exc) from exc
+
+
+def open_uri(uri: str, mode: str = "rb") -> IO:
+    fs, path = fsspec_filesystem(uri)
+    if "w" in mode and not is_s3(uri):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return fs.open(path, mode)
+    except Exception as exc:
+        raise _translate_errors(uri, exc) from exc
+
+
+def write_bytes_atomic(uri: str, data: bytes) -> None:
+    """Write a whole object so that readers see either nothing or all of it.
+
+    An S3 PUT is atomic by itself; on a local disk we write a temporary file and rename it.
+    """
+    fs, path = fsspec_filesystem(uri)
+    if is_s3(uri):
+        fs.pipe_file(path, data)
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
+
+
+def list_files(uri: str, suffixes: tuple[str, ...] | None = None) -> list[str]:
+    """All files under a prefix (recursive), as sorted full URIs; hidden files are skipped."""
+    fs, path = fsspec_filesystem(uri)
+    check_readable(uri)
+    try:
+        if fs.isfile(path):
+            found = [path]
+        else:
+            found = fs.find(path)
+    except Exception as exc:
+        raise _translate_errors(uri, exc) from exc
+    out = []
+    for p in found:
+        name = posixpath.basename(p)
+        if name.startswith("."):
+            continue
+        if suffixes and not name.lower().endswith(suffixes):
+            continue
+        out.append(f"s3://{p}" if is_s3(uri) else p)
+    return sorted(out)
+
+
+def relative_key(base: str, uri: str) -> str:
+    """The part of `uri` below the prefix `base`, with '/' separators."""
+    base_path = fsspec_filesystem(base)[1].rstrip("/")
+    path = fsspec_filesystem(uri)[1]
+    if path.startswith(base_path + "/"):
+        return path[len(base_path) + 1 :]
+    return posixpath.basename(path)
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_relative_path(key: str, max_part: int = 120) -> str:
+    """Turn an input key into a relative path that cannot escape its output folder.
+
+    Drops empty, '.' and '..' parts and any leading '/', and replaces every character outside
+    [A-Za-z0-9._-] (spaces, unicode, backslashes, ':') with '_'. Part lengths are capped.
+    """
+    parts = []
+    for raw in re.split(r"[\\/]+", key):
+        if raw in ("", ".", ".."):
+            continue
+        part = _UNSAFE.sub("_", raw).strip(".") or "_"
+        parts.append(part[:max_part])
+    return "/".join(parts) or "_"
