@@ -50,7 +50,9 @@ def _require_endpoint(uri: str) -> None:
     # Without an endpoint and without any AWS credentials, boto would spend a minute on metadata-service
     # retries and then fail deep inside a worker; say what is missing up front instead.
     if _endpoint() is None and not (
-        os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("AWS_PROFILE") or os.environ.get("AWS_ROLE_ARN")
+        os.environ.get("AWS_ACCESS_KEY_ID")
+        or os.environ.get("AWS_PROFILE")
+        or os.environ.get("AWS_ROLE_ARN")
         or os.environ.get("UNMASK_S3_INSTANCE_PROFILE")
     ):
         raise UserError(

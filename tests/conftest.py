@@ -1,0 +1,58 @@
+"""Session-wide real services for the tests: a SeaweedFS S3 server on 127.0.0.1 and one local Ray."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from unmask_core import local_s3
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local_s3.S3Server]:
+    """A real S3-compatible server; its endpoint and test credentials are exported to the environment
+    (before Ray starts, so Ray workers inherit them)."""
+    saved = {
+        k: os.environ.get(k)
+        for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")
+    }
+    os.environ["AWS_ACCESS_KEY_ID"] = "unmask-test"
+    os.environ["AWS_SECRET_ACCESS_KEY"] = "unmask-test-secret"
+    server = local_s3.start(tmp_path_factory.mktemp("seaweedfs"))
+    os.environ.update(server.env())
+    try:
+        yield server
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture
+def bucket(s3_server: local_s3.S3Server) -> str:
+    """A fresh, empty bucket for one test, as an s3:// URI."""
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    local_s3.create_bucket(s3_server, name)
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_server: local_s3.S3Server) -> Iterator[None]:
+    """One local Ray for the whole session, started after S3 so that workers see its endpoint."""
+    import ray
+
+    from unmask_core import ray_session
+
+    os.environ.pop("RAY_ADDRESS", None)
+    ray_session.connect()
+    yield
+    ray.shutdown()

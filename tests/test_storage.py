@@ -1,0 +1,91 @@
+"""Storage: one helper maps URIs (local or s3://) to filesystems; errors name the URI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from unmask_core import storage
+from unmask_core.errors import UserError
+
+
+def test_s3fs_put_get_round_trip(bucket: str) -> None:
+    uri = f"{bucket}/dir/hello.bin"
+    payload = os.urandom(100_000)
+    storage.write_bytes_atomic(uri, payload)
+    assert storage.read_bytes(uri) == payload
+    assert storage.exists(uri)
+    assert storage.list_files(f"{bucket}/dir") == [uri]
+
+
+def test_pyarrow_filesystem_parquet_round_trip(bucket: str) -> None:
+    table = pa.table({"id": list(range(50)), "value": [i * 0.5 for i in range(50)]})
+    fs, path = storage.pyarrow_filesystem(f"{bucket}/t.parquet")
+    pq.write_table(table, path, filesystem=fs)
+    back = pq.read_table(path, filesystem=fs)
+    assert back.equals(table)
+
+
+def test_ray_data_write_parquet_to_s3_reads_back(bucket: str, ray_local: None) -> None:
+    import ray
+
+    uri = f"{bucket}/ray_parquet"
+    ds = ray.data.range(1000, override_num_blocks=4).map(lambda r: {"id": r["id"], "square": r["id"] ** 2})
+    fs, _ = storage.pyarrow_filesystem(uri)
+    ds.write_parquet(uri, filesystem=fs)
+    back = ray.data.read_parquet(uri, filesystem=fs).to_pandas().sort_values("id")
+    assert len(back) == 1000
+    assert back["square"].tolist() == [i**2 for i in range(1000)]
+
+
+def test_local_paths_and_atomic_write(tmp_path) -> None:
+    uri = str(tmp_path / "a" / "b.txt")
+    storage.write_bytes_atomic(uri, b"x")
+    assert storage.read_bytes(uri) == b"x"
+    assert [p for p in (tmp_path / "a").iterdir()] == [tmp_path / "a" / "b.txt"]  # no temp file left
+
+
+def test_missing_bucket_is_one_clear_error(s3_server) -> None:
+    with pytest.raises(
+        UserError, match=r"s3://no-such-bucket-xyz/k: bucket 'no-such-bucket-xyz' does not exist"
+    ):
+        storage.check_readable("s3://no-such-bucket-xyz/k")
+
+
+def test_missing_local_path_is_one_clear_error(tmp_path) -> None:
+    missing = str(tmp_path / "nope")
+    with pytest.raises(UserError, match="nope: no such file or prefix"):
+        storage.check_readable(missing)
+
+
+@pytest.mark.parametrize(
+    "key, expected",
+    [
+        ("../../etc/passwd", "etc/passwd"),
+        ("/abs/path/x.jpg", "abs/path/x.jpg"),
+        ("a b/ünï cödé.jpg", "a_b/_n_c_d_.jpg"),
+        ("..", "_"),
+        ("dir\\..\\..\\win.jpg", "dir/win.jpg"),
+    ],
+)
+def test_safe_relative_path_never_escapes(key: str, expected: str) -> None:
+    out = storage.safe_relative_path(key)
+    assert out == expected
+    assert not out.startswith("/") and ".." not in out.split("/")
+
+
+def test_cli_s3_without_endpoint_gives_one_line(tmp_path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "unmask_core.cli", "models", "init", "--size", "64", "--out", "s3://bucket/models"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert "s3://bucket/models" in lines[0] and "no S3 endpoint" in lines[0]

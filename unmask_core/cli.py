@@ -1,0 +1,51 @@
+"""`unmask <command>`: one console script that dispatches to the thin entry points in `jobs/`.
+
+`python -m jobs.<name>` runs the same code; that is what `ray job submit -- ...` uses.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from unmask_core.errors import UserError
+
+COMMANDS = {
+    "prepare": "corpus -> aligned (T, M) pairs as Parquet shards, split by identity",
+    "train": "train the baseline encoder f0 or the unmasking encoder f on Ray Train",
+    "unmask": "bulk-unmask a gallery archive -> unmasked images + embeddings Parquet",
+    "evaluate": "verification AUC (MM/MT/UU/UT/TT) per matcher, PSNR/SSIM, HTML report",
+    "demo": "the whole flow on sample faces, CPU only, in minutes (the embedded default)",
+    "models": "model sets: `models init` makes a randomly initialised one",
+}
+
+USAGE = (
+    "usage: unmask <command> [options]   (unmask <command> --help for its options)\n\ncommands:\n"
+    + "\n".join(f"  {name:<9} {text}" for name, text in COMMANDS.items())
+)
+
+
+def run_job(module_name: str, argv: list[str]) -> int:
+    """Run `jobs.<module_name>.main(argv)`, turning a UserError into one clear line."""
+    try:
+        module = importlib.import_module(f"jobs.{module_name}")
+        return int(module.main(argv) or 0)
+    except UserError as exc:
+        print(f"unmask {module_name}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"unmask: unknown command {command!r}\n{USAGE}", file=sys.stderr)
+        return 2
+    return run_job(command, rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

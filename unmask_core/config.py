@@ -1,0 +1,113 @@
+"""Typed job configs: defaults are the paper's, values may come from a YAML file and from flags.
+
+Precedence: command-line flag > YAML file (`--config`) > dataclass default. Every job writes the
+effective config next to its output, so a run can be repeated from that file alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from typing import Any, TypeVar
+
+import yaml
+
+from unmask_core import storage
+from unmask_core.errors import UserError
+
+C = TypeVar("C")
+
+
+def option(default: Any, help: str, **kwargs: Any) -> Any:
+    """A config field with its help text (shown by --help)."""
+    if isinstance(default, list | dict):
+        return dataclasses.field(
+            default_factory=lambda: type(default)(default), metadata={"help": help, **kwargs}
+        )
+    return dataclasses.field(default=default, metadata={"help": help, **kwargs})
+
+
+def _base_type(annotation: Any) -> tuple[Any, bool]:
+    """(type, optional) for an annotation such as `int | None` or `list[str]`."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0], True
+    return annotation, False
+
+
+def _parse_list(item_type: type):
+    def parse(text: str) -> list:
+        return [item_type(part.strip()) for part in text.split(",") if part.strip()]
+
+    return parse
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    hints = typing.get_type_hints(cls)
+    parser.add_argument("--config", metavar="YAML", help="YAML file with config values (flags override it)")
+    for field in dataclasses.fields(cls):
+        annotation, _ = _base_type(hints[field.name])
+        flag = "--" + field.name.replace("_", "-")
+        help_text = field.metadata.get("help", "")
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        if field.metadata.get("required"):
+            help_text += " (required)"
+        elif default not in (None, "", []):
+            shown = ",".join(map(str, default)) if isinstance(default, list) else default
+            help_text += f" (default: {shown})"
+        kwargs: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS, "help": help_text}
+        if "choices" in field.metadata:
+            kwargs["choices"] = field.metadata["choices"]
+        if annotation is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        elif typing.get_origin(annotation) is list:
+            (item_type,) = typing.get_args(annotation)
+            parser.add_argument(flag, type=_parse_list(item_type), metavar="A,B,...", **kwargs)
+        else:
+            parser.add_argument(flag, type=annotation, metavar=field.name.upper(), **kwargs)
+
+
+def build_config(cls: type[C], namespace: argparse.Namespace) -> C:
+    values: dict[str, Any] = {}
+    if getattr(namespace, "config", None):
+        loaded = yaml.safe_load(storage.read_bytes(namespace.config)) or {}
+        if not isinstance(loaded, dict):
+            raise UserError(f"{namespace.config}: a config file must be a YAML mapping")
+        values.update({k.replace("-", "_"): v for k, v in loaded.items()})
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise UserError(f"{namespace.config}: unknown config keys {unknown}")
+    values.update({k: v for k, v in vars(namespace).items() if k in names})
+    missing = [
+        f.name for f in dataclasses.fields(cls) if f.metadata.get("required") and not values.get(f.name)
+    ]
+    if missing:
+        raise UserError("missing required options: " + ", ".join("--" + m.replace("_", "-") for m in missing))
+    cfg = cls(**values)
+    validate = getattr(cfg, "validate", None)
+    if validate:
+        validate()
+    return cfg
+
+
+def parse_config(cls: type[C], argv: list[str] | None, prog: str, description: str) -> C:
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_config_arguments(parser, cls)
+    return build_config(cls, parser.parse_args(argv))
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Any, out_uri: str, name: str = "config.yaml") -> str:
+    """Write the effective config next to a job's outputs and return its URI."""
+    uri = storage.join(out_uri, name)
+    text = yaml.safe_dump(json.loads(json.dumps(to_dict(cfg))), sort_keys=False)
+    storage.write_bytes_atomic(uri, text.encode())
+    return uri

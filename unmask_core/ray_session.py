@@ -1,0 +1,51 @@
+"""Start or attach Ray the same way in every job: a cluster when `RAY_ADDRESS` is set (or when running
+under `ray job submit`), an in-process local Ray otherwise."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+# Forwarded to workers so that S3-compatible endpoints work everywhere; credentials are never put in
+# a runtime_env (it is stored in the cluster's metadata): nodes get them from their own environment or
+# instance profile.
+_FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_REGION", "UNMASK_S3_INSTANCE_PROFILE")
+
+# On a small machine an actor pool downstream of a read stage can starve it of CPU slots and hang
+# without an error; declaring more logical CPUs than cores keeps every stage schedulable.
+LOCAL_LOGICAL_CPUS = max(8, 2 * (os.cpu_count() or 2))
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def connect(num_cpus: int | None = None) -> None:
+    """Idempotently make sure this process is connected to Ray."""
+    if ray.is_initialized():
+        return
+    env_vars = {k: os.environ[k] for k in _FORWARDED_ENV if os.environ.get(k)}
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": env_vars}, logging_level=logging.WARNING)
+    else:
+        ray.init(
+            num_cpus=num_cpus or LOCAL_LOGICAL_CPUS,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=not in_ci(),
+        )
+    configure_data_context()
+
+
+def configure_data_context() -> None:
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    # Our stages catch per-row errors themselves and turn them into error rows, so a failing block
+    # means a real bug: fail loudly rather than drop data.
+    ctx.max_errored_blocks = 0
+    ctx.enable_progress_bars = False  # we draw one readable bar of our own (rows done / total, rate)
+    ctx.print_on_execution_start = False
