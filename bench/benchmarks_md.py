@@ -9,7 +9,9 @@ from pathlib import Path
 import torch
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "BENCHMARKS.md"
-HEADER = "# Benchmarks\n\nEvery figure names the machine it was measured on. Ratios are measured in one run.\n"
+HEADER = (
+    "# Benchmarks\n\nEvery figure names the machine it was measured on. Ratios are measured in one run.\n"
+)
 
 
 def machine_description() -> str:
@@ -35,5 +37,7 @@ def update_section(name: str, markdown: str) -> None:
     block = f"{start}\n{markdown.strip()}\n{end}"
     text = BENCHMARKS.read_text() if BENCHMARKS.exists() else HEADER
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    text = (
+        pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    )
     BENCHMARKS.write_text(text)
