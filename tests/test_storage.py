@@ -82,9 +82,22 @@ def test_safe_relative_path_never_escapes(key: str, expected: str) -> None:
 def test_cli_s3_without_endpoint_gives_one_line(tmp_path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     proc = subprocess.run(
-        [sys.executable, "-m", "unmask_core.cli", "models", "init", "--size", "64", "--out", "s3://bucket/models"],
-        capture_output=True, text=True, env=env, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "unmask_core.cli",
+            "models",
+            "init",
+            "--size",
+            "64",
+            "--out",
+            "s3://bucket/models",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr

@@ -88,10 +88,19 @@ def start(data_dir: str | Path, s3_port: int | None = None, timeout_s: float = 6
     secret_key = os.environ.get("AWS_SECRET_ACCESS_KEY", DEFAULT_SECRET_KEY)
     env = dict(os.environ, AWS_ACCESS_KEY_ID=access_key, AWS_SECRET_ACCESS_KEY=secret_key)
     cmd = [
-        weed_binary(), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-        f"-s3.port={s3_port}", f"-master.port={free_port()}", f"-volume.port={free_port()}",
-        f"-filer.port={free_port()}", "-webdav=false", "-admin.ui=false", "-master.telemetry=false",
-    ]  # fmt: skip
+        weed_binary(),
+        "mini",
+        f"-dir={data_dir}",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-s3.port={s3_port}",
+        f"-master.port={free_port()}",
+        f"-volume.port={free_port()}",
+        f"-filer.port={free_port()}",
+        "-webdav=false",
+        "-admin.ui=false",
+        "-master.telemetry=false",
+    ]
     log_path = data_dir / "weed.log"
     log = open(log_path, "wb")  # noqa: SIM115 - the server outlives this function
     process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)

@@ -12,6 +12,11 @@ def progress_bar(total: int, desc: str, unit: str = "img") -> tqdm:
     quiet = os.environ.get("CI", "").lower() in ("1", "true", "yes") or not sys.stderr.isatty()
     # Without a terminal a bar would print one line per update; print a line every 30 s instead.
     return tqdm(
-        total=total, desc=desc, unit=unit, dynamic_ncols=True, disable=False,
-        mininterval=30.0 if quiet else 0.5, file=sys.stderr,
-    )  # fmt: skip
+        total=total,
+        desc=desc,
+        unit=unit,
+        dynamic_ncols=True,
+        disable=False,
+        mininterval=30.0 if quiet else 0.5,
+        file=sys.stderr,
+    )

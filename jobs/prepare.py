@@ -1,0 +1,23 @@
+"""`unmask prepare`: corpus -> aligned (T, M) pairs as Parquet shards (Ray Data)."""
+
+from __future__ import annotations
+
+from unmask_core.config import parse_config, save_config
+from unmask_core.prepare import PrepareConfig
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(PrepareConfig, argv, "unmask prepare", __doc__.split(":", 1)[1].strip())
+    from unmask_core import ray_session
+    from unmask_core.prepare import format_summary, run_prepare
+
+    ray_session.connect()
+    save_config(cfg, cfg.output)
+    summary = run_prepare(cfg)
+    print(format_summary(summary))
+    print(f"pairs: {cfg.output}/pairs/  summary: {cfg.output}/summary.json")
+    return 0 if summary["reconciled"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

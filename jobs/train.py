@@ -1,0 +1,25 @@
+"""`unmask train`: train f0 (baseline), f (unmask) or the RMFRD fine-tune (real) on Ray Train (DDP)."""
+
+from __future__ import annotations
+
+import json
+
+from unmask_core.config import parse_config, save_config
+from unmask_core.training import TrainConfig
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(TrainConfig, argv, "unmask train", __doc__.split(":", 1)[1].strip())
+    from unmask_core import ray_session, storage
+    from unmask_core.training import run_training
+
+    ray_session.connect()
+    save_config(cfg, storage.join(cfg.out, cfg.run_name))
+    result = run_training(cfg)
+    print(json.dumps(result, indent=2))
+    print(f"trained model set: {result['models']}  (use it as --models or --init-from for the next stage)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,23 @@
+"""`unmask unmask`: gallery archive -> unmasked face images + embeddings Parquet (Ray Data, GPU actors)."""
+
+from __future__ import annotations
+
+from unmask_core.bulk import UnmaskConfig
+from unmask_core.config import parse_config, save_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(UnmaskConfig, argv, "unmask unmask", __doc__.split(":", 1)[1].strip())
+    from unmask_core import ray_session
+    from unmask_core.bulk import format_summary, run_unmask
+
+    ray_session.connect()
+    save_config(cfg, cfg.output)
+    summary = run_unmask(cfg)
+    print(format_summary(summary))
+    print(f"rows: {cfg.output}/rows/  images: {cfg.output}/images/")
+    return 0 if summary["reconciled"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,195 @@
+"""`unmask evaluate`: the paper's evidence for a model set on a test split.
+
+Runs f on the test split's masked faces M, embeds T, M and U = g(f(M)) with each matcher, builds
+genuine/impostor pairs by identity (or reads an LFW-style pairs file), and reports ROC AUC for
+MM/MT/UU/UT/TT per matcher, PSNR/SSIM of U against T at 256 px, and an HTML report.
+
+Streams the test split in chunks: only embeddings and per-image scores stay in memory.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow.dataset as pads
+
+from unmask_core import data, storage
+from unmask_core.config import option
+from unmask_core.errors import UserError
+
+EVAL_SIZE = 256  # PSNR/SSIM at 256 px, as in the paper
+
+
+@dataclass
+class EvaluateConfig:
+    pairs: str = option(
+        "", "pairs folder written by `unmask prepare` (its test split is used)", required=True
+    )
+    models: str = option("", "model set to evaluate (its unmasking encoder f)", required=True)
+    out: str = option("", "output folder: metrics.json, table.md, roc.png, report.html", required=True)
+    matchers: list[str] = option(["arcface", "facenet"], "matchers to verify with")
+    max_pairs: int = option(0, "cap on verification pairs, half genuine (0: all genuine pairs)")
+    pairs_file: str = option("", "LFW-style pairs.txt to use instead of building pairs by identity")
+    split: str = option("test", "which split of the pairs to evaluate", choices=["test", "train"])
+    batch_size: int = option(32, "faces per forward pass")
+    seed: int = option(0, "seed for impostor pair sampling")
+    note: str = option("", "a note shown at the top of the report")
+
+
+@dataclass
+class TestFaces:
+    ids: list[str]
+    identities: list[str]
+    embeddings: dict[str, dict[str, np.ndarray]]  # matcher -> kind ('T','M','U') -> [N, dim]
+    psnr: np.ndarray
+    ssim: np.ndarray
+    region_psnr: np.ndarray  # PSNR inside the mask region
+
+
+def _iter_test_batches(cfg: EvaluateConfig, chunk: int):
+    pairs_uri = storage.join(cfg.pairs, "pairs")
+    storage.check_readable(pairs_uri)
+    fs, path = storage.pyarrow_filesystem(pairs_uri)
+    dataset = pads.dataset(path, filesystem=fs, format="parquet")
+    expr = (pads.field("status") == "ok") & (pads.field("split") == cfg.split)
+    columns = ["id", "identity", "T", "M", "mask_region"]
+    yield from dataset.to_batches(columns=columns, filter=expr, batch_size=chunk)
+
+
+def _to_256(image: np.ndarray) -> np.ndarray:
+    import cv2
+
+    if image.shape[0] == EVAL_SIZE:
+        return image
+    return cv2.resize(image, (EVAL_SIZE, EVAL_SIZE), interpolation=cv2.INTER_LINEAR)
+
+
+def embed_test_split(cfg: EvaluateConfig, unmasker) -> TestFaces:
+    from unmask_core import metrics
+
+    ids, identities, psnrs, ssims, region_psnrs = [], [], [], [], []
+    parts: dict[str, dict[str, list]] = {m: {"T": [], "M": [], "U": []} for m in cfg.matchers}
+    for batch in _iter_test_batches(cfg, chunk=max(cfg.batch_size, 64)):
+        rows = batch.to_pylist()
+        T = np.stack([_to_256(data.decode_png(r["T"])) for r in rows])
+        M = np.stack([_to_256(data.decode_png(r["M"])) for r in rows])
+        result = unmasker.run(M, cfg.batch_size, also_embed={"T": T})
+        U = result.unmasked
+        for name in cfg.matchers:
+            parts[name]["M"].append(result.embeddings["masked"][name])
+            parts[name]["U"].append(result.embeddings["unmasked"][name])
+            parts[name]["T"].append(result.embeddings["T"][name])
+        for r, t, u in zip(rows, T, U):
+            psnrs.append(metrics.psnr(u, t))
+            ssims.append(metrics.ssim(u, t))
+            region = data.decode_png(r["mask_region"])[..., 0] > 127 if r["mask_region"] else None
+            region_psnrs.append(
+                metrics.region_psnr(u, t, _to_256_mask(region)) if region is not None else np.nan
+            )
+        ids += [r["id"] for r in rows]
+        identities += [r["identity"] for r in rows]
+    if not ids:
+        raise UserError(f"{cfg.pairs}: no usable pairs in the {cfg.split} split")
+    embeddings = {m: {k: np.concatenate(v) for k, v in kinds.items()} for m, kinds in parts.items()}
+    return TestFaces(ids, identities, embeddings, np.array(psnrs), np.array(ssims), np.array(region_psnrs))
+
+
+def _to_256_mask(region: np.ndarray) -> np.ndarray:
+    import cv2
+
+    if region.shape[0] == EVAL_SIZE:
+        return region
+    return cv2.resize(region.astype(np.uint8), (EVAL_SIZE, EVAL_SIZE), interpolation=cv2.INTER_NEAREST) > 0
+
+
+def build_pairs(cfg: EvaluateConfig, faces: TestFaces):
+    from unmask_core import metrics
+
+    if cfg.pairs_file:
+        return metrics.read_lfw_pairs(storage.read_bytes(cfg.pairs_file).decode(), faces.ids)
+    return metrics.verification_pairs(faces.identities, max_pairs=cfg.max_pairs or None, seed=cfg.seed)
+
+
+def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
+    import torch
+
+    from unmask_core import metrics, report
+    from unmask_core.inference import Unmasker
+
+    storage.check_readable(cfg.models)
+    storage.check_writable(cfg.out)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    unmasker = Unmasker(cfg.models, cfg.matchers, device=device, bf16=False)
+    faces = embed_test_split(cfg, unmasker)
+    pairs = build_pairs(cfg, faces)
+    if pairs.genuine.all() or not pairs.genuine.any():
+        raise UserError(
+            f"{cfg.pairs}: the {cfg.split} split needs two identities, one of them with two images"
+        )
+    results: dict[str, Any] = {"matchers": {}, "curves": {}}
+    for name in cfg.matchers:
+        aucs, curves = metrics.protocol_aucs(faces.embeddings[name], pairs)
+        results["matchers"][name] = aucs
+        results["curves"][name] = curves
+    summary = {
+        "matchers": results["matchers"],
+        "psnr": float(np.mean(faces.psnr)),
+        "ssim": float(np.mean(faces.ssim)),
+        "masked_region_psnr": float(np.nanmean(faces.region_psnr))
+        if np.isfinite(faces.region_psnr).any()
+        else None,
+        "n_images": len(faces.ids),
+        "n_identities": len(set(faces.identities)),
+        "n_pairs": int(len(pairs.genuine)),
+        "n_genuine": int(pairs.genuine.sum()),
+        "checkpoints": unmasker.checkpoints,
+    }
+    triplets = _triplets(cfg, faces, unmasker)
+    written = report.write_report(
+        out_dir=cfg.out,
+        metrics=summary,
+        curves=results["curves"],
+        triplets=triplets,
+        config=asdict(cfg),
+        checkpoints=unmasker.checkpoints,
+        note=cfg.note,
+    )
+    summary["files"] = written
+    return summary
+
+
+def _triplets(cfg: EvaluateConfig, faces: TestFaces, unmasker) -> list:
+    """Best, median and worst faces by PSNR, re-read from the pairs (only these few images)."""
+    from unmask_core import metrics, report
+
+    chosen = metrics.select_triplets(faces.psnr) if hasattr(metrics, "select_triplets") else None
+    chosen = chosen if chosen is not None else report.select_triplets(faces.psnr)
+    wanted = {faces.ids[i]: label for label, indices in chosen.items() for i in indices}
+    found = []
+    for batch in _iter_test_batches(cfg, chunk=256):
+        for row in batch.to_pylist():
+            if row["id"] in wanted:
+                T, M = _to_256(data.decode_png(row["T"])), _to_256(data.decode_png(row["M"]))
+                U = unmasker.run(M[None], 1).unmasked[0]
+                found.append(
+                    report.Triplet(
+                        id=row["id"],
+                        T=T,
+                        M=M,
+                        U=U,
+                        psnr=metrics.psnr(U, T),
+                        ssim=metrics.ssim(U, T),
+                        label=wanted[row["id"]],
+                    )
+                )
+    order = {"best": 0, "median": 1, "worst": 2}
+    return sorted(found, key=lambda t: (order.get(t.label, 3), -t.psnr))
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    from unmask_core.report import table_markdown
+
+    return table_markdown(summary) + "\n" + json.dumps({k: summary[k] for k in ("n_images", "n_pairs")})
