@@ -1,0 +1,148 @@
+"""Decoding with limits, corpus layouts (local and S3), identity splits, manifests."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.images import encode, odd_files
+from unmask_core import data, storage
+from unmask_core.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    import skimage.data
+
+    return skimage.data.astronaut()[:200, 100:300]
+
+
+def test_decode_rgb_jpeg(photo: np.ndarray) -> None:
+    out = data.decode_image(encode(Image.fromarray(photo), "PNG"))
+    assert out.dtype == np.uint8 and out.shape == photo.shape
+    assert np.array_equal(out, photo)
+
+
+@pytest.mark.parametrize(
+    "name, status",
+    [
+        ("zero_byte.jpg", "decode_error"),
+        ("truncated.jpg", "decode_error"),
+        ("text_named.jpg", "decode_error"),
+        ("bomb_header.png", "too_large"),
+    ],
+)
+def test_bad_files_raise_with_a_status(photo: np.ndarray, name: str, status: str) -> None:
+    with pytest.raises(data.ImageDecodeError) as info:
+        data.decode_image(odd_files(photo)[name])
+    assert info.value.status == status and info.value.reason
+
+
+@pytest.mark.parametrize("name", ["cmyk.jpg", "sixteen_bit.png", "grayscale.png", "rgba.png", "animated.gif"])
+def test_odd_but_valid_files_become_rgb8(photo: np.ndarray, name: str) -> None:
+    out = data.decode_image(odd_files(photo)[name])
+    assert out.dtype == np.uint8 and out.ndim == 3 and out.shape[2] == 3
+    assert out.shape[:2] == photo.shape[:2]
+    assert out.std() > 10  # real content, not a blank frame
+
+
+def test_sixteen_bit_png_keeps_its_range(photo: np.ndarray) -> None:
+    out = data.decode_image(odd_files(photo)["sixteen_bit.png"])
+    gray = np.asarray(Image.fromarray(photo).convert("L"), np.float64)
+    assert abs(out[..., 0].astype(np.float64).mean() - gray.mean()) < 2
+
+
+def test_exif_orientation_is_applied(photo: np.ndarray) -> None:
+    image = Image.fromarray(photo)
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    out = data.decode_image(encode(image, "JPEG", exif=exif.tobytes()))
+    assert out.shape[:2] == (photo.shape[1], photo.shape[0])
+
+
+def test_pixel_limit_is_configurable(photo: np.ndarray) -> None:
+    with pytest.raises(data.ImageDecodeError, match="over the limit"):
+        data.decode_image(encode(Image.fromarray(photo), "PNG"), max_pixels=100)
+
+
+def test_identity_split_is_disjoint_deterministic_and_order_free() -> None:
+    names = [f"person{i}" for i in range(50)]
+    split = data.identity_split(names, 0.2, seed=3)
+    assert split == data.identity_split(list(reversed(names)) * 2, 0.2, seed=3)
+    assert sum(v == "test" for v in split.values()) == 10
+    assert split != data.identity_split(names, 0.2, seed=4)
+    tiny = data.identity_split(["a", "b"], 0.2, seed=0)
+    assert sorted(tiny.values()) == ["test", "train"]  # never an empty split when it can be avoided
+
+
+def _write(uri: str, content: bytes = b"x") -> None:
+    storage.write_bytes_atomic(uri, content)
+
+
+def _build_layouts(root: str) -> None:
+    for person in ("alice", "bob", "carol"):
+        for k in range(2):
+            _write(storage.join(root, "lfw", person, f"{person}_{k:04d}.jpg"))
+            _write(storage.join(root, "rmfrd", "AFDB_face_dataset", person, f"{k}.jpg"))
+            _write(storage.join(root, "rmfrd", "AFDB_masked_face_dataset", person, f"m{k}.jpg"))
+    for k in range(4):
+        _write(storage.join(root, "ffhq", f"{k:05d}.png"))
+        _write(storage.join(root, "celeba", "img_align_celeba", f"{k + 1:06d}.jpg"))
+    identities = "\n".join(f"{k + 1:06d}.jpg {k % 2 + 10}" for k in range(4)) + "\n"
+    _write(storage.join(root, "celeba", "identity_CelebA.txt"), identities.encode())
+    _write(
+        storage.join(root, "manifest.csv"),
+        b"uri,identity\n"
+        + b"".join(f"{storage.join(root, 'ffhq', f'{k:05d}.png')},p{k % 2}\n".encode() for k in range(4)),
+    )
+
+
+@pytest.fixture(params=["local", "s3"])
+def corpus_root(request, tmp_path) -> str:
+    root = (
+        request.getfixturevalue("bucket") + "/corpora" if request.param == "s3" else str(tmp_path / "corpora")
+    )
+    _build_layouts(root)
+    return root
+
+
+def test_corpus_layouts(corpus_root: str) -> None:
+    lfw = data.list_corpus("lfw", storage.join(corpus_root, "lfw"))
+    assert [r.identity for r in lfw] == ["alice", "alice", "bob", "bob", "carol", "carol"]
+    assert lfw[0].id == "alice/alice_0000.jpg"
+    ffhq = data.list_corpus("ffhq", storage.join(corpus_root, "ffhq"))
+    assert len(ffhq) == 4 and len({r.identity for r in ffhq}) == 4  # each image its own identity
+    celeba = data.list_corpus("celeba", storage.join(corpus_root, "celeba"))
+    assert [r.identity for r in celeba] == ["10", "11", "10", "11"]
+    rmfrd = data.list_corpus("rmfrd", storage.join(corpus_root, "rmfrd"))
+    assert sum(r.masked for r in rmfrd) == 6 and sum(not r.masked for r in rmfrd) == 6
+    manifest = data.list_corpus("manifest", storage.join(corpus_root, "manifest.csv"))
+    assert [r.identity for r in manifest] == ["p0", "p1", "p0", "p1"]
+    folders = data.list_corpus("folders", storage.join(corpus_root, "lfw"))
+    assert folders == lfw
+    # Identity-disjoint split over a layout, reproducible across runs.
+    split = data.identity_split([r.identity for r in lfw], 0.34, seed=0)
+    again = data.identity_split(
+        [r.identity for r in data.list_corpus("lfw", storage.join(corpus_root, "lfw"))], 0.34, seed=0
+    )
+    assert split == again and set(split.values()) == {"train", "test"}
+
+
+def test_rmfrd_layout_needs_both_folders(tmp_path) -> None:
+    _write(str(tmp_path / "AFDB_face_dataset" / "a" / "1.jpg"))
+    with pytest.raises(UserError, match="RMFRD layout"):
+        data.list_corpus("rmfrd", str(tmp_path))
+
+
+def test_manifest_parquet_with_ids(tmp_path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"uri": ["/x/a.jpg", "/x/b.jpg"], "id": ["one", "two"]}), path)
+    records = data.read_manifest(str(path))
+    assert [(r.id, r.identity) for r in records] == [("one", "one"), ("two", "two")]
+    pq.write_table(pa.table({"uri": ["/x/a.jpg", "/x/b.jpg"], "id": ["same", "same"]}), path)
+    with pytest.raises(UserError, match="duplicate id"):
+        data.read_manifest(str(path))
