@@ -145,18 +145,17 @@ def build_lpips(cfg: TrainConfig, models_uri: str, spatial: bool) -> torch.nn.Mo
     return load_lpips(None if backbone == "random" else backbone, spatial=spatial)
 
 
-def train_loop(config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker."""
-    import ray.train
-    import ray.train.torch
+@dataclass
+class TrainingModels:
+    encoder: torch.nn.Module  # the one being trained (f0 or f)
+    generator: torch.nn.Module  # g, frozen
+    teacher: torch.nn.Module | None  # f0, frozen, for L_LR in the unmask stage
+    criterion: UnmaskLoss
 
+
+def build_training_models(cfg: TrainConfig, device: torch.device | str) -> TrainingModels:
+    """The trained encoder, the frozen networks and the loss for a stage; no Ray involved."""
     from unmask_core.models.checkpoints import ModelSet
-
-    cfg = TrainConfig(**config["cfg"])
-    context = ray.train.get_context()
-    rank = context.get_world_rank()
-    device = ray.train.torch.get_device()
-    torch.manual_seed(cfg.seed + rank)
 
     models = ModelSet(cfg.models, device=device)
     generator = models.generator().eval().requires_grad_(False)
@@ -169,8 +168,20 @@ def train_loop(config: dict[str, Any]) -> None:
     arcface = models.arcface().eval() if cfg.id_weight else None
     lpips_net = build_lpips(cfg, cfg.models, spatial=cfg.stage == "real")
     criterion = UnmaskLoss(cfg.loss_weights(), lpips_net.to(device) if lpips_net else None, arcface)
+    return TrainingModels(encoder, generator, teacher, criterion)
 
-    model = ray.train.torch.prepare_model(encoder)
+
+def train_loop(config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+
+    cfg = TrainConfig(**config["cfg"])
+    rank = ray.train.get_context().get_world_rank()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.seed + rank)
+    parts = build_training_models(cfg, device)
+    model = ray.train.torch.prepare_model(parts.encoder)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     step, history = 0, []
     checkpoint = ray.train.get_checkpoint()
@@ -185,10 +196,14 @@ def train_loop(config: dict[str, Any]) -> None:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.gpu and device.type == "cuda")
     shard = ray.train.get_dataset_shard("train")
     while step < cfg.steps:
+        batches = 0
         for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, device=device, drop_last=True):
+            batches += 1
             started = time.perf_counter()
             with autocast:
-                loss, terms = training_step(cfg.stage, batch, model, generator, teacher, criterion)
+                loss, terms = training_step(
+                    cfg.stage, batch, model, parts.generator, parts.teacher, parts.criterion
+                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -198,6 +213,7 @@ def train_loop(config: dict[str, Any]) -> None:
                 "loss": float(loss.detach()),
                 **terms,
                 "step_seconds": time.perf_counter() - started,
+                "wall_time": time.time(),
             }
             history.append(metrics)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
@@ -206,9 +222,8 @@ def train_loop(config: dict[str, Any]) -> None:
                 ray.train.report(metrics)
             if step >= cfg.steps:
                 break
-        else:
-            continue
-        break
+        if not batches:
+            raise UserError(f"{cfg.pairs}: a worker's share of the training pairs is smaller than one batch")
 
 
 def _start_encoder(stage: str) -> str:
