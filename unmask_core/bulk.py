@@ -340,7 +340,9 @@ def run_unmask(cfg: UnmaskConfig) -> dict[str, Any]:
         for row in ds.iter_rows():
             bar.update(json.loads(row["summary"])["inputs"])
     bar.close()
-    return summarize(cfg.output, records, skipped_shards=len(done), processed_shards=len(todo))
+    summary = summarize(cfg.output, records, skipped_shards=len(done), processed_shards=len(todo))
+    storage.write_json(storage.join(cfg.output, "summary.json"), summary)
+    return summary
 
 
 def summarize(

@@ -180,6 +180,12 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
     os.replace(tmp, target)
 
 
+def write_json(uri: str, value: object) -> None:
+    import json
+
+    write_bytes_atomic(uri, json.dumps(value, indent=2).encode())
+
+
 def list_files(uri: str, suffixes: tuple[str, ...] | None = None) -> list[str]:
     """All files under a prefix (recursive), as sorted full URIs; hidden files are skipped."""
     fs, path = fsspec_filesystem(uri)

@@ -183,14 +183,14 @@ def train_loop(config: dict[str, Any]) -> None:
     parts = build_training_models(cfg, device)
     model = ray.train.torch.prepare_model(parts.encoder)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-    step, history = 0, []
+    step, history, resumed_from_step = 0, [], 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
             state = torch.load(os.path.join(folder, "state.pt"), map_location=device, weights_only=True)
         _unwrap(model).load_state_dict(state["encoder"])
         optimizer.load_state_dict(state["optimizer"])
-        step = int(state["step"])
+        step = resumed_from_step = int(state["step"])
         history = json.loads(state["history"])
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.gpu and device.type == "cuda")
@@ -214,6 +214,9 @@ def train_loop(config: dict[str, Any]) -> None:
                 **terms,
                 "step_seconds": time.perf_counter() - started,
                 "wall_time": time.time(),
+                # Adam's own step count continues across a resume only if its state was restored.
+                "adam_step": float(next(iter(optimizer.state.values()))["step"]),
+                "resumed_from_step": resumed_from_step,
             }
             history.append(metrics)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:

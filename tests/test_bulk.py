@@ -1,0 +1,250 @@
+"""Bulk unmasking end to end on SeaweedFS and a local Ray: real photos, odd files, hostile keys,
+exactly-once under a killed driver and a killed actor."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import boto3
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from tests.images import encode, odd_files
+from tests.processes import pids_with_title
+from unmask_core import cli, shards, storage
+from unmask_core.faces.samples import load_rgb, sample_photo
+from unmask_core.models.checkpoints import init_model_set
+
+HOSTILE_KEYS = ["with space/a b.jpg", "ünïcödé/фото.jpg", "dots/../escape.jpg", "dots/..hidden.jpg"]
+
+
+def _s3_client():
+    return boto3.client("s3")
+
+
+def _put(bucket_uri: str, key: str, payload: bytes) -> None:
+    # boto3 directly, so keys reach the store exactly as written ('..' included)
+    _s3_client().put_object(Bucket=bucket_uri[5:], Key=key, Body=payload)
+
+
+def _real_photos() -> dict[str, bytes]:
+    import skimage.data
+
+    hanks = load_rgb(sample_photo("Tom_Hanks_54745.png"))
+    padded = np.pad(np.kron(hanks, np.ones((2, 2, 1), np.uint8)), ((40, 40), (40, 40), (0, 0)), mode="edge")
+    return {
+        "t1.jpg": sample_photo("t1.jpg").read_bytes(),
+        "tom_hanks_upscaled.png": encode(Image.fromarray(padded), "PNG"),
+        "astronaut.png": encode(Image.fromarray(skimage.data.astronaut()), "PNG"),
+    }
+
+
+def _generated_photos(count: int) -> dict[str, bytes]:
+    """Variations of a real group photo (crops around different people, flips): generated gallery images."""
+    group = load_rgb(sample_photo("t1.jpg"))
+    out = {}
+    for k in range(count):
+        left = (k * 180) % max(1, group.shape[1] - 400)
+        crop = group[:, left : left + 400]
+        if k % 2:
+            crop = crop[:, ::-1]
+        out[f"generated/{k:03d}.jpg"] = encode(
+            Image.fromarray(np.ascontiguousarray(crop)), "JPEG", quality=90
+        )
+    return out
+
+
+@pytest.fixture(scope="module")
+def models_uri(tmp_path_factory, s3_server) -> str:
+    bucket = f"s3://models-{os.getpid()}"
+    from unmask_core import local_s3
+
+    local_s3.create_bucket(s3_server, bucket[5:])
+    init_model_set(64, f"{bucket}/set", seed=3)
+    return f"{bucket}/set"
+
+
+def _read_rows(out: str):
+    return shards.read_rows(storage.join(out, "rows"))
+
+
+def _all_keys(bucket: str) -> list[str]:
+    response = _s3_client().list_objects_v2(Bucket=bucket[5:])
+    return [item["Key"] for item in response.get("Contents", [])]
+
+
+@pytest.mark.slow
+def test_gallery_end_to_end_with_odd_inputs(bucket: str, models_uri: str, ray_local, tmp_path) -> None:
+    photo = load_rgb(sample_photo("t1.jpg"))[100:400, 200:500]
+    inputs = {**_real_photos(), **_generated_photos(2)}
+    inputs.update({f"bad/{name}": payload for name, payload in odd_files(photo).items()})
+    blank = encode(Image.fromarray(np.full((120, 160, 3), 90, np.uint8)), "PNG")
+    inputs["no_face.png"] = blank
+    for key in HOSTILE_KEYS:
+        inputs[key] = inputs["astronaut.png"]
+    for key, payload in inputs.items():
+        _put(bucket, f"gallery/{key}", payload)
+
+    out = f"{bucket}/out"
+    code = cli.main(
+        [
+            "unmask",
+            "--input",
+            f"{bucket}/gallery",
+            "--output",
+            out,
+            "--models",
+            models_uri,
+            "--shard-size",
+            "5",
+            "--batch-size",
+            "4",
+        ]
+    )
+    assert code == 0
+
+    table = _read_rows(out)
+    rows = table.to_pylist()
+    by_id: dict[str, list[dict]] = {}
+    for row in rows:
+        by_id.setdefault(row["id"], []).append(row)
+    listed = set(
+        storage.relative_key(f"{bucket}/gallery", u) for u in storage.list_files(f"{bucket}/gallery")
+    )
+    assert set(by_id) == listed  # every input has a row, nothing else does
+    status = {key: {r["status"] for r in group} for key, group in by_id.items()}
+    assert status["bad/zero_byte.jpg"] == {"decode_error"}
+    assert status["bad/truncated.jpg"] == {"decode_error"}
+    assert status["bad/text_named.jpg"] == {"decode_error"}
+    assert status["bad/bomb_header.png"] == {"too_large"}
+    assert status["no_face.png"] == {"no_face"}
+    for ok_key in ("t1.jpg", "tom_hanks_upscaled.png", "astronaut.png", "bad/cmyk.jpg", "bad/rgba.png"):
+        assert status[ok_key] == {"ok"}, (ok_key, by_id[ok_key])
+    for row in rows:
+        assert row["status"] == "ok" or row["error"], row
+    for key in HOSTILE_KEYS:
+        assert status[key] == {"ok"}
+
+    # Embeddings: fixed-size lists of the matcher's dimension, L2-normalised where the matcher says so.
+    from unmask_core.inference import describe_model_set
+
+    info = describe_model_set(models_uri, ["arcface", "facenet"])
+    ok_rows = [r for r in rows if r["status"] == "ok"]
+    for name, dim in info.embedding_dims.items():
+        for kind in ("masked", "unmasked"):
+            field = table.schema.field(f"embedding_{kind}_{name}")
+            assert field.type.list_size == dim
+            vectors = np.array([r[f"embedding_{kind}_{name}"] for r in ok_rows], np.float32)
+            assert vectors.shape == (len(ok_rows), dim)
+            if info.normalized[name]:
+                assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    assert {r["encoder_sha256"] for r in rows} == {info.provenance["encoder_sha256"]}
+
+    # Unmasked images exist where the rows say, under OUTPUT, and decode.
+    for row in ok_rows:
+        assert row["unmasked_uri"].startswith(f"{out}/images/")
+        assert Image.open(io.BytesIO(storage.read_bytes(row["unmasked_uri"]))).size[0] > 0
+    assert all(k.startswith(("gallery/", "out/")) for k in _all_keys(bucket)), _all_keys(bucket)
+
+    # The Parquet opens in pandas, pyarrow and duckdb.
+    local = tmp_path / "rows"
+    local.mkdir()
+    for uri in storage.list_files(storage.join(out, "rows"), (".parquet",)):
+        (local / os.path.basename(uri)).write_bytes(storage.read_bytes(uri))
+    import duckdb
+    import pandas as pd
+
+    frame = pd.read_parquet(local)
+    assert len(frame) == len(rows)
+    assert pq.read_table(local).num_rows == len(rows)
+    count = duckdb.sql(
+        f"select count(*) from read_parquet('{local}/*.parquet') where status = 'ok'"
+    ).fetchone()[0]
+    assert count == len(ok_rows)
+    summary = json.loads(storage.read_bytes(storage.join(out, "summary.json")))
+    assert summary["reconciled"] and summary["inputs"] == len(listed)
+
+
+def _gallery(bucket: str, count: int) -> str:
+    for key, payload in _generated_photos(count).items():
+        _put(bucket, f"g/{key}", payload)
+    return f"{bucket}/g"
+
+
+@pytest.mark.slow
+def test_killed_driver_rerun_redoes_only_unfinished_shards(bucket: str, models_uri: str) -> None:
+    gallery, out = _gallery(bucket, 10), f"{bucket}/out"
+    command = [
+        sys.executable,
+        "-m",
+        "jobs.unmask",
+        "--input",
+        gallery,
+        "--output",
+        out,
+        "--models",
+        models_uri,
+        "--shard-size",
+        "1",
+        "--actors",
+        "1,1",
+    ]
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    first = subprocess.Popen(
+        command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    rows_uri = storage.join(out, "rows")
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and len(shards.finished_shards(rows_uri)) < 2:
+        assert first.poll() is None, "the job ended before it could be killed"
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    time.sleep(3)  # let the killed job's workers notice their driver is gone
+    finished_before = shards.finished_shards(rows_uri)
+    assert 2 <= len(finished_before) < 10
+
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
+    assert second.returncode == 0, second.stderr[-3000:]
+    summary = json.loads(storage.read_bytes(storage.join(out, "summary.json")))
+    assert summary["shards_skipped"] == len(finished_before)
+    assert summary["shards_processed"] == 10 - len(finished_before)
+    ids = _read_rows(out).column("id").to_pylist()
+    assert sorted(set(ids)) == sorted(ids) and len(ids) == 10  # one row per input, no duplicates
+
+
+@pytest.mark.slow
+def test_killed_actor_is_survived_exactly_once(bucket: str, models_uri: str, ray_local) -> None:
+    from unmask_core.bulk import UnmaskConfig, run_unmask
+
+    gallery, out = _gallery(bucket, 8), f"{bucket}/out"
+    cfg = UnmaskConfig(
+        input=gallery, output=out, models=models_uri, shard_size=1, actors="1,1", matchers=["arcface"]
+    )
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(summary=run_unmask(cfg)))
+    thread.start()
+    killed = None
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and thread.is_alive():
+        actors = pids_with_title("UnmaskStage")
+        if actors and shards.finished_shards(storage.join(out, "rows")):
+            killed = actors[0]
+            os.kill(killed, signal.SIGKILL)
+            break
+        time.sleep(0.1)
+    thread.join(timeout=400)
+    assert killed is not None, "the job finished before an actor could be killed"
+    assert result["summary"]["reconciled"]
+    ids = _read_rows(out).column("id").to_pylist()
+    assert sorted(set(ids)) == sorted(ids) and len(ids) == 8
