@@ -1,0 +1,164 @@
+"""Bulk unmasking: end-to-end images/s of `unmask unmask` against a bare loop of the same models over the
+same decoded images, on the same machine (CPU), and the job's peak RSS at N and 4N images.
+
+    python -m bench.pipeline [--size 256] [--n 8]
+
+The bare loop does only the work per image (detect, align, unmask, embed) on images already decoded in
+memory; the job also lists, reads, decodes, writes images and Parquet, and runs on Ray Data. Peak RSS is
+the largest sum of resident memory over the job's whole process tree (driver, raylet, workers), sampled
+every 0.2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from bench.benchmarks_md import machine_description, update_section
+from unmask_core.faces.samples import load_rgb, sample_photo
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_gallery(folder: Path, n: int) -> list[np.ndarray]:
+    """n photos: crops of a real group photo around its people, flipped alternately."""
+    group = load_rgb(sample_photo("t1.jpg"))
+    folder.mkdir(parents=True, exist_ok=True)
+    images = []
+    for k in range(n):
+        left = (k * 97) % (group.shape[1] - 420)
+        crop = np.ascontiguousarray(group[:, left : left + 420][:, :: (-1 if k % 2 else 1)])
+        Image.fromarray(crop).save(folder / f"{k:05d}.jpg", quality=92)
+        images.append(np.asarray(Image.open(folder / f"{k:05d}.jpg").convert("RGB")))
+    return images
+
+
+def bare_loop(images: list[np.ndarray], models: str, batch_size: int) -> float:
+    import torch
+
+    from unmask_core.faces.align import align_face
+    from unmask_core.faces.detect import build_detector
+    from unmask_core.inference import Unmasker
+
+    detector = build_detector("mtcnn", "cpu")
+    unmasker = Unmasker(models, ["arcface", "facenet"], device="cpu")
+    torch.set_num_threads(os.cpu_count() or 2)
+    started = time.perf_counter()
+    faces = []
+    for image in images:
+        found = detector.detect(image)
+        if found:
+            faces.append(align_face(image, found[0].landmarks, size=256)[0])
+    unmasker.run(np.stack(faces), batch_size)
+    return len(images) / (time.perf_counter() - started)
+
+
+def _tree_rss(root: int) -> int:
+    """Resident bytes of a process and all its descendants."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        pid, ppid = int(entry.name), int(fields.get("PPid", "0").strip())
+        children.setdefault(ppid, []).append(pid)
+        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        total += rss.get(pid, 0)
+        stack.extend(children.get(pid, []))
+    return total
+
+
+def run_job(gallery: Path, out: Path, models: str, batch_size: int) -> tuple[float, int]:
+    command = [
+        sys.executable,
+        "-m",
+        "jobs.unmask",
+        "--input",
+        str(gallery),
+        "--output",
+        str(out),
+        "--models",
+        models,
+        "--batch-size",
+        str(batch_size),
+        "--shard-size",
+        "8",
+    ]
+    peak = 0
+    process = subprocess.Popen(
+        command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+
+    def sample() -> None:
+        nonlocal peak
+        while process.poll() is None:
+            peak = max(peak, _tree_rss(process.pid))
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample)
+    started = time.perf_counter()
+    sampler.start()
+    _, stderr = process.communicate()
+    elapsed = time.perf_counter() - started
+    sampler.join()
+    if process.returncode:
+        raise RuntimeError(stderr[-3000:])
+    summary = json.loads((out / "summary.json").read_text())
+    return summary["inputs"] / elapsed, peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size", type=int, default=256, help="model set size (models init)")
+    parser.add_argument(
+        "--n", type=int, default=8, help="N: images in the small gallery (the large one has 4N)"
+    )
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args()
+    from unmask_core.models.checkpoints import init_model_set
+
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        models = str(root / "models")
+        init_model_set(args.size, models)
+        small = make_gallery(root / "gallery_n", args.n)
+        make_gallery(root / "gallery_4n", 4 * args.n)
+        bare = bare_loop(small, models, args.batch_size)
+        job_small, rss_small = run_job(root / "gallery_n", root / "out_n", models, args.batch_size)
+        job_large, rss_large = run_job(root / "gallery_4n", root / "out_4n", models, args.batch_size)
+    text = (
+        "## Bulk unmasking pipeline (`bench/pipeline.py`)\n\n"
+        f"Machine: {machine_description()}. {args.size} px model set from `models init` (f + g + ArcFace + "
+        f"FaceNet), MTCNN detection, batch {args.batch_size}, gallery photos 420x886 px.\n\n"
+        "| run | images | images/s | peak RSS (process tree) |\n|---|---|---|---|\n"
+        f"| bare loop (decoded images in memory) | {args.n} | {bare:.3f} | – |\n"
+        f"| `unmask unmask` job | {args.n} | {job_small:.3f} | {rss_small / 2**30:.2f} GiB |\n"
+        f"| `unmask unmask` job | {4 * args.n} | {job_large:.3f} | {rss_large / 2**30:.2f} GiB |\n\n"
+        f"Throughput ratio job/bare at 4N: **{job_large / bare:.3f}** (goal ≥ 0.9; the job's figure includes "
+        f"starting Ray, listing, reading, decoding and writing). Peak RSS 4N / N: **{rss_large / rss_small:.3f}** "
+        "(goal ≤ 1.1).\n"
+    )
+    print(text)
+    update_section("pipeline", text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""`unmask prepare` end to end on SeaweedFS: real faces, bad inputs, identity split, reruns."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.images import encode, odd_files
+from unmask_core import cli, data, shards, storage
+from unmask_core.faces.detect import build_detector
+from unmask_core.faces.samples import load_rgb, sample_photo
+
+
+def _face_crops() -> list[np.ndarray]:
+    """Loose crops around each of the six people in insightface's t1.jpg."""
+    group = load_rgb(sample_photo("t1.jpg"))
+    crops = []
+    for face in build_detector("mtcnn").detect(group):
+        x1, y1, x2, y2 = face.box
+        side = max(x2 - x1, y2 - y1) * 1.8
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        box = [int(max(0, cx - side / 2)), int(max(0, cy - side / 2)), int(cx + side / 2), int(cy + side / 2)]
+        crops.append(np.ascontiguousarray(group[box[1] : box[3], box[0] : box[2]]))
+    return crops
+
+
+@pytest.mark.slow
+def test_prepare_folders_corpus_with_bad_inputs(bucket: str, ray_local) -> None:
+    crops = _face_crops()
+    assert len(crops) == 6
+    root = f"{bucket}/corpus"
+    for index, crop in enumerate(crops):
+        for k, variant in enumerate([crop, crop[:, ::-1]]):
+            storage.write_bytes_atomic(
+                f"{root}/person{index}/{k}.jpg",
+                encode(Image.fromarray(np.ascontiguousarray(variant)), "JPEG"),
+            )
+    bad = odd_files(crops[0])
+    chosen = [
+        "zero_byte.jpg",
+        "truncated.jpg",
+        "text_named.jpg",
+        "grayscale.png",
+        "rgba.png",
+        "bomb_header.png",
+    ]
+    for name in chosen:
+        storage.write_bytes_atomic(f"{root}/odd/{name}", bad[name])
+    storage.write_bytes_atomic(
+        f"{root}/odd/no_face.png", encode(Image.fromarray(np.full((200, 200, 3), 128, np.uint8)), "PNG")
+    )
+
+    out = f"{bucket}/pairs"
+    argv = [
+        "prepare",
+        "--corpus",
+        "folders",
+        "--input",
+        root,
+        "--output",
+        out,
+        "--test-fraction",
+        "0.3",
+        "--shard-size",
+        "4",
+        "--seed",
+        "5",
+    ]
+    assert cli.main(argv) == 0
+    summary = json.loads(storage.read_bytes(f"{out}/summary.json"))
+    table = shards.read_rows(f"{out}/pairs")
+    rows = {r["id"]: r for r in table.to_pylist()}
+    n_inputs = 12 + len(chosen) + 1
+    assert summary["inputs"] == summary["rows"] == len(rows) == n_inputs
+    assert summary["pairs"] + summary["errors"] == n_inputs and summary["reconciled"]
+
+    assert rows["odd/zero_byte.jpg"]["status"] == "decode_error"
+    assert rows["odd/truncated.jpg"]["status"] == "decode_error"
+    assert rows["odd/text_named.jpg"]["status"] == "decode_error"
+    assert rows["odd/bomb_header.png"]["status"] == "too_large"
+    assert rows["odd/no_face.png"]["status"] == "no_face"
+    for name in ("grayscale.png", "rgba.png"):  # odd but valid: they become pairs
+        assert rows[f"odd/{name}"]["status"] == "ok", rows[f"odd/{name}"]["error"]
+    assert sum(summary["failures_by_reason"].values()) == summary["errors"]
+
+    # Pairs: aligned 256 px T and M that differ only where the mask is.
+    ok = [r for r in rows.values() if r["status"] == "ok"]
+    for row in ok:
+        T, M = data.decode_png(row["T"]), data.decode_png(row["M"])
+        region = data.decode_png(row["mask_region"])[..., 0] > 127
+        assert T.shape == M.shape == (256, 256, 3)
+        assert (
+            np.array_equal(T[~region], M[~region]) or np.abs(T[~region].astype(int) - M[~region]).mean() < 1
+        )
+        assert np.abs(T[region].astype(int) - M[region]).mean() > 5
+    # Identity-disjoint split.
+    train_ids = {r["identity"] for r in ok if r["split"] == "train"}
+    test_ids = {r["identity"] for r in ok if r["split"] == "test"}
+    assert train_ids and test_ids and not train_ids & test_ids
+
+    # A rerun is reproducible: nothing to redo, same rows.
+    assert cli.main(argv) == 0
+    again = json.loads(storage.read_bytes(f"{out}/summary.json"))
+    assert again["shards_processed"] == 0 and again["shards_skipped"] == summary["shards_processed"]
+    assert shards.read_rows(f"{out}/pairs").sort_by("id").equals(table.sort_by("id"))

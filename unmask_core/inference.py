@@ -1,0 +1,123 @@
+"""U = g(f(M)) and matcher embeddings for batches of aligned faces: the compute shared by bulk
+unmasking and evaluation. Plain PyTorch; the caller decides where it runs (a Ray actor, a process)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+OUTPUT_SIZE = 256  # unmasked faces are delivered at the reference size, whatever the generator's
+
+
+@dataclass
+class ModelInfo:
+    provenance: dict[str, str]  # columns every output row carries
+    embedding_dims: dict[str, int]
+    normalized: dict[str, bool]
+
+
+@dataclass
+class UnmaskResult:
+    unmasked: np.ndarray  # uint8 [N, 256, 256, 3]
+    embeddings: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # kind -> matcher -> [N, dim]
+
+
+def to_tensor(faces: np.ndarray, size: int, device: torch.device | str) -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> float [N, 3, size, size] in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(faces)).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    if x.shape[-1] != size:
+        x = F.interpolate(
+            x, size=(size, size), mode="area" if x.shape[-1] > size else "bilinear", antialias=False
+        )
+    return x
+
+
+def to_uint8(images: torch.Tensor, size: int = OUTPUT_SIZE) -> np.ndarray:
+    """float [N, 3, H, W] in about [-1, 1] -> uint8 [N, size, size, 3]."""
+    images = images.float()
+    if images.shape[-1] != size:
+        mode = "area" if images.shape[-1] > size else "bilinear"
+        images = F.interpolate(images, size=(size, size), mode=mode)
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+class Unmasker:
+    """Loads a model set once (g, f and the matchers) and unmasks batches of aligned faces."""
+
+    def __init__(self, models_uri: str, matchers: list[str], device: str = "cpu", bf16: bool = False) -> None:
+        from unmask_core.matchers import build_matcher
+        from unmask_core.models.checkpoints import ModelSet
+
+        self.device = torch.device(device)
+        model_set = ModelSet(models_uri, device=self.device)
+        self.image_size = model_set.image_size
+        self.encoder = model_set.encoder("unmask").eval().requires_grad_(False)
+        self.generator = model_set.generator().eval().requires_grad_(False)
+        if self.device.type == "cuda":
+            self.encoder = self.encoder.to(memory_format=torch.channels_last)
+            self.generator = self.generator.to(memory_format=torch.channels_last)
+        self.bf16 = bf16 and self.device.type == "cuda"
+        self.matchers = {name: build_matcher(name, model_set, self.device) for name in matchers}
+        self.embedding_dims = {name: m.dim for name, m in self.matchers.items()}
+        self.checkpoints = {
+            "encoder": model_set.sha256("encoder"),
+            "generator": model_set.sha256("generator"),
+        }
+        self.checkpoints.update({name: model_set.sha256(name) for name in matchers if model_set.has(name)})
+
+    @torch.inference_mode()
+    def unmask(self, faces: torch.Tensor) -> torch.Tensor:
+        """faces [N, 3, S, S] in [-1, 1] at the encoder's size -> U at the generator's size."""
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
+            return self.generator(self.encoder(faces)).float()
+
+    @torch.inference_mode()
+    def run(
+        self, faces: np.ndarray, batch_size: int, also_embed: dict[str, np.ndarray] | None = None
+    ) -> UnmaskResult:
+        """Unmask aligned uint8 faces [N, 256, 256, 3] in micro-batches; embed M and U (and any
+        `also_embed` images, e.g. the true T in evaluation) with every matcher."""
+        kinds = {"masked": faces, **(also_embed or {})}
+        outputs: list[np.ndarray] = []
+        embeddings: dict[str, dict[str, list]] = {
+            k: {m: [] for m in self.matchers} for k in [*kinds, "unmasked"]
+        }
+        for start in range(0, len(faces), batch_size):
+            chunk = slice(start, start + batch_size)
+            masked = to_tensor(faces[chunk], self.image_size, self.device)
+            unmasked = self.unmask(masked)
+            outputs.append(to_uint8(unmasked))
+            for name, matcher in self.matchers.items():
+                embeddings["unmasked"][name].append(matcher.embed(unmasked.clamp(-1, 1)))
+                for kind, images in kinds.items():
+                    embeddings[kind][name].append(
+                        matcher.embed(to_tensor(images[chunk], OUTPUT_SIZE, self.device))
+                    )
+        return UnmaskResult(
+            unmasked=np.concatenate(outputs),
+            embeddings={k: {m: np.concatenate(v) for m, v in per.items()} for k, per in embeddings.items()},
+        )
+
+
+def describe_model_set(models_uri: str, matchers: list[str]) -> ModelInfo:
+    """What every output row records about the models, and the embedding sizes, without a GPU."""
+    from unmask_core.matchers import build_matcher
+    from unmask_core.models.checkpoints import ModelSet
+
+    model_set = ModelSet(models_uri, device="cpu")
+    built = {name: build_matcher(name, model_set, "cpu") for name in matchers}
+    provenance = {
+        "matchers": ",".join(
+            f"{name}:{model_set.sha256(name) if model_set.has(name) else ''}" for name in matchers
+        ),
+        "encoder_sha256": model_set.sha256("encoder"),
+        "generator_sha256": model_set.sha256("generator"),
+    }
+    return ModelInfo(
+        provenance=provenance,
+        embedding_dims={n: m.dim for n, m in built.items()},
+        normalized={n: m.normalized for n, m in built.items()},
+    )
