@@ -90,7 +90,7 @@ class PairMaker:
             raise _RowError("no_face", "no face detected in the aligned image")
         return aligned, faces[0].landmarks
 
-    def make(self, record: data.ImageRecord, split: str) -> dict[str, Any]:
+    def make(self, record: data.ImageRecord, split: str, item: dict | None = None) -> dict[str, Any]:
         from unmask_core.faces.masks import MaskError, apply_mask, choose_mask
 
         row = _empty_row(record, split)
@@ -144,14 +144,19 @@ class ShardWorker:
     """Ray Data actor: one call = one shard, written atomically; returns the shard's counts."""
 
     def __init__(self, cfg: PrepareConfig, rows_uri: str) -> None:
-        self.maker = PairMaker(cfg)
+        if cfg.corpus == "rmfrd":
+            from unmask_core.rmfrd import RMFRDPairMaker
+
+            self.maker = RMFRDPairMaker(cfg)
+        else:
+            self.maker = PairMaker(cfg)
         self.rows_uri = rows_uri
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         summaries = []
         for index, payload in zip(batch["shard"], batch["records"]):
             items = json.loads(payload)
-            rows = [self.maker.make(data.ImageRecord(**item["record"]), item["split"]) for item in items]
+            rows = [self.maker.make(data.ImageRecord(**it["record"]), it["split"], it) for it in items]
             table = pa.Table.from_pylist(rows, schema=data.PAIRS_SCHEMA)
             shards.write_table_atomic(shards.shard_file(self.rows_uri, int(index)), table)
             summaries.append(json.dumps(_count(rows)))
@@ -175,6 +180,10 @@ def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
     records = data.list_corpus(cfg.corpus, cfg.input)
     split_of = data.identity_split([r.identity for r in records], cfg.test_fraction, cfg.seed)
     items = [{"record": r.__dict__, "split": split_of[r.identity]} for r in records]
+    if cfg.corpus == "rmfrd":
+        from unmask_core.rmfrd import add_reference_candidates
+
+        add_reference_candidates(items, cfg.seed)  # masked photos need unmasked ones of the same person
     plan = shards.ShardPlan(len(items), cfg.shard_size, records[0].id, records[-1].id)
     shards.check_plan(cfg.output, plan)
     rows_uri = storage.join(cfg.output, "pairs")

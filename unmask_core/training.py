@@ -93,10 +93,14 @@ def _to_tensor(png: bytes, size: int) -> np.ndarray:
 
 
 def decode_batch(batch: dict[str, np.ndarray], size: int, stage: str) -> dict[str, np.ndarray]:
-    """PNG columns of a pairs batch -> float32 [B, 3, size, size] in [-1, 1] (what the encoder eats)."""
-    out = {"T": np.stack([_to_tensor(b, size) for b in batch["T"]])}
-    out["M"] = np.stack([_to_tensor(b, size) for b in batch["M"]])
-    if stage == "real":
+    """PNG columns of a pairs batch -> float32 [B, 3, size, size] in [-1, 1] (what the encoder eats).
+
+    Stage `real` rows have no pixel-aligned T: they bring T_ref (another unmasked photo of the person),
+    the eye positions (for the periorbital region) and the cached T-hat codes instead."""
+    out = {"M": np.stack([_to_tensor(b, size) for b in batch["M"]])}
+    if stage != "real":
+        out["T"] = np.stack([_to_tensor(b, size) for b in batch["T"]])
+    else:
         from unmask_core.periorbital import periorbital_weight
 
         out["T_ref"] = np.stack([_to_tensor(b, size) for b in batch["T_ref"]])
@@ -114,6 +118,10 @@ def decode_batch(batch: dict[str, np.ndarray], size: int, stage: str) -> dict[st
 def training_dataset(cfg: TrainConfig, size: int):
     import ray
 
+    if cfg.stage == "real":
+        from unmask_core.rmfrd import real_stage_dataset
+
+        return real_stage_dataset(cfg, size)
     columns = ["T", "M", "status", "split"] + (
         ["T_ref", "eyes", "T_hat_codes"] if cfg.stage == "real" else []
     )
