@@ -165,8 +165,7 @@ def _triplets(cfg: EvaluateConfig, faces: TestFaces, unmasker) -> list:
     """Best, median and worst faces by PSNR, re-read from the pairs (only these few images)."""
     from unmask_core import metrics, report
 
-    chosen = metrics.select_triplets(faces.psnr) if hasattr(metrics, "select_triplets") else None
-    chosen = chosen if chosen is not None else report.select_triplets(faces.psnr)
+    chosen = report.select_triplets(faces.psnr)
     wanted = {faces.ids[i]: label for label, indices in chosen.items() for i in indices}
     found = []
     for batch in _iter_test_batches(cfg, chunk=256):
