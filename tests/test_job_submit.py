@@ -1,0 +1,349 @@
+"""The jobs under `ray job submit`, against a real Ray head started with `ray start` (token auth on) and a
+real S3 server: they attach through RAY_ADDRESS, run from an uploaded working dir that carries code
+only, and read and write s3:// like on a cluster.
+
+This head is a Ray instance of its own, separate from the in-process Ray of other test modules, so the
+`ray_local` fixture is deliberately not used here.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import random
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pytest
+from PIL import Image
+from ray.job_submission import JobStatus, JobSubmissionClient
+
+from tests.conftest import REPO_ROOT
+from tests.images import encode
+from tests.processes import pids_with_title
+from unmask_core import local_s3, shards, storage
+from unmask_core.faces.samples import load_rgb, sample_photo
+
+pytestmark = pytest.mark.slow
+
+# What a job's working dir must never carry: environments, VCS data, caches and local outputs. Ray
+# 2.60 already skips .git/.venv and honours .gitignore; naming them keeps the upload small even where
+# those defaults are overridden (RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES). Models and data stay
+# in object storage and are passed as s3:// URIs.
+WORKING_DIR_EXCLUDES = [
+    ".venv",
+    ".git",
+    "demo_out",
+    ".s3data",
+    "build",
+    "*.egg-info",
+    "__pycache__",
+    ".pytest_cache",
+    ".ruff_cache",
+]
+
+HEAD_START_TIMEOUT_S = 150
+JOB_TIMEOUT_S = 170
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RayHead:
+    process: subprocess.Popen
+    gcs_port: int
+    dashboard_url: str
+    token: str
+    temp_dir: Path
+    log_path: Path
+
+    def client(self) -> JobSubmissionClient:
+        # The token goes in explicitly rather than through this process's RAY_AUTH_* state, which the
+        # in-process Ray of other test modules owns (and points at ~/.ray/auth_token).
+        return JobSubmissionClient(self.dashboard_url, headers={"Authorization": f"Bearer {self.token}"})
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def stop(self) -> None:
+        """SIGTERM to the blocking `ray start` tears down this head's processes only (a plain `ray
+        stop` would stop every Ray on the machine, other sessions' included)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        # Anything still carrying this head's unique temp dir on its command line is ours.
+        for pid in pids_with_title(str(self.temp_dir)):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def start_head(temp_dir: Path, extra_env: dict[str, str]) -> RayHead:
+    """`ray start --head --block` on free ports, with token auth on and `extra_env` for every process.
+
+    Auth: Ray 2.60 turns token auth on for `ray start` whenever a token exists (~/.ray/auth_token).
+    Rather than disabling it for the test (RAY_AUTH_MODE=disabled), we run it as on a cluster: a fresh
+    random token in a file of this head's own (RAY_AUTH_MODE=token, RAY_AUTH_TOKEN_PATH), which the
+    job driver inherits and the client sends as a bearer header.
+    """
+    token = secrets.token_hex(32)
+    token_file = temp_dir / "auth_token"
+    token_file.write_text(token)
+    token_file.chmod(0o600)
+
+    # Nothing of the test process's own Ray (RAY_ADDRESS, its auth settings) may leak into this head.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(extra_env)
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file))
+    # `python` in an entrypoint is this venv's, as it is the image's Python on a cluster node.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+
+    gcs_port, dashboard_port = free_port(), free_port()
+    # Below the kernel's ephemeral range (where free_port() draws from) and above the in-process Ray's
+    # default worker ports (10002-19999).
+    min_worker_port = random.randrange(20000, 32000, 200)
+    cmd = [
+        str(Path(sys.executable).with_name("ray")),
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        f"--port={gcs_port}",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard_port}",
+        f"--ray-client-server-port={free_port()}",
+        f"--min-worker-port={min_worker_port}",
+        f"--max-worker-port={min_worker_port + 199}",
+        f"--node-manager-port={free_port()}",
+        f"--object-manager-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        "--num-cpus=8",
+        f"--object-store-memory={500 * 1024**2}",
+        f"--temp-dir={temp_dir / 'ray'}",
+        "--disable-usage-stats",
+    ]
+    log_path = temp_dir / "head.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    head = RayHead(process, gcs_port, f"http://127.0.0.1:{dashboard_port}", token, temp_dir, log_path)
+
+    # Ready means a job is accepted: the job server answers only after its node's dashboard agent has
+    # registered, which on a loaded machine comes well after the dashboard itself (the server waits
+    # just 10 s for it, then answers "No available agent to submit job").
+    deadline = time.monotonic() + HEAD_START_TIMEOUT_S
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"ray start exited with {process.returncode}:\n{head.log_tail()}")
+        try:
+            head.client().submit_job(entrypoint="true")
+            return head
+        except Exception as exc:  # not up yet: connection refused, or no agent yet
+            if time.monotonic() > deadline:
+                head.stop()
+                raise RuntimeError(
+                    f"head not up after {HEAD_START_TIMEOUT_S}s ({exc}):\n{head.log_tail()}"
+                ) from exc
+            time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def ray_head(s3_server: local_s3.S3Server) -> Iterator[RayHead]:
+    # Short and under /tmp: Ray's Unix socket paths under the temp dir must fit in 107 bytes.
+    temp_dir = Path(tempfile.mkdtemp(prefix="rayhead-", dir="/tmp"))
+    head = None
+    try:
+        # The S3 endpoint and credentials in the head's own environment, so that job drivers and
+        # workers inherit them the way cluster nodes get theirs.
+        head = start_head(temp_dir, s3_server.env())
+        yield head
+    finally:
+        if head is not None:
+            head.stop()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def submit_and_wait(head: RayHead, entrypoint: str, timeout_s: float = JOB_TIMEOUT_S) -> str:
+    """Submit like `ray job submit --working-dir . -- <entrypoint>`; return the logs once SUCCEEDED."""
+    client = head.client()
+    job_id = client.submit_job(
+        entrypoint=entrypoint,
+        runtime_env={"working_dir": str(REPO_ROOT), "excludes": WORKING_DIR_EXCLUDES},
+    )
+    deadline = time.monotonic() + timeout_s
+    status = client.get_job_status(job_id)
+    while not status.is_terminal() and time.monotonic() < deadline:
+        time.sleep(1)
+        status = client.get_job_status(job_id)
+    logs = client.get_job_logs(job_id)
+    if not status.is_terminal():
+        client.stop_job(job_id)
+    assert status == JobStatus.SUCCEEDED, (
+        f"{entrypoint}\nstatus {status} after {timeout_s:.0f}s; job logs:\n{logs[-6000:]}\n"
+        f"head log:\n{head.log_tail(1500)}"
+    )
+    return logs
+
+
+def put(bucket: str, key: str, payload: bytes) -> None:
+    boto3.client("s3").put_object(Bucket=bucket.removeprefix("s3://"), Key=key, Body=payload)
+
+
+def hanks_upscaled(mirrored: bool = False) -> bytes:
+    """The 112 px aligned sample, doubled and padded so that a detector sees a face in context."""
+    hanks = load_rgb(sample_photo("Tom_Hanks_54745.png"))
+    if mirrored:
+        hanks = np.ascontiguousarray(hanks[:, ::-1])
+    big = np.kron(hanks, np.ones((2, 2, 1), np.uint8))
+    return encode(Image.fromarray(np.pad(big, ((40, 40), (40, 40), (0, 0)), mode="edge")), "PNG")
+
+
+@pytest.fixture(scope="module")
+def model_set(s3_server: local_s3.S3Server) -> str:
+    """A tiny random model set written by the real CLI (`python -m jobs.models init`) to S3."""
+    name = f"models-{secrets.token_hex(4)}"
+    local_s3.create_bucket(s3_server, name)
+    uri = f"s3://{name}/set"
+    subprocess.run(
+        [sys.executable, "-m", "jobs.models", "init", "--size", "64", "--out", uri],
+        cwd=REPO_ROOT,
+        env={**os.environ, **s3_server.env()},
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return uri
+
+
+PROBE = textwrap.dedent(
+    """
+    import json, os
+    import ray
+    from unmask_core import ray_session
+
+    ray_session.connect()
+
+    @ray.remote
+    def worker_env():
+        return {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_REGION")}
+
+    print("PROBE " + json.dumps({
+        "ray_address": os.environ.get("RAY_ADDRESS"),
+        "gcs_address": ray.get_runtime_context().gcs_address,
+        "cluster_cpus": ray.cluster_resources().get("CPU"),
+        "working_dir": sorted(os.listdir(".")),
+        "worker_env": ray.get(worker_env.remote()),
+    }))
+    """
+)
+
+
+def test_a_submitted_driver_attaches_to_the_head_through_ray_address(ray_head: RayHead, s3_server):
+    logs = submit_and_wait(ray_head, f"python -c {shlex.quote(PROBE)}", timeout_s=90)
+    probe = json.loads(next(line for line in logs.splitlines() if line.startswith("PROBE "))[6:])
+
+    # ray_session.connect() joined the head it was submitted to instead of starting a Ray of its own.
+    assert probe["ray_address"], "ray job submit sets RAY_ADDRESS for the driver"
+    assert probe["gcs_address"] == probe["ray_address"]
+    assert probe["gcs_address"].endswith(f":{ray_head.gcs_port}")
+    assert probe["cluster_cpus"] == 8
+    # Workers inherit the S3 endpoint from the node's environment.
+    assert probe["worker_env"]["AWS_ENDPOINT_URL"] == s3_server.endpoint
+    # The uploaded working dir holds the code and nothing heavy.
+    assert {"jobs", "unmask_core", "pyproject.toml"} <= set(probe["working_dir"])
+    assert not {".venv", ".git", "demo_out", ".s3data"} & set(probe["working_dir"])
+
+
+def test_the_job_server_refuses_requests_without_the_token(ray_head: RayHead):
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{ray_head.dashboard_url}/api/jobs/", timeout=10)
+    assert refused.value.code == 401
+    request = urllib.request.Request(
+        f"{ray_head.dashboard_url}/api/jobs/", headers={"Authorization": f"Bearer {ray_head.token}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.status == 200
+
+
+def test_bulk_unmask_job_writes_a_row_for_every_input(ray_head: RayHead, model_set: str, bucket: str):
+    gallery = {
+        "t1.jpg": sample_photo("t1.jpg").read_bytes(),
+        "Tom_Hanks_54745.png": sample_photo("Tom_Hanks_54745.png").read_bytes(),
+        "people/hanks_upscaled.png": hanks_upscaled(),
+        "people/truncated.jpg": sample_photo("t1.jpg").read_bytes()[:5000],
+    }
+    for key, payload in gallery.items():
+        put(bucket, f"gallery/{key}", payload)
+    out = f"{bucket}/out"
+
+    submit_and_wait(
+        ray_head,
+        f"python -m jobs.unmask --input {bucket}/gallery --output {out} --models {model_set} "
+        "--shard-size 2 --batch-size 4",
+    )
+
+    rows = shards.read_rows(storage.join(out, "rows")).to_pylist()
+    assert {row["id"] for row in rows} == set(gallery)
+    status = {row["id"]: row["status"] for row in rows}
+    assert status["people/truncated.jpg"] == "decode_error"
+    assert status["t1.jpg"] == "ok"
+    ok = [row for row in rows if row["status"] == "ok"]
+    assert all(storage.exists(row["unmasked_uri"]) for row in ok)
+
+
+def test_prepare_then_train_jobs_checkpoint_to_s3(ray_head: RayHead, model_set: str, bucket: str):
+    t1 = load_rgb(sample_photo("t1.jpg"))
+    corpus = {
+        "crowd/t1.jpg": encode(Image.fromarray(t1), "JPEG", quality=92),
+        "crowd/t1_mirrored.jpg": encode(Image.fromarray(np.ascontiguousarray(t1[:, ::-1])), "JPEG"),
+        "hanks/upscaled.png": hanks_upscaled(),
+        "hanks/mirrored.png": hanks_upscaled(mirrored=True),
+    }
+    for key, payload in corpus.items():
+        put(bucket, f"corpus/{key}", payload)
+    pairs, runs = f"{bucket}/pairs", f"{bucket}/runs"
+
+    submit_and_wait(
+        ray_head,
+        f"python -m jobs.prepare --corpus folders --input {bucket}/corpus --output {pairs} "
+        "--test-fraction 0 --image-size 64 --workers 2",
+    )
+    submit_and_wait(
+        ray_head,
+        f"python -m jobs.train --stage baseline --workers 2 --steps 3 --checkpoint-every 2 --batch-size 2 "
+        f"--lpips-backbone random --pairs {pairs} --models {model_set} --out {runs}",
+    )
+
+    metrics = storage.read_bytes(storage.join(runs, "baseline", "metrics.csv")).decode()
+    assert [int(float(row["step"])) for row in csv.DictReader(io.StringIO(metrics))] == [1, 2, 3]
+    trained = storage.list_files(storage.join(runs, "models"))
+    assert any(uri.endswith("baseline_encoder.pt") for uri in trained), trained
