@@ -1,0 +1,501 @@
+"""Checkpoints: public layouts round-trip strictly, our format is verified, bad files fail clearly,
+and model sets (local and S3) load, save trained encoders and keep their hashes honest."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from unmask_core.errors import UserError
+from unmask_core.models import checkpoints as ck
+from unmask_core.models.encoder import EncoderConfig, GradualStyleEncoder
+from unmask_core.models.irse import Backbone, BackboneConfig
+from unmask_core.models.psp import PSP, LatentEncoder
+from unmask_core.models.stylegan2 import Generator, GeneratorConfig
+
+
+def tiny_generator(seed: int = 0, **config) -> Generator:
+    torch.manual_seed(seed)
+    defaults = dict(size=32, style_dim=16, n_mlp=2, max_channels=16)
+    return Generator(GeneratorConfig(**{**defaults, **config})).eval()
+
+
+def tiny_encoder(n_styles: int = 8, style_dim: int = 16, seed: int = 0) -> GradualStyleEncoder:
+    torch.manual_seed(seed)
+    config = EncoderConfig(
+        input_size=32, n_styles=n_styles, style_dim=style_dim, units=(1, 1, 2, 1), widths=(8, 12, 16, 24)
+    )
+    return GradualStyleEncoder(config).eval()
+
+
+def tiny_backbone(seed: int = 0) -> Backbone:
+    torch.manual_seed(seed)
+    return Backbone(
+        BackboneConfig(input_size=32, units=(1, 2, 1, 1), widths=(8, 12, 16, 24), embedding_dim=32)
+    ).eval()
+
+
+def randomize_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    # Fresh BatchNorm statistics are 0/1; random ones make a lost buffer visible in the outputs.
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return module
+
+
+def images(n: int = 2, size: int = 32) -> torch.Tensor:
+    return torch.rand(n, 3, size, size) * 2 - 1
+
+
+def assert_same_weights(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+
+
+# ---------------------------------------------------------------- public layouts round-trip
+
+
+def test_rosinality_generator_round_trip(tmp_path: Path) -> None:
+    g = tiny_generator()
+    latent_avg = g.mean_latent(100)
+    path = str(tmp_path / "stylegan2.pt")
+    ck.save_rosinality_generator(g, path, latent_avg)
+    assert set(torch.load(path, weights_only=True)) == {"g_ema", "latent_avg"}
+    loaded, loaded_avg = ck.load_rosinality_generator(path)
+    assert loaded.config == g.config  # inferred from the weights' shapes
+    assert_same_weights(g, loaded)
+    assert torch.equal(loaded_avg, latent_avg)
+    w = torch.randn(2, g.n_latent, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded(w), g(w))
+
+
+def test_generator_config_inference_recovers_tapered_widths(tmp_path: Path) -> None:
+    # channels min(32, 512 / res): 32 up to 16 px, 16 at 32 px, 8 at 64 px, as rosinality's table tapers.
+    g = tiny_generator(size=64, max_channels=32, channel_multiplier=1 / 32)
+    assert [g.config.channels(r) for r in (4, 16, 32, 64)] == [32, 32, 16, 8]
+    assert ck.infer_generator_config(g.state_dict()) == g.config
+
+
+def test_psp_round_trip(tmp_path: Path) -> None:
+    g = tiny_generator()
+    psp = PSP(randomize_batchnorm(tiny_encoder()), g, g.mean_latent(100), output_size=32).eval()
+    path = str(tmp_path / "psp.pt")
+    ck.save_psp(psp, path, opts={"dataset_type": "ffhq_encode"})
+    saved = torch.load(path, weights_only=True)
+    assert set(saved) == {"state_dict", "opts", "latent_avg"}
+    assert {k.split(".", 1)[0] for k in saved["state_dict"]} == {"encoder", "decoder"}
+    loaded = ck.load_psp(path)
+    assert loaded.encoder.config == psp.encoder.config
+    assert loaded.decoder.config == psp.decoder.config
+    assert_same_weights(psp, loaded)
+    x = images()
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(x), psp.encode(x))
+        assert torch.equal(loaded(x), psp(x))
+
+
+def test_irse50_round_trip_and_encoder_body_init(tmp_path: Path) -> None:
+    backbone = randomize_batchnorm(tiny_backbone())
+    path = str(tmp_path / "model_ir_se50.pth")
+    ck.save_irse50(backbone, path)
+    loaded = ck.load_irse50(path)
+    assert loaded.config == backbone.config
+    x = images()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), backbone(x))
+
+    # pSp initialises its encoder's IR-SE body from the same file; the backbone's head is not used.
+    encoder = GradualStyleEncoder(
+        EncoderConfig(input_size=32, n_styles=8, style_dim=16, units=(1, 2, 1, 1), widths=(8, 12, 16, 24))
+    )
+    ck.init_encoder_from_irse50(encoder, path)
+    body = {k: v for k, v in backbone.state_dict().items() if k.startswith(("input_layer.", "body."))}
+    for key, value in body.items():
+        assert torch.equal(encoder.state_dict()[key], value), key
+    with pytest.raises(ck.CheckpointError) as err:
+        ck.init_encoder_from_irse50(tiny_encoder(), path)  # units (1, 1, 2, 1): body.2 is one stage later
+    assert path in str(err.value) and "wrong shapes: body.2.res_layer" in str(err.value)
+
+
+def facenet_model(seed: int = 0) -> torch.nn.Module:
+    from facenet_pytorch import InceptionResnetV1
+
+    torch.manual_seed(seed)
+    return randomize_batchnorm(InceptionResnetV1(pretrained=None, classify=False)).eval()
+
+
+def test_facenet_state_dict_loads_with_or_without_classifier(tmp_path: Path) -> None:
+    model = facenet_model()
+    x = images(2, 112)
+    with torch.no_grad():
+        expected = model(x)
+    path = str(tmp_path / "facenet.pt")
+    ck.save_facenet(model, path)
+    with torch.no_grad():
+        assert torch.equal(ck.load_facenet(path)(x), expected)
+    # facenet-pytorch's released vggface2 weights carry an 8631-way classifier: it is dropped.
+    released = dict(
+        model.state_dict(), **{"logits.weight": torch.zeros(8631, 512), "logits.bias": torch.zeros(8631)}
+    )
+    torch.save(released, path)
+    with torch.no_grad():
+        assert torch.equal(ck.load_facenet(path)(x), expected)
+
+
+# ---------------------------------------------------------------- our format
+
+
+def test_our_format_round_trips_every_kind_with_sha256(tmp_path: Path) -> None:
+    g = tiny_generator()
+    f = LatentEncoder(randomize_batchnorm(tiny_encoder()), g.mean_latent(100)).eval()
+    modules = {
+        "generator": g,
+        "encoder": f,
+        "arcface": randomize_batchnorm(tiny_backbone()),
+        "facenet": facenet_model(),
+    }
+    inputs = {
+        "generator": torch.randn(2, 8, 16),
+        "encoder": images(),
+        "arcface": images(),
+        "facenet": images(2, 112),
+    }
+    for kind, module in modules.items():
+        uri = str(tmp_path / f"{kind}.pt")
+        sha = ck.save_module(module, uri)
+        ckpt = ck.read_checkpoint(uri, kind)
+        assert (ckpt.kind, ckpt.sha256) == (kind, sha)
+        raw = torch.load(uri, weights_only=True)
+        assert raw["format"] == ck.FORMAT and raw["sha256"] == sha
+        loaded = ck.load_module(uri, kind)
+        assert type(loaded) is type(module)
+        with torch.no_grad():
+            assert torch.equal(loaded(inputs[kind]), module(inputs[kind])), kind
+    assert torch.equal(ck.load_module(str(tmp_path / "encoder.pt")).latent_avg, f.latent_avg)
+
+
+def test_sha256_is_deterministic_and_sensitive() -> None:
+    g = tiny_generator()
+    sd = g.state_dict()
+    sha = ck.state_dict_sha256(sd)
+    assert sha == ck.state_dict_sha256(dict(reversed(list(sd.items()))))  # key order does not matter
+    assert sha == ck.state_dict_sha256(tiny_generator().state_dict())
+    changed = dict(sd)
+    changed["conv1.noise.weight"] = sd["conv1.noise.weight"] + 1e-6
+    assert ck.state_dict_sha256(changed) != sha
+    retyped = dict(sd, **{"conv1.noise.weight": sd["conv1.noise.weight"].double()})
+    assert ck.state_dict_sha256(retyped) != sha
+
+
+def test_encoder_sha256_covers_latent_avg(tmp_path: Path) -> None:
+    encoder = tiny_encoder()
+    a = ck.save_module(LatentEncoder(encoder, torch.zeros(16)), str(tmp_path / "a.pt"))
+    b = ck.save_module(LatentEncoder(encoder, torch.ones(16)), str(tmp_path / "b.pt"))
+    assert a != b
+
+
+# ---------------------------------------------------------------- bad files fail with one clear line
+
+
+@pytest.fixture
+def generator_file(tmp_path: Path) -> str:
+    uri = str(tmp_path / "generator.pt")
+    ck.save_module(tiny_generator(), uri)
+    return uri
+
+
+def _touch(path: str) -> None:
+    Path(path).touch()
+
+
+class CodeNotWeights:
+    def __init__(self, flag: str) -> None:
+        self.flag = flag
+
+    def __reduce__(self):
+        return (_touch, (self.flag,))
+
+
+def test_truncated_file_is_a_checkpoint_error(generator_file: str) -> None:
+    data = Path(generator_file).read_bytes()
+    Path(generator_file).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ck.CheckpointError, match="truncated or corrupt") as err:
+        ck.load_module(generator_file)
+    assert generator_file in str(err.value)
+    Path(generator_file).write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ck.CheckpointError, match="truncated or corrupt"):
+        ck.load_rosinality_generator(generator_file)
+
+
+def test_pickle_that_is_not_weights_is_refused_without_running_it(tmp_path: Path) -> None:
+    flag = tmp_path / "code-ran"
+    path = str(tmp_path / "evil.pt")
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": CodeNotWeights(str(flag))}, path)
+    for load in (ck.load_module, ck.load_irse50, ck.load_facenet, ck.load_psp):
+        with pytest.raises(ck.CheckpointError, match="not weights") as err:
+            load(path)
+        assert path in str(err.value) and "_touch" in str(err.value)
+    assert not flag.exists()
+
+
+def test_missing_and_unexpected_keys_are_named(tmp_path: Path) -> None:
+    g = tiny_generator()
+    sd = g.state_dict()
+    sd["style.1.weight_renamed"] = sd.pop("style.1.weight")
+    uri = str(tmp_path / "renamed.pt")
+    ck.save_checkpoint(uri, "generator", asdict(g.config), sd)
+    with pytest.raises(ck.CheckpointError) as err:
+        ck.load_module(uri)
+    message = str(err.value)
+    assert uri in message and "missing keys: style.1.weight" in message
+    assert "unexpected keys: style.1.weight_renamed" in message
+    assert "\n" not in message
+
+    rosinality = str(tmp_path / "rosinality.pt")
+    sd = g.state_dict()
+    del sd["to_rgbs.1.bias"]
+    torch.save({"g_ema": sd}, rosinality)
+    with pytest.raises(ck.CheckpointError, match="missing keys: to_rgbs.1.bias") as err:
+        ck.load_rosinality_generator(rosinality)
+    assert rosinality in str(err.value)
+
+
+def test_wrong_shapes_are_named(tmp_path: Path) -> None:
+    g = tiny_generator()
+    uri = str(tmp_path / "generator.pt")
+    ck.save_checkpoint(
+        uri,
+        "generator",
+        asdict(GeneratorConfig(size=32, style_dim=16, n_mlp=2, max_channels=8)),
+        g.state_dict(),
+    )
+    with pytest.raises(ck.CheckpointError, match="wrong shapes: ") as err:
+        ck.load_module(uri)
+    assert uri in str(err.value) and "input.input [1, 16, 4, 4] (model [1, 8, 4, 4])" in str(err.value)
+
+    backbone = tiny_backbone()
+    sd = backbone.state_dict()
+    sd["output_layer.3.bias"] = torch.zeros(5)
+    path = str(tmp_path / "model_ir_se50.pth")
+    torch.save(sd, path)
+    with pytest.raises(ck.CheckpointError, match=r"output_layer.3.bias \[5\] \(model \[32\]\)"):
+        ck.load_irse50(path)
+
+
+def test_sha256_mismatch_is_detected(generator_file: str) -> None:
+    payload = torch.load(generator_file, weights_only=True)
+    payload["state_dict"]["input.input"].add_(1e-3)
+    torch.save(payload, generator_file)
+    with pytest.raises(ck.CheckpointError, match="sha256 mismatch") as err:
+        ck.read_checkpoint(generator_file)
+    assert generator_file in str(err.value)
+
+
+def test_wrong_format_kind_and_missing_file(generator_file: str, tmp_path: Path) -> None:
+    with pytest.raises(ck.CheckpointError, match="holds a 'generator' model, expected 'encoder'"):
+        ck.read_checkpoint(generator_file, "encoder")
+    raw = str(tmp_path / "raw.pt")
+    torch.save(tiny_generator().state_dict(), raw)
+    with pytest.raises(ck.CheckpointError, match="not an unmask checkpoint") as err:
+        ck.load_module(raw)
+    assert raw in str(err.value)
+    with pytest.raises(ck.CheckpointError, match="needs keys \\['g_ema'\\]"):
+        ck.load_rosinality_generator(raw)
+    with pytest.raises(ck.CheckpointError, match="no such file"):
+        ck.load_module(str(tmp_path / "absent.pt"))
+    assert issubclass(ck.CheckpointError, UserError)
+
+
+# ---------------------------------------------------------------- LPIPS
+
+
+@pytest.fixture(scope="module")
+def alexnet_file(tmp_path_factory: pytest.TempPathFactory) -> str:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("lpips") / "alexnet.pth"
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), path)
+    return str(path)
+
+
+def test_lpips_uses_alexnet_weights_from_the_file(alexnet_file: str) -> None:
+    features = torch.load(alexnet_file, weights_only=True)
+    model = ck.load_lpips(alexnet_file)
+    for index, slice_index in ((0, 1), (3, 2), (6, 3), (8, 4), (10, 5)):
+        layer = getattr(getattr(model.net, f"slice{slice_index}"), str(index))
+        assert torch.equal(layer.weight, features[f"features.{index}.weight"])
+        assert torch.equal(layer.bias, features[f"features.{index}.bias"])
+    x, y = images(2, 64), images(2, 64)
+    with torch.no_grad():
+        assert model(x, x).abs().max() == 0
+        assert (model(x, y) > 0).all()
+        assert ck.load_lpips(alexnet_file, spatial=True)(x, y).shape == (2, 1, 64, 64)
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_lpips_random_backbone_only_when_asked_and_bad_file_named(alexnet_file: str, tmp_path: Path) -> None:
+    random_model = ck.load_lpips(None)
+    file_model = ck.load_lpips(alexnet_file)
+    assert not torch.equal(random_model.net.slice1[0].weight, file_model.net.slice1[0].weight)
+    features = torch.load(alexnet_file, weights_only=True)
+    del features["features.10.weight"]
+    broken = str(tmp_path / "broken.pth")
+    torch.save(features, broken)
+    with pytest.raises(ck.CheckpointError, match="missing keys: features.10.weight") as err:
+        ck.load_lpips(broken)
+    assert broken in str(err.value)
+
+
+# ---------------------------------------------------------------- model sets
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
+    uri = str(tmp_path_factory.mktemp("models") / "set64")
+    return uri, ck.init_model_set(64, uri, seed=7)
+
+
+def test_init_model_set_writes_the_documented_layout(tiny_set: tuple[str, dict]) -> None:
+    uri, manifest = tiny_set
+    files = {p.name for p in Path(uri).iterdir()}
+    assert files == {
+        "generator.pt",
+        "baseline_encoder.pt",
+        "encoder.pt",
+        "arcface_irse.pt",
+        "facenet.pt",
+        "model_set.json",
+    }
+    on_disk = json.loads((Path(uri) / "model_set.json").read_text())
+    assert on_disk == json.loads(json.dumps(manifest))
+    assert (manifest["size"], manifest["image_size"], manifest["n_latent"]) == (64, 64, 10)
+    for name, filename in manifest["files"].items():
+        assert ck.read_checkpoint(str(Path(uri) / filename)).sha256 == manifest["sha256"][name]
+    assert manifest["sha256"]["unmask"] == manifest["sha256"]["baseline"]  # f starts as f0
+    with pytest.raises(UserError, match="already holds a model set"):
+        ck.init_model_set(64, uri)
+
+
+def test_model_set_accessors(tiny_set: tuple[str, dict]) -> None:
+    uri, manifest = tiny_set
+    models = ck.ModelSet(uri)
+    assert (models.size, models.image_size, models.n_latent) == (64, 64, 10)
+    g = models.generator()
+    assert g is models.generator() and not any(p.requires_grad for p in g.parameters())
+    f = models.encoder("unmask")
+    assert f is not models.encoder("unmask") and all(p.requires_grad for p in f.parameters())
+    f0 = models.encoder("baseline")
+    x = images(2, 64)
+    with torch.no_grad():
+        codes = f(x)
+        assert codes.shape == (2, 10, 128)
+        torch.testing.assert_close(codes, f.encoder(x) + f0.latent_avg)
+        torch.testing.assert_close(models.psp("unmask")(x), g(codes))
+        assert models.arcface()(torch.rand(2, 3, 112, 112)).shape == (2, 512)
+        assert models.facenet()(torch.rand(2, 3, 112, 112)).shape == (2, 512)
+    assert models.sha256("generator") == manifest["sha256"]["generator"]
+    assert models.optional_file("arcface_onnx") is None
+    with pytest.raises(KeyError):
+        models.encoder("generator")
+    with pytest.raises(ck.CheckpointError, match="not a model set"):
+        ck.ModelSet(str(Path(uri).parent / "nowhere"))
+
+
+def test_tiny_set_is_fast_enough_for_cpu_tests(tiny_set: tuple[str, dict]) -> None:
+    import time
+
+    models = ck.ModelSet(tiny_set[0])
+    g, f = models.generator(), models.encoder()
+    x = images(8, 64)
+    with torch.no_grad():
+        g(f(x))
+        started = time.perf_counter()
+        g(f(x))
+    # About 0.2 s on an idle 2-core CPU; the margin absorbs other jobs on a shared machine.
+    assert time.perf_counter() - started < 3.0
+
+
+def test_save_encoder_to_a_new_folder_then_in_place(tiny_set: tuple[str, dict], tmp_path: Path) -> None:
+    source_uri, manifest = tiny_set
+    models = ck.ModelSet(source_uri)
+    f0 = models.encoder("baseline")
+    with torch.no_grad():
+        for p in f0.parameters():
+            p.add_(0.01)
+    out = str(tmp_path / "trained")
+    trained = models.save_encoder("baseline", f0, out)
+    assert trained.sha256("baseline") != manifest["sha256"]["baseline"]
+    for name in ("generator", "unmask", "arcface", "facenet"):
+        assert trained.sha256(name) == manifest["sha256"][name]
+        assert (Path(out) / ck.REQUIRED_FILES[name]).read_bytes() == (
+            Path(source_uri) / ck.REQUIRED_FILES[name]
+        ).read_bytes()
+    assert "baseline" not in trained.manifest["random_init"]
+    assert ck.ModelSet(source_uri).sha256("baseline") == manifest["sha256"]["baseline"]  # source untouched
+    x = images(2, 64)
+    with torch.no_grad():
+        assert torch.equal(trained.encoder("baseline")(x), f0(x))
+
+    # A bare GradualStyleEncoder keeps the set's latent_avg; saving in place rewrites only that file.
+    f = trained.encoder("unmask")
+    with torch.no_grad():
+        f.encoder.styles[0].linear.bias.add_(1.0)
+    again = trained.save_encoder("unmask", f.encoder, out)
+    assert again.sha256("unmask") != manifest["sha256"]["unmask"]
+    assert again.sha256("baseline") == trained.sha256("baseline")
+    assert torch.equal(again.encoder("unmask").latent_avg, f.latent_avg)
+    with pytest.raises(UserError, match="codes"):
+        again.save_encoder("unmask", LatentEncoder(tiny_encoder(n_styles=8), torch.zeros(16)), out)
+
+
+def test_model_set_rejects_a_file_replaced_behind_its_back(
+    tiny_set: tuple[str, dict], tmp_path: Path
+) -> None:
+    uri = str(tmp_path / "copy")
+    shutil.copytree(tiny_set[0], uri)
+    models = ck.ModelSet(uri)
+    other = models.encoder("baseline")
+    with torch.no_grad():
+        other.encoder.latlayer1.bias.add_(1.0)
+    ck.save_module(other, str(Path(uri) / "encoder.pt"))  # a valid checkpoint, but not the recorded one
+    with pytest.raises(ck.CheckpointError, match="model_set.json") as err:
+        models.encoder("unmask")
+    assert "encoder.pt" in str(err.value)
+
+
+def test_model_set_on_s3_is_deterministic_per_seed(tiny_set: tuple[str, dict], bucket: str) -> None:
+    local_uri, local_manifest = tiny_set
+    uri = f"{bucket}/models/set64"
+    manifest = ck.init_model_set(64, uri, seed=7)
+    assert manifest["sha256"] == local_manifest["sha256"]
+    remote, local = ck.ModelSet(uri), ck.ModelSet(local_uri)
+    w = torch.randn(2, 10, 128)
+    with torch.no_grad():
+        assert torch.equal(remote.generator()(w), local.generator()(w))
+    f = remote.encoder("unmask")
+    with torch.no_grad():
+        f.encoder.latlayer2.bias.add_(0.5)
+    saved = remote.save_encoder("unmask", f, uri)  # in place, on S3
+    assert ck.ModelSet(uri).sha256("unmask") == saved.sha256("unmask") != local_manifest["sha256"]["unmask"]
+    x = images(2, 64)
+    with torch.no_grad():
+        assert torch.equal(ck.ModelSet(uri).encoder("unmask")(x), f(x))
+
+
+def test_reference_size_configs() -> None:
+    for size, n_latent in ((256, 14), (1024, 18)):
+        generator, encoder, arcface = ck.model_set_configs(size)
+        assert (generator.size, generator.n_latent, generator.style_dim) == (size, n_latent, 512)
+        assert (encoder.input_size, encoder.n_styles, encoder.widths) == (256, n_latent, (64, 128, 256, 512))
+        assert arcface == BackboneConfig()
+    with pytest.raises(UserError):
+        ck.model_set_configs(128)
