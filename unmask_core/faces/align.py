@@ -37,6 +37,29 @@ def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     return points @ matrix[:, :2].T + matrix[:, 2]
 
 
+def similarity_fit(source: np.ndarray, target: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Least-squares similarity (rotation, uniform scale, translation; no reflection) mapping
+    `source` onto `target`, as a 2x3 matrix. Weighted Umeyama (1991): closed form, deterministic."""
+    source = np.asarray(source, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    w = np.ones(len(source)) if weights is None else np.asarray(weights, dtype=np.float64)
+    w = w / w.sum()
+    mean_s = w @ source
+    mean_t = w @ target
+    centred_s = source - mean_s
+    centred_t = target - mean_t
+    covariance = (centred_t * w[:, None]).T @ centred_s
+    u, singular, vt = np.linalg.svd(covariance)
+    sign = np.ones(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        sign[1] = -1.0  # the best orthogonal map would mirror the face; take the best rotation
+    rotation = u @ np.diag(sign) @ vt
+    variance_s = w @ (centred_s**2).sum(axis=1)
+    scale = (singular * sign).sum() / variance_s
+    translation = mean_t - scale * rotation @ mean_s
+    return np.hstack([scale * rotation, translation[:, None]])
+
+
 def ffhq_quad(landmarks5: np.ndarray) -> np.ndarray:
     """FFHQ's crop square for a face, as its 4 corners (top-left, bottom-left, bottom-right,
     top-right).
@@ -72,11 +95,8 @@ def ffhq_quad(landmarks5: np.ndarray) -> np.ndarray:
 def _ffhq_template(size: int) -> np.ndarray:
     """Where FFHQ framing puts the ArcFace template's landmarks in a size x size crop: run FFHQ's
     recipe on the (average-face) ArcFace template and map its crop square onto the output."""
-    corners = ffhq_quad(ARCFACE_TEMPLATE_112)
-    # Three corners fix the (similarity) map from the crop square to [0, size]^2.
-    source = corners[:3].astype(np.float32)
-    target = np.array([[0, 0], [0, size], [size, size]], dtype=np.float32)
-    return transform_points(ARCFACE_TEMPLATE_112, cv2.getAffineTransform(source, target))
+    square = np.array([[0, 0], [0, size], [size, size], [size, 0]], dtype=np.float64)
+    return transform_points(ARCFACE_TEMPLATE_112, similarity_fit(ffhq_quad(ARCFACE_TEMPLATE_112), square))
 
 
 #: The five landmarks of an average face in a 256 px FFHQ-aligned crop (see `ffhq_quad`):
@@ -99,29 +119,6 @@ class AlignmentError(ValueError):
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
-
-
-def similarity_fit(source: np.ndarray, target: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """Least-squares similarity (rotation, uniform scale, translation; no reflection) mapping
-    `source` onto `target`, as a 2x3 matrix. Weighted Umeyama (1991): closed form, deterministic."""
-    source = np.asarray(source, dtype=np.float64)
-    target = np.asarray(target, dtype=np.float64)
-    w = np.ones(len(source)) if weights is None else np.asarray(weights, dtype=np.float64)
-    w = w / w.sum()
-    mean_s = w @ source
-    mean_t = w @ target
-    centred_s = source - mean_s
-    centred_t = target - mean_t
-    covariance = (centred_t * w[:, None]).T @ centred_s
-    u, singular, vt = np.linalg.svd(covariance)
-    sign = np.ones(2)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        sign[1] = -1.0  # the best orthogonal map would mirror the face; take the best rotation
-    rotation = u @ np.diag(sign) @ vt
-    variance_s = w @ (centred_s**2).sum(axis=1)
-    scale = (singular * sign).sum() / variance_s
-    translation = mean_t - scale * rotation @ mean_s
-    return np.hstack([scale * rotation, translation[:, None]])
 
 
 def _check_landmarks(landmarks5: np.ndarray) -> np.ndarray:
