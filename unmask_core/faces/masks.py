@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from unmask_core.faces.align import ARCFACE_TEMPLATE_112, transform_points
-from unmask_core.faces.samples import load_rgb, sample_photo
+from unmask_core.faces.samples import MASK_TEXTURE_NAMES, load_rgb, sample_photo
 
 MASK_KINDS = ("surgical", "n95", "kn95", "cloth", "black")
 
@@ -224,7 +224,7 @@ def _bump(u: np.ndarray, width: float) -> np.ndarray:
 
 def _outline(kind: str, frame: _FaceFrame, rng: np.random.Generator) -> _Outline:
     """The kind's outline, jittered a little per image so that not every mask sits identically."""
-    jitter = rng.uniform(-1.0, 1.0, size=4)
+    jitter = rng.uniform(-1.0, 1.0, size=3)
     grow = 1.0 + 0.03 * jitter[0]
     lift = 1.2 * jitter[1]  # moves the top edge, canonical units
     drop = 2.0 * jitter[2]  # moves the bottom edge
@@ -309,12 +309,10 @@ def _mask_photo(name: str) -> tuple[np.ndarray, np.ndarray]:
     photo = np.ascontiguousarray(
         photo[int(0.03 * height) : int(0.97 * height), int(0.03 * width) : int(0.97 * width)]
     )
+    height, width = photo.shape[:2]
     centre = photo[int(0.1 * height) : int(0.9 * height), int(0.1 * width) : int(0.9 * width)]
     photo.setflags(write=False)
     return photo, centre.reshape(-1, 3).mean(axis=0)
-
-
-_SURGICAL_PHOTOS = ("mask_blue.jpg", "mask_white.jpg", "mask_green.jpg", "mask_black.jpg")
 
 
 def _grain(shape: tuple[int, int], rng: np.random.Generator, strength: float) -> np.ndarray:
@@ -331,7 +329,9 @@ def _smoothstep(edge0: float, edge1: float, value: np.ndarray) -> np.ndarray:
     return fraction * fraction * (3 - 2 * fraction)
 
 
-def _surgical_front(u, t, frame: _FaceFrame, color: Color, photo_name: str) -> np.ndarray:
+def _surgical_front(
+    u: np.ndarray, t: np.ndarray, frame: _FaceFrame, color: Color, photo_name: str
+) -> np.ndarray:
     """The mask photo, warped over the outline (its pleats follow the mask) and recoloured."""
     photo, mean = _mask_photo(photo_name)
     width_px = max(8, int(2.0 * 39.0 * frame.px_per_unit))
@@ -353,7 +353,7 @@ def _surgical_front(u, t, frame: _FaceFrame, color: Color, photo_name: str) -> n
 def _surgical_photo_for(color: Color) -> str:
     """The mask photo closest in colour, so that recolouring stays gentle."""
     target = np.asarray(color, dtype=np.float32) / 255.0
-    return min(_SURGICAL_PHOTOS, key=lambda name: float(np.sum((_mask_photo(name)[1] - target) ** 2)))
+    return min(MASK_TEXTURE_NAMES, key=lambda name: float(np.sum((_mask_photo(name)[1] - target) ** 2)))
 
 
 def _cloth_pattern(x, y, color: Color, rng: np.random.Generator) -> np.ndarray:
