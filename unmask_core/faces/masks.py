@@ -748,7 +748,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     faces = _sample_faces()
     for name, sheet in (("kinds.png", contact_sheet(faces)), ("variety.png", variety_sheet(faces))):
-        cv2.imwrite(str(out / name), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+        cv2.imwrite(str(out / name), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
         print(out / name)
 
 
