@@ -193,8 +193,12 @@ def test_report_html_is_self_contained(sample, written):
     assert _external_references('<img src="https://cdn.example.com/x.png">')  # the check can fail
     images = re.findall(r'<img[^>]*src="data:image/png;base64,([^"]+)"', page)
     assert len(images) == 1 + 3 * len(sample["triplets"])
-    sizes = [Image.open(io.BytesIO(base64.b64decode(data))).size for data in images]
-    assert sizes[1:] == [(256, 256)] * (3 * len(sample["triplets"]))
+    decoded = [np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB")) for data in images]
+    # PNG is lossless: the grid must show exactly the arrays it was given, T, M, U per face, best first.
+    order = sorted(sample["triplets"], key=lambda t: (report.LABEL_ORDER.index(t.label), -t.psnr))
+    for k, t in enumerate(order):
+        for j, image in enumerate((t.T, t.M, t.U)):
+            np.testing.assert_array_equal(decoded[1 + 3 * k + j], image)
     assert "Demo models are untrained &lt;for illustration&gt;" in page  # the note, escaped
     for digest in sample["checkpoints"].values():
         assert digest in page
