@@ -192,13 +192,15 @@ def ray_head(s3_server: local_s3.S3Server) -> Iterator[RayHead]:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def submit_and_wait(head: RayHead, entrypoint: str, timeout_s: float = JOB_TIMEOUT_S) -> str:
+def submit_and_wait(
+    head: RayHead, entrypoint: str, timeout_s: float = JOB_TIMEOUT_S, env_vars: dict[str, str] | None = None
+) -> str:
     """Submit like `ray job submit --working-dir . -- <entrypoint>`; return the logs once SUCCEEDED."""
     client = head.client()
-    job_id = client.submit_job(
-        entrypoint=entrypoint,
-        runtime_env={"working_dir": str(REPO_ROOT), "excludes": WORKING_DIR_EXCLUDES},
-    )
+    runtime_env: dict = {"working_dir": str(REPO_ROOT), "excludes": WORKING_DIR_EXCLUDES}
+    if env_vars:
+        runtime_env["env_vars"] = env_vars
+    job_id = client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
     started = time.monotonic()
     status = client.get_job_status(job_id)
     while not status.is_terminal() and time.monotonic() - started < timeout_s:
@@ -281,6 +283,20 @@ def test_a_submitted_driver_attaches_to_the_head_through_ray_address(ray_head: R
     # The uploaded working dir holds the code and nothing heavy.
     assert {"jobs", "unmask_core", "pyproject.toml"} <= set(probe["working_dir"])
     assert not {".venv", ".git", "demo_out", ".s3data"} & set(probe["working_dir"])
+
+
+def test_a_job_may_name_the_s3_endpoint_in_its_runtime_env(ray_head: RayHead, s3_server):
+    """The way to point one job at an S3-compatible store when the nodes' environment does not:
+    `--runtime-env-json '{"env_vars": {"AWS_ENDPOINT_URL": ...}}'`. ray_session forwards the same
+    variable to workers, and Ray refuses a driver runtime_env whose env_vars overlap the job's."""
+    logs = submit_and_wait(
+        ray_head,
+        f"python -c {shlex.quote(PROBE)}",
+        timeout_s=90,
+        env_vars={"AWS_ENDPOINT_URL": s3_server.endpoint, "AWS_REGION": "us-east-1"},
+    )
+    probe = json.loads(next(line for line in logs.splitlines() if line.startswith("PROBE "))[6:])
+    assert probe["worker_env"] == {"AWS_ENDPOINT_URL": s3_server.endpoint, "AWS_REGION": "us-east-1"}
 
 
 def test_the_job_server_refuses_requests_without_the_token(ray_head: RayHead):
