@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from unmask_core.models.encoder import EncoderConfig, GradualStyleEncoder
 from unmask_core.models.irse import Backbone, BackboneConfig, id_preprocess
@@ -246,6 +247,17 @@ def test_generator_layout_follows_size() -> None:
     assert image.shape == (3, 3, 32, 32) and torch.isfinite(image).all()
     with pytest.raises(ValueError, match="W\\+"):
         g(torch.randn(3, 16))
+
+
+def test_flop_counter_traces_the_generator_per_image() -> None:
+    # bench/flops.py counts FLOPs under no_grad; a no-grad view of a parameter would break its tracker.
+    g = Generator(GeneratorConfig(size=16, style_dim=8, n_mlp=1, max_channels=4)).eval()
+    counts = []
+    for batch in (1, 2):
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            g(torch.randn(batch, g.n_latent, 8))
+        counts.append(counter.get_total_flops())
+    assert counts[0] > 0 and counts[1] == 2 * counts[0]
 
 
 def test_mean_latent_is_the_mean_of_the_mapping() -> None:

@@ -242,7 +242,8 @@ class ConstantInput(nn.Module):
         self.input = nn.Parameter(torch.randn(1, channels, size, size))
 
     def forward(self, batch: int) -> Tensor:
-        return self.input.expand(batch, -1, -1, -1)
+        # A copy, not an expand(): a no-grad view of a parameter breaks torch's module tracker (FLOP counter).
+        return self.input.repeat(batch, 1, 1, 1)
 
 
 class Generator(nn.Module):
