@@ -403,7 +403,10 @@ def test_model_set_accessors(tiny_set: tuple[str, dict]) -> None:
         assert models.arcface()(torch.rand(2, 3, 112, 112)).shape == (2, 512)
         assert models.facenet()(torch.rand(2, 3, 112, 112)).shape == (2, 512)
     assert models.sha256("generator") == manifest["sha256"]["generator"]
+    assert models.sha256("encoder") == models.sha256("unmask") == manifest["sha256"]["unmask"]
+    assert models.sha256("baseline_encoder") == manifest["sha256"]["baseline"]
     assert models.optional_file("arcface_onnx") is None
+    assert models.has("facenet") and models.has("encoder") and not models.has("arcface_onnx")
     with pytest.raises(KeyError):
         models.encoder("generator")
     with pytest.raises(ck.CheckpointError, match="not a model set"):

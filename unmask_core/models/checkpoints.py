@@ -538,6 +538,8 @@ KIND_OF = {
     "facenet": "facenet",
 }
 OPTIONAL_FILES = {"arcface_onnx": "arcface.onnx", "lpips_alexnet": "lpips_alexnet.pth"}
+# File-stem names, as output columns such as encoder_sha256 use them.
+ALIASES = {"encoder": "unmask", "baseline_encoder": "baseline"}
 MANIFEST = "model_set.json"
 ENCODER_NAMES = ("baseline", "unmask")
 
@@ -639,7 +641,8 @@ class ModelSet:
     model_set.json (format, size, image_size, n_latent, style_dim, files, sha256 per model), and
     optionally arcface.onnx (insightface ArcFace) and lpips_alexnet.pth (torchvision AlexNet).
 
-    Names: 'generator', 'baseline' (f0), 'unmask' (f), 'arcface', 'facenet'. Every file is checked
+    Names: 'generator', 'baseline' (f0), 'unmask' (f), 'arcface', 'facenet'; `sha256`, `file_uri`
+    and `has` also take the file stems 'encoder' (f) and 'baseline_encoder' (f0). Every file is checked
     against its sha256 in model_set.json when loaded. Frozen models (generator, arcface, facenet) are
     loaded once, in eval mode with requires_grad off, and shared; `encoder()` returns a fresh copy
     on every call because training changes it.
@@ -681,6 +684,7 @@ class ModelSet:
         return int(self.manifest["n_latent"])
 
     def file_uri(self, name: str) -> str:
+        name = ALIASES.get(name, name)
         if name in OPTIONAL_FILES:
             return storage.join(self.uri, OPTIONAL_FILES[name])
         if name not in REQUIRED_FILES:
@@ -692,8 +696,14 @@ class ModelSet:
         uri = self.file_uri(name)
         return uri if storage.exists(uri) else None
 
+    def has(self, name: str) -> bool:
+        """Whether the set holds a model: always for the required five, on disk for optional files."""
+        name = ALIASES.get(name, name)
+        return name in REQUIRED_FILES or (name in OPTIONAL_FILES and self.optional_file(name) is not None)
+
     def sha256(self, name: str) -> str:
         """sha256 of a model's weights (as recorded in model_set.json; verified whenever it is loaded)."""
+        name = ALIASES.get(name, name)
         if name not in REQUIRED_FILES:
             raise KeyError(f"unknown model {name!r}; known: {', '.join(REQUIRED_FILES)}")
         return self.manifest["sha256"][name]
