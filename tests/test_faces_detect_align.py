@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
@@ -11,6 +12,7 @@ import pytest
 from onnx import TensorProto, helper
 from skimage.transform import SimilarityTransform
 
+from tests.test_faces_masks import SAMPLE_LANDMARKS, padded_portrait
 from unmask_core.errors import UserError
 from unmask_core.faces.align import (
     ARCFACE_TEMPLATE_112,
@@ -31,12 +33,16 @@ EYES_AND_MOUTH = [0, 1, 3, 4]
 TEMPLATE_EYE_DISTANCE = float(FFHQ_TEMPLATE_256[1, 0] - FFHQ_TEMPLATE_256[0, 0])
 
 
-def padded_portrait() -> np.ndarray:
-    """Tom Hanks' 112 px ArcFace crop, doubled and given a margin: MTCNN misses a face that fills
-    a tiny frame."""
-    portrait = load_rgb(sample_photo("Tom_Hanks_54745.png"))
-    portrait = cv2.resize(portrait, (224, 224), interpolation=cv2.INTER_CUBIC)
-    return cv2.copyMakeBorder(portrait, 112, 112, 112, 112, cv2.BORDER_CONSTANT)
+@pytest.fixture(scope="module", autouse=True)
+def single_torch_thread() -> Iterator[None]:
+    """MTCNN's small convolutions gain nothing from intra-op threads, and on a busy 2-core box
+    torch's spinning thread pool makes detection 5x slower; restored afterwards."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +100,10 @@ def test_mtcnn_finds_every_face_largest_first(photos) -> None:
             assert eye_axis @ mouth_axis > 0
             down = np.array([-eye_axis[1], eye_axis[0]])
             assert (face.landmarks[3:].mean(axis=0) - face.landmarks[:2].mean(axis=0)) @ down > 0
+    # The mask tests work from these detections, recorded.
+    for name, (_, faces) in photos.items():
+        found = np.array([face.landmarks for face in faces])
+        np.testing.assert_allclose(found, SAMPLE_LANDMARKS[name], atol=0.1)
 
 
 def test_ffhq_template_is_ffhq_recipe_applied_to_arcface_template() -> None:

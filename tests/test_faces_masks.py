@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 
 from unmask_core.faces.align import align_face, transform_points
-from unmask_core.faces.detect import MTCNNDetector
 from unmask_core.faces.masks import (
     EYE_GUARD,
     MASK_KINDS,
@@ -32,26 +31,40 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 EYE_MARGIN = 0.3
 
 
-@pytest.fixture(scope="module")
-def group_photo() -> np.ndarray:
-    return load_rgb(sample_photo("t1.jpg"))
+# MTCNN's landmarks (0.1 px) for every face in insightface's sample photos, Tom Hanks on his
+# padded canvas (`padded_portrait`). test_faces_detect_align checks that the detector still
+# finds exactly these, so the mask tests need neither torch nor a detector.
+SAMPLE_LANDMARKS = {
+    "t1": [
+        [[492.8, 319.0], [543.4, 331.6], [510.6, 362.9], [482.5, 369.6], [529.9, 380.5]],
+        [[84.1, 330.3], [128.1, 303.5], [118.4, 337.7], [114.5, 373.2], [149.7, 349.0]],
+        [[919.2, 119.1], [954.6, 112.0], [926.2, 151.1], [933.2, 176.5], [961.5, 170.0]],
+        [[292.5, 209.1], [323.1, 187.4], [311.4, 224.2], [315.1, 244.3], [344.2, 228.2]],
+        [[761.2, 397.2], [803.4, 401.4], [773.6, 431.8], [761.6, 439.0], [808.7, 442.4]],
+        [[1150.1, 326.3], [1193.7, 324.6], [1164.1, 349.5], [1155.3, 367.6], [1196.5, 365.4]],
+    ],
+    "tom_hanks": [[[184.3, 213.3], [258.9, 211.1], [236.8, 266.4], [183.4, 296.2], [245.4, 293.0]]],
+}
 
 
-@pytest.fixture(scope="module")
-def detections(group_photo: np.ndarray) -> dict[str, tuple[np.ndarray, list]]:
-    detector = MTCNNDetector()
+def padded_portrait() -> np.ndarray:
+    """Tom Hanks' 112 px ArcFace crop, doubled and given a margin: MTCNN misses a face that fills
+    a tiny frame."""
     portrait = load_rgb(sample_photo("Tom_Hanks_54745.png"))
-    portrait = cv2.copyMakeBorder(
-        cv2.resize(portrait, (224, 224), interpolation=cv2.INTER_CUBIC),
-        112,
-        112,
-        112,
-        112,
-        cv2.BORDER_CONSTANT,
-    )
+    portrait = cv2.resize(portrait, (224, 224), interpolation=cv2.INTER_CUBIC)
+    return cv2.copyMakeBorder(portrait, 112, 112, 112, 112, cv2.BORDER_CONSTANT)
+
+
+def sample_photos() -> dict[str, np.ndarray]:
+    return {"t1": load_rgb(sample_photo("t1.jpg")), "tom_hanks": padded_portrait()}
+
+
+@pytest.fixture(scope="module")
+def detections() -> dict[str, tuple[np.ndarray, list[np.ndarray]]]:
+    photos = sample_photos()
     return {
-        "t1": (group_photo, detector.detect(group_photo)),
-        "tom_hanks": (portrait, detector.detect(portrait)),
+        name: (photos[name], [np.array(points) for points in found])
+        for name, found in SAMPLE_LANDMARKS.items()
     }
 
 
@@ -60,9 +73,9 @@ def aligned_faces(detections) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """Every sample face at 256 px in FFHQ framing, with its landmarks in that frame."""
     faces = []
     for name, (photo, found) in detections.items():
-        for index, face in enumerate(found):
-            aligned, matrix = align_face(photo, face.landmarks)
-            faces.append((f"{name}[{index}]", aligned, transform_points(face.landmarks, matrix)))
+        for index, landmarks in enumerate(found):
+            aligned, matrix = align_face(photo, landmarks)
+            faces.append((f"{name}[{index}]", aligned, transform_points(landmarks, matrix)))
     assert len(faces) == 7
     return faces
 
@@ -211,13 +224,11 @@ def test_grey_photos_get_grey_masks(aligned_faces) -> None:
 def test_masks_fit_faces_in_the_unaligned_group_photo(detections) -> None:
     # Masks work in any frame, at any face size and roll, not only on aligned crops.
     photo, faces = detections["t1"]
-    for index, face in enumerate(faces):
+    for index, landmarks in enumerate(faces):
         kind = MASK_KINDS[index % len(MASK_KINDS)]
-        result = apply_mask(photo, face.landmarks, kind, seed=0, image_id=str(index))
-        assert covers(result.region, face.landmarks[2]) and covers(
-            result.region, face.landmarks[3:].mean(axis=0)
-        )
-        near_eyes = distance_to_eyes(photo.shape[:2], face.landmarks) < EYE_MARGIN
+        result = apply_mask(photo, landmarks, kind, seed=0, image_id=str(index))
+        assert covers(result.region, landmarks[2]) and covers(result.region, landmarks[3:].mean(axis=0))
+        near_eyes = distance_to_eyes(photo.shape[:2], landmarks) < EYE_MARGIN
         assert not (result.region & near_eyes).any(), index
 
 
