@@ -100,7 +100,9 @@ def find_detector_onnx(model_dir: str | Path) -> Path:
 
 
 class InsightFaceDetector:
-    """insightface's SCRFD / RetinaFace from a local model folder, on CPU through onnxruntime."""
+    """insightface's SCRFD / RetinaFace from a local model folder, through onnxruntime (CUDA when
+    `device` is cuda, else CPU). Not exercised here beyond its errors: no detector weights ship
+    with any package."""
 
     def __init__(
         self,
