@@ -294,7 +294,8 @@ def infer_generator_config(state_dict: Mapping[str, Tensor], uri: str = "<weight
     resolutions = [2**i for i in range(2, n_blocks + 3)]
     multipliers = [2.0] + sorted({c * r / 16384 for c, r in zip(observed, resolutions)})
     for multiplier in multipliers:
-        config = GeneratorConfig(size, style_dim, n_mlp, multiplier, max(observed))
+        fields = dict(size=size, style_dim=style_dim, n_mlp=n_mlp, channel_multiplier=multiplier)
+        config = _config(GeneratorConfig, dict(fields, max_channels=max(observed)), uri)
         if [config.channels(r) for r in resolutions] == observed:
             if float(multiplier).is_integer():
                 config.channel_multiplier = int(multiplier)
