@@ -413,18 +413,16 @@ def test_model_set_accessors(tiny_set: tuple[str, dict]) -> None:
         ck.ModelSet(str(Path(uri).parent / "nowhere"))
 
 
-def test_tiny_set_is_fast_enough_for_cpu_tests(tiny_set: tuple[str, dict]) -> None:
-    import time
+def test_tiny_set_is_cheap_enough_for_cpu_tests(tiny_set: tuple[str, dict]) -> None:
+    from torch.utils.flop_counter import FlopCounterMode
 
     models = ck.ModelSet(tiny_set[0])
     g, f = models.generator(), models.encoder()
-    x = images(8, 64)
-    with torch.no_grad():
-        g(f(x))
-        started = time.perf_counter()
-        g(f(x))
-    # About 0.2 s on an idle 2-core CPU; the margin absorbs other jobs on a shared machine.
-    assert time.perf_counter() - started < 3.0
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        assert g(f(images(8, 64))).shape == (8, 3, 64, 64)
+    # A FLOP budget, not a stopwatch (the test machines are shared): 8 GFLOP per batch of 8 is
+    # about 0.2 s on an idle 2-core CPU (bench/flops.py), against ~1700 GFLOP at the reference size.
+    assert counter.get_total_flops() < 8e9
 
 
 def test_save_encoder_to_a_new_folder_then_in_place(tiny_set: tuple[str, dict], tmp_path: Path) -> None:
