@@ -21,6 +21,9 @@ from unmask_core.config import option
 from unmask_core.errors import UserError
 
 EVAL_SIZE = 256  # PSNR/SSIM at 256 px, as in the paper
+# RMFRD's real masks have no pixel-aligned T: T is another photo of the person (T_ref), so only the
+# masked and unmasked probes against it mean something (the paper reports UT vs MT), and no PSNR/SSIM.
+REAL_MASK_SETTINGS = ("MT", "UT")
 
 
 @dataclass
@@ -47,6 +50,7 @@ class TestFaces:
     psnr: np.ndarray
     ssim: np.ndarray
     region_psnr: np.ndarray  # PSNR inside the mask region
+    real_masks: bool = False  # RMFRD real-mask rows: T is T_ref, psnr/ssim are NaN
 
 
 def _iter_test_batches(cfg: EvaluateConfig, chunk: int):
@@ -55,8 +59,14 @@ def _iter_test_batches(cfg: EvaluateConfig, chunk: int):
     fs, path = storage.pyarrow_filesystem(pairs_uri)
     dataset = pads.dataset(path, filesystem=fs, format="parquet")
     expr = (pads.field("status") == "ok") & (pads.field("split") == cfg.split)
-    columns = ["id", "identity", "T", "M", "mask_region"]
+    if _has_real_masks(dataset, expr):  # RMFRD: its synthetic phase-1 pairs are not the test
+        expr = expr & (pads.field("mask_kind") == "real")
+    columns = ["id", "identity", "T", "M", "mask_region", "T_ref"]
     yield from dataset.to_batches(columns=columns, filter=expr, batch_size=chunk)
+
+
+def _has_real_masks(dataset: pads.Dataset, expr: pads.Expression) -> bool:
+    return dataset.count_rows(filter=expr & (pads.field("mask_kind") == "real")) > 0
 
 
 def _to_256(image: np.ndarray) -> np.ndarray:
@@ -74,7 +84,7 @@ def embed_test_split(cfg: EvaluateConfig, unmasker) -> TestFaces:
     parts: dict[str, dict[str, list]] = {m: {"T": [], "M": [], "U": []} for m in cfg.matchers}
     for batch in _iter_test_batches(cfg, chunk=max(cfg.batch_size, 64)):
         rows = batch.to_pylist()
-        T = np.stack([_to_256(data.decode_png(r["T"])) for r in rows])
+        T = np.stack([_to_256(data.decode_png(r["T"] if r["T"] is not None else r["T_ref"])) for r in rows])
         M = np.stack([_to_256(data.decode_png(r["M"])) for r in rows])
         result = unmasker.run(M, cfg.batch_size, also_embed={"T": T})
         U = result.unmasked
@@ -83,8 +93,8 @@ def embed_test_split(cfg: EvaluateConfig, unmasker) -> TestFaces:
             parts[name]["U"].append(result.embeddings["unmasked"][name])
             parts[name]["T"].append(result.embeddings["T"][name])
         for r, t, u in zip(rows, T, U):
-            psnrs.append(metrics.psnr(u, t))
-            ssims.append(metrics.ssim(u, t))
+            psnrs.append(metrics.psnr(u, t) if r["T"] is not None else np.nan)
+            ssims.append(metrics.ssim(u, t) if r["T"] is not None else np.nan)
             region = data.decode_png(r["mask_region"])[..., 0] > 127 if r["mask_region"] else None
             region_psnrs.append(
                 metrics.region_psnr(u, t, _to_256_mask(region)) if region is not None else np.nan
@@ -94,7 +104,10 @@ def embed_test_split(cfg: EvaluateConfig, unmasker) -> TestFaces:
     if not ids:
         raise UserError(f"{cfg.pairs}: no usable pairs in the {cfg.split} split")
     embeddings = {m: {k: np.concatenate(v) for k, v in kinds.items()} for m, kinds in parts.items()}
-    return TestFaces(ids, identities, embeddings, np.array(psnrs), np.array(ssims), np.array(region_psnrs))
+    real_masks = bool(np.isnan(ssims).all())  # every row a real mask (see _iter_test_batches)
+    return TestFaces(
+        ids, identities, embeddings, np.array(psnrs), np.array(ssims), np.array(region_psnrs), real_masks
+    )
 
 
 def _to_256_mask(region: np.ndarray) -> np.ndarray:
@@ -110,7 +123,9 @@ def build_pairs(cfg: EvaluateConfig, faces: TestFaces):
 
     if cfg.pairs_file:
         return metrics.read_lfw_pairs(storage.read_bytes(cfg.pairs_file).decode(), faces.ids)
-    return metrics.verification_pairs(faces.identities, max_pairs=cfg.max_pairs or None, seed=cfg.seed)
+    return metrics.verification_pairs(
+        faces.identities, max_pairs=cfg.max_pairs or None, seed=cfg.seed, ids=faces.ids
+    )
 
 
 def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
@@ -132,12 +147,15 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
     results: dict[str, Any] = {"matchers": {}, "curves": {}}
     for name in cfg.matchers:
         aucs, curves = metrics.protocol_aucs(faces.embeddings[name], pairs)
+        if faces.real_masks:
+            aucs = {k: v for k, v in aucs.items() if k in REAL_MASK_SETTINGS}
+            curves = {k: v for k, v in curves.items() if k in REAL_MASK_SETTINGS}
         results["matchers"][name] = aucs
         results["curves"][name] = curves
     summary = {
         "matchers": results["matchers"],
-        "psnr": float(np.mean(faces.psnr)),
-        "ssim": float(np.mean(faces.ssim)),
+        "psnr": None if faces.real_masks else float(np.mean(faces.psnr)),
+        "ssim": None if faces.real_masks else float(np.mean(faces.ssim)),
         "masked_region_psnr": float(np.nanmean(faces.region_psnr))
         if np.isfinite(faces.region_psnr).any()
         else None,

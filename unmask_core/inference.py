@@ -62,11 +62,8 @@ class Unmasker:
         self.bf16 = bf16 and self.device.type == "cuda"
         self.matchers = {name: build_matcher(name, model_set, self.device) for name in matchers}
         self.embedding_dims = {name: m.dim for name, m in self.matchers.items()}
-        self.checkpoints = {
-            "encoder": model_set.sha256("encoder"),
-            "generator": model_set.sha256("generator"),
-        }
-        self.checkpoints.update({name: model_set.sha256(name) for name in matchers if model_set.has(name)})
+        self.checkpoints = {"encoder": model_set.sha256("unmask"), "generator": model_set.sha256("generator")}
+        self.checkpoints.update({name: m.model_sha256 for name, m in self.matchers.items()})
 
     @torch.inference_mode()
     def unmask(self, faces: torch.Tensor) -> torch.Tensor:
@@ -110,10 +107,8 @@ def describe_model_set(models_uri: str, matchers: list[str]) -> ModelInfo:
     model_set = ModelSet(models_uri, device="cpu")
     built = {name: build_matcher(name, model_set, "cpu") for name in matchers}
     provenance = {
-        "matchers": ",".join(
-            f"{name}:{model_set.sha256(name) if model_set.has(name) else ''}" for name in matchers
-        ),
-        "encoder_sha256": model_set.sha256("encoder"),
+        "matchers": ",".join(f"{name}:{m.model_sha256}" for name, m in built.items()),
+        "encoder_sha256": model_set.sha256("unmask"),
         "generator_sha256": model_set.sha256("generator"),
     }
     return ModelInfo(

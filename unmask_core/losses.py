@@ -53,8 +53,8 @@ def identity_loss(arcface: nn.Module, id_target: torch.Tensor, output: torch.Ten
     from unmask_core.models.irse import id_preprocess
 
     with torch.no_grad():
-        target_features = arcface(id_preprocess(id_target))
-    output_features = arcface(id_preprocess(output))
+        target_features = arcface(id_preprocess(id_target, arcface.input_size))
+    output_features = arcface(id_preprocess(output, arcface.input_size))
     return (1 - (target_features * output_features).sum(dim=1)).mean()
 
 

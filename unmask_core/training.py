@@ -56,6 +56,11 @@ class TrainConfig:
         "AlexNet weights for LPIPS: auto (lpips_alexnet.pth in --models), a torchvision-format file, "
         "or 'random' (tests and the demo only)",
     )
+    t_hat_steps: int = option(100, "stage real: steps of the latent optimisation that finds T-hat (cached)")
+    t_hat_lr: float = option(0.01, "stage real: Adam learning rate of the T-hat latent optimisation")
+    t_hat_lpips_weight: float = option(
+        0.0, "stage real: LPIPS weight (periorbital) in the T-hat optimisation, beside its L2"
+    )
     checkpoint_every: int = option(100, "steps between checkpoints")
     keep_checkpoints: int = option(3, "checkpoints kept on storage")
     max_failures: int = option(3, "worker failures survived (restart from the last checkpoint)")
@@ -335,10 +340,10 @@ def finish_run(cfg: TrainConfig, result) -> dict[str, Any]:
     run_uri = storage.join(cfg.out, cfg.run_name)
     write_metrics(run_uri, history)
     models_out = storage.join(cfg.out, "models")
-    source = ModelSet(cfg.init_from or cfg.models)
-    encoder = source.encoder(ENCODER_OF_STAGE[cfg.stage])
+    base = ModelSet(cfg.models)
+    encoder = base.encoder(ENCODER_OF_STAGE[cfg.stage])
     encoder.load_state_dict(state["encoder"])
-    ModelSet(cfg.models).export_with_encoder(ENCODER_OF_STAGE[cfg.stage], encoder, models_out)
+    base.save_encoder(ENCODER_OF_STAGE[cfg.stage], encoder, models_out)
     return {
         "step": int(state["step"]),
         "final": history[-1] if history else {},
