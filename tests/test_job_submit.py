@@ -98,12 +98,16 @@ class RayHead:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        # Anything still carrying this head's unique temp dir on its command line is ours.
-        for pid in pids_with_title(str(self.temp_dir)):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        # Anything still carrying this head's unique temp dir on its command line is ours; wait until
+        # it is gone, or it may write into the temp dir after the caller has removed it.
+        deadline = time.monotonic() + 15
+        while (leftovers := pids_with_title(str(self.temp_dir))) and time.monotonic() < deadline:
+            for pid in leftovers:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.2)
 
 
 def start_head(temp_dir: Path, extra_env: dict[str, str]) -> RayHead:
