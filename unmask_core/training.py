@@ -155,7 +155,12 @@ def build_lpips(cfg: TrainConfig, models_uri: str, spatial: bool) -> torch.nn.Mo
                 "pass --lpips-backbone PATH, or --lpips-weight 0"
             )
         backbone = candidate
-    return load_lpips(None if backbone == "random" else backbone, spatial=spatial)
+    if backbone != "random":
+        return load_lpips(backbone, spatial=spatial)
+    # The same random AlexNet on every worker and in every run: a fixed seed, not the global RNG.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return load_lpips(None, spatial=spatial)
 
 
 @dataclass
