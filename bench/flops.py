@@ -94,7 +94,7 @@ def main() -> None:
     threads = torch.get_num_threads()
     load_before = os.getloadavg()[0]
     torch.manual_seed(0)
-    reference = throughput(GradualStyleEncoder(f256).eval(), Generator(g256).eval(), 4, 256, args.repeat)
+    reference_size = throughput(GradualStyleEncoder(f256).eval(), Generator(g256).eval(), 4, 256, args.repeat)
     tiny = throughput(GradualStyleEncoder(tiny_f).eval(), Generator(tiny_g).eval(), 8, 64, 10)
     load_after = os.getloadavg()[0]
 
@@ -109,9 +109,9 @@ def main() -> None:
         "|---|---:|---:|---:|",
     ]
     for label, ours, key in rows:
-        reference = REFERENCE_GFLOPS.get(key) if key else None
-        ratio = f"{ours / reference:.3f}" if reference else "–"
-        lines.append(f"| {label} | {ours:.2f} | {reference if reference else '–'} | {ratio} |")
+        published = REFERENCE_GFLOPS.get(key) if key else None
+        ratio = f"{ours / published:.3f}" if published else "–"
+        lines.append(f"| {label} | {ours:.2f} | {published if published else '–'} | {ratio} |")
     lines += [
         "",
         "Where the counts differ and why: our layers run the same convolutions as the references, with "
@@ -132,7 +132,7 @@ def main() -> None:
         *(
             f"| {label} | {batch} | {r['images_per_s']:.3g} | {r['s_per_batch']:.3g} "
             f"| {r['cpu_s_per_image']:.3g} |"
-            for label, batch, r in (("reference 256 px", 4, reference), ("tiny 64 px", 8, tiny))
+            for label, batch, r in (("reference 256 px", 4, reference_size), ("tiny 64 px", 8, tiny))
         ),
         "",
         f"Load average (1 min) {load_before:.1f} before and {load_after:.1f} after the timing on "
