@@ -40,6 +40,9 @@ class UnmaskConfig:
     batch_size: int = option(32, "faces per forward pass in the unmask actors")
     gpus_per_actor: float = option(-1.0, "GPUs per unmask actor (-1: 1 if the cluster has GPUs, else 0)")
     actors: str = option("1,4", "MIN,MAX size of the unmask actor pool (autoscaling between them)")
+    cpu_actors: str = option(
+        "", "MIN,MAX size of the decode/detect/align actor pool (default: 1 to half the CPUs)"
+    )
     shard_size: int = option(64, "images per shard (the unit of exactly-once and resume)")
     max_pixels: int = option(data.DEFAULT_MAX_PIXELS, "larger images become `too_large` rows")
     detector: str = option("mtcnn", "face detector: mtcnn, or a folder with an insightface detector ONNX")
@@ -51,16 +54,19 @@ class UnmaskConfig:
         known = {"arcface", "facenet"}
         if not self.matchers or set(self.matchers) - known:
             raise UserError(f"--matchers must be a non-empty subset of {sorted(known)}")
-        self.actor_range()
+        _pool_range(self.actors, "--actors")
+        if self.cpu_actors:
+            _pool_range(self.cpu_actors, "--cpu-actors")
 
-    def actor_range(self) -> tuple[int, int]:
-        try:
-            low, high = (int(x) for x in self.actors.split(","))
-        except ValueError as exc:
-            raise UserError(f"--actors must be MIN,MAX (got {self.actors!r})") from exc
-        if not 1 <= low <= high:
-            raise UserError(f"--actors must satisfy 1 <= MIN <= MAX (got {self.actors!r})")
-        return low, high
+
+def _pool_range(text: str, flag: str) -> tuple[int, int]:
+    try:
+        low, high = (int(x) for x in text.split(","))
+    except ValueError as exc:
+        raise UserError(f"{flag} must be MIN,MAX (got {text!r})") from exc
+    if not 1 <= low <= high:
+        raise UserError(f"{flag} must satisfy 1 <= MIN <= MAX (got {text!r})")
+    return low, high
 
 
 # ---------------------------------------------------------------- inputs and names
@@ -305,10 +311,14 @@ def run_unmask(cfg: UnmaskConfig) -> dict[str, Any]:
         gpus = cfg.gpus_per_actor
         if gpus < 0:
             gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-        low, high = cfg.actor_range()
+        low, high = _pool_range(cfg.actors, "--actors")
         high = min(high, len(todo))
         low = min(low, high)
-        cpu_actors = max(1, min(len(todo), int(ray.cluster_resources().get("CPU", 2) // 2)))
+        # On an autoscaling cluster the CPUs present at start say little: then pass --cpu-actors.
+        cpu_high = max(1, int(ray.cluster_resources().get("CPU", 2) // 2))
+        cpu_low, cpu_high = _pool_range(cfg.cpu_actors, "--cpu-actors") if cfg.cpu_actors else (1, cpu_high)
+        cpu_high = min(cpu_high, len(todo))
+        cpu_low = min(cpu_low, cpu_high)
         ds = (
             ray.data.from_items(todo, override_num_blocks=len(todo))
             .map_batches(
@@ -316,7 +326,7 @@ def run_unmask(cfg: UnmaskConfig) -> dict[str, Any]:
                 fn_constructor_args=(cfg,),
                 batch_size=1,
                 batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cpu_actors),
+                compute=ray.data.ActorPoolStrategy(min_size=cpu_low, max_size=cpu_high),
                 num_cpus=1,
             )
             .map_batches(

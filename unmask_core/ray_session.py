@@ -3,6 +3,7 @@ under `ray job submit`), an in-process local Ray otherwise."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -26,7 +27,11 @@ def connect(num_cpus: int | None = None) -> None:
     """Idempotently make sure this process is connected to Ray."""
     if ray.is_initialized():
         return
-    env_vars = {k: os.environ[k] for k in _FORWARDED_ENV if os.environ.get(k)}
+    # Under `ray job submit` the job's runtime_env already reaches every worker, and Ray refuses a
+    # driver runtime_env whose env_vars overlap it: forward only what the job did not set.
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    job_env = (job.get("runtime_env") or {}).get("env_vars") or {}
+    env_vars = {k: os.environ[k] for k in _FORWARDED_ENV if os.environ.get(k) and k not in job_env}
     address = os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address, runtime_env={"env_vars": env_vars}, logging_level=logging.WARNING)
