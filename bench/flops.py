@@ -137,8 +137,9 @@ def main() -> None:
         "",
         f"Load average (1 min) {load_before:.1f} before and {load_after:.1f} after the timing on "
         f"{os.cpu_count()} cores. The machine is shared with other jobs: with a load above the core "
-        "count, wall-clock rates are lower bounds; CPU-seconds per image are the steadier figure "
-        f"(at full use of {threads} threads, wall time per image is about CPU time / {threads}).",
+        "count, wall-clock rates are lower bounds. CPU-seconds per image count only this process, "
+        "but still grow under contention (OpenMP threads spin while a peer is descheduled); "
+        f"at full use of {threads} threads, wall time per image is about CPU time / {threads}.",
     ]
     markdown = "\n".join(lines)
     update_section("models", markdown)
