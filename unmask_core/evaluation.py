@@ -84,6 +84,8 @@ def embed_test_split(cfg: EvaluateConfig, unmasker) -> TestFaces:
     parts: dict[str, dict[str, list]] = {m: {"T": [], "M": [], "U": []} for m in cfg.matchers}
     for batch in _iter_test_batches(cfg, chunk=max(cfg.batch_size, 64)):
         rows = batch.to_pylist()
+        if not rows:  # a filtered scan yields empty batches for files without matching rows
+            continue
         T = np.stack([_to_256(data.decode_png(r["T"] if r["T"] is not None else r["T_ref"])) for r in rows])
         M = np.stack([_to_256(data.decode_png(r["M"])) for r in rows])
         result = unmasker.run(M, cfg.batch_size, also_embed={"T": T})

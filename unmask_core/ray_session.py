@@ -19,10 +19,6 @@ _FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_REGION", "UNMASK_S3_INSTANCE_PROFILE"
 LOCAL_LOGICAL_CPUS = max(8, 2 * (os.cpu_count() or 2))
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
 def connect(num_cpus: int | None = None) -> None:
     """Idempotently make sure this process is connected to Ray."""
     if ray.is_initialized():
@@ -40,7 +36,10 @@ def connect(num_cpus: int | None = None) -> None:
             num_cpus=num_cpus or LOCAL_LOGICAL_CPUS,
             include_dashboard=False,
             logging_level=logging.WARNING,
-            log_to_driver=not in_ci(),
+            # Worker logs stay in Ray's session folder (/tmp/ray/session_latest/logs): on a local Ray
+            # without a dashboard, Ray Train's monitors would print a warning every second. Errors
+            # still reach the driver as exceptions.
+            log_to_driver=os.environ.get("UNMASK_RAY_WORKER_LOGS", "") == "1",
         )
     configure_data_context()
 
