@@ -256,15 +256,24 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
+def decode(generator: torch.nn.Module, codes: torch.Tensor, size: int) -> torch.Tensor:
+    """g(codes), pooled to the working size as pSp does (a 1024 px generator trains on 256 px faces)."""
+    image = generator(codes)
+    if image.shape[-1] != size:
+        image = torch.nn.functional.adaptive_avg_pool2d(image, (size, size))
+    return image
+
+
 def training_step(
     stage, batch, model, generator, teacher, criterion
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """One forward pass and the loss for the stage (eq. 4, 9, or the RMFRD phase-2 variant)."""
+    size = batch["M"].shape[-1]
     if stage == "baseline":
         codes = model(batch["T"])
-        return criterion(batch["T"], generator(codes))
+        return criterion(batch["T"], decode(generator, codes, size))
     codes = model(batch["M"])
-    output = generator(codes)
+    output = decode(generator, codes, size)
     if stage == "unmask":
         target_codes = None
         if teacher is not None:

@@ -1,0 +1,45 @@
+"""The README's first command runs the whole flow on the embedded default and says what it made."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+
+@pytest.mark.slow
+def test_readme_demo_command_produces_report_metrics_and_parquet(tmp_path: Path) -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    command = next(line.split("#")[0].strip() for line in readme.splitlines() if "demo.sh" in line)
+    assert command == "bash scripts/demo.sh"
+    out = tmp_path / "demo_out"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run(
+        [*command.split(), "--out", str(out), "--steps", "2"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "untrained" in proc.stdout or "randomly initialised" in proc.stdout
+    for step in range(1, 8):
+        assert f"[demo {step}/7" in proc.stdout
+    report = out / "report"
+    for name in ("report.html", "metrics.json", "table.md", "roc.png"):
+        assert (report / name).stat().st_size > 0, name
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert set(metrics["matchers"]) == {"arcface", "facenet"}
+    assert set(metrics["matchers"]["facenet"]) == {"MM", "MT", "UU", "UT", "TT"}
+    assert metrics["n_pairs"] > 0
+    pairs = pq.read_table(out / "pairs" / "pairs")
+    rows = pq.read_table(out / "unmasked" / "rows")
+    assert pairs.num_rows > 0 and rows.num_rows > 0
+    assert set(rows.column("status").to_pylist()) <= {"ok", "no_face"}
