@@ -1,0 +1,194 @@
+"""RMFRD, the real-mask fine-tune: reference candidates, T-hat's latent optimisation on a known latent,
+and the whole flow (prepare -> T-hat cache -> train --stage real -> evaluate) on SeaweedFS and Ray."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench.latent_optimisation import known_latent_setup, run
+from unmask_core import cli, data, shards, storage
+from unmask_core.faces.detect import build_detector
+from unmask_core.faces.masks import apply_mask
+from unmask_core.faces.samples import load_rgb, sample_photo
+from unmask_core.models.checkpoints import init_model_set
+from unmask_core.rmfrd import MAX_REFERENCE_CANDIDATES, add_reference_candidates, ensure_t_hat_codes
+from unmask_core.training import TrainConfig
+
+
+def _item(identity: str, name: str, masked: bool) -> dict:
+    folder = "AFDB_masked_face_dataset" if masked else "AFDB_face_dataset"
+    key = f"{folder}/{identity}/{name}"
+    record = data.ImageRecord(uri=f"s3://b/{key}", identity=identity, id=key, masked=masked)
+    return {"record": record.__dict__, "split": "train"}
+
+
+def test_reference_candidates_are_unmasked_photos_of_the_same_person_in_seeded_order() -> None:
+    items = [_item("ann", f"{k}.jpg", masked=False) for k in range(12)]
+    items += [_item("bob", "0.jpg", masked=False), _item("ann", "m0.jpg", masked=True)]
+    items += [_item("ann", "m1.jpg", masked=True), _item("cat", "m0.jpg", masked=True)]
+    add_reference_candidates(items, seed=0)
+    by_id = {it["record"]["id"]: it for it in items}
+    ann = by_id["AFDB_masked_face_dataset/ann/m0.jpg"]["references"]
+    assert len(ann) == MAX_REFERENCE_CANDIDATES
+    assert all(r["identity"] == "ann" and not r["masked"] for r in ann)
+    assert by_id["AFDB_masked_face_dataset/cat/m0.jpg"]["references"] == []  # no unmasked photo of cat
+    assert "references" not in by_id["AFDB_face_dataset/ann/0.jpg"]
+    # The order is a seeded shuffle: fixed for a seed, independent of listing order, new for a new seed.
+    again = list(reversed([dict(it, record=dict(it["record"])) for it in items]))
+    add_reference_candidates(again, seed=0)
+    assert {it["record"]["id"]: it.get("references") for it in again} == {
+        k: it.get("references") for k, it in by_id.items()
+    }
+    other = [dict(it, record=dict(it["record"])) for it in items]
+    add_reference_candidates(other, seed=1)
+    ids = [r["id"] for r in other[13]["references"]]
+    assert ids != [r["id"] for r in ann]
+    # Each masked photo gets its own order, so one bad reference photo does not fail them all alike.
+    assert [r["id"] for r in by_id["AFDB_masked_face_dataset/ann/m1.jpg"]["references"]] != [
+        r["id"] for r in ann
+    ]
+
+
+def test_t_hat_optimisation_matches_the_eyes_and_moves_towards_the_true_latent(tmp_path) -> None:
+    """The fast version of bench/latent_optimisation.py: frozen random 64 px g, M = g(w) with the
+    lower face covered, T-hat's optimisation from the average latent on the periorbital L2."""
+    init_model_set(64, str(tmp_path), seed=0)
+    setup = known_latent_setup(str(tmp_path), n=2, seed=100)
+    trajectory = run(setup, steps=24, lr=0.01, shared_offset=True)
+    loss = trajectory.loss
+    assert len(loss) == 25 and loss[-1] < 0.5 * loss[0], loss
+    assert (np.diff(loss) < 0).mean() >= 0.8, loss  # falls on (almost) every step
+    assert loss[8] > loss[16] > loss[24]
+    assert (trajectory.per_latent_distance[-1] < trajectory.per_latent_distance[0]).all()
+    assert trajectory.cosine[-1] > 0.05  # the move points at w, not just anywhere
+    assert trajectory.image_l2[-1] < trajectory.image_l2[0]  # and the covered face follows
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def _crop(image: np.ndarray, box: np.ndarray, scale: float, flip: bool) -> np.ndarray:
+    x1, y1, x2, y2 = box
+    side = max(x2 - x1, y2 - y1) * scale
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    top, left = int(max(0, cy - side / 2)), int(max(0, cx - side / 2))
+    crop = image[top : int(cy + side / 2), left : int(cx + side / 2)]
+    return np.ascontiguousarray(crop[:, ::-1] if flip else crop)
+
+
+def _jpeg(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=92)
+    return buffer.getvalue()
+
+
+def _write_rmfrd_tree(root: str) -> None:
+    """The six people of insightface's t1.jpg: two unmasked crops each, and three crops of the same
+    people wearing a surgical mask (drawn on the group photo, standing in for RMFRD's real masks).
+    Plus photos in which both eyes cannot be found, and a masked person with no unmasked photo."""
+    group = load_rgb(sample_photo("t1.jpg"))
+    faces = build_detector("mtcnn").detect(group)
+    assert len(faces) == 6
+    for i, face in enumerate(faces):
+        masked = apply_mask(group, face.landmarks, "surgical", None, 0, f"person{i}").masked
+        for k, (scale, flip) in enumerate([(1.8, False), (1.5, True)]):
+            storage.write_bytes_atomic(
+                f"{root}/AFDB_face_dataset/person{i}/{k}.jpg", _jpeg(_crop(group, face.box, scale, flip))
+            )
+        for k, (scale, flip) in enumerate([(1.6, False), (2.0, False), (1.6, True)]):
+            storage.write_bytes_atomic(
+                f"{root}/AFDB_masked_face_dataset/person{i}/{k}.jpg",
+                _jpeg(_crop(masked, face.box, scale, flip)),
+            )
+    covered = _crop(group, faces[1].box, 1.8, False).copy()
+    covered[int(0.3 * len(covered)) : int(0.52 * len(covered))] = 20  # a bar over the eyes
+    storage.write_bytes_atomic(f"{root}/AFDB_face_dataset/person1/eyes_covered.jpg", _jpeg(covered))
+    blank = np.full((200, 200, 3), 128, np.uint8)
+    storage.write_bytes_atomic(f"{root}/AFDB_masked_face_dataset/person0/blank.jpg", _jpeg(blank))
+    lone = apply_mask(group, faces[0].landmarks, "surgical", None, 0, "x").masked
+    lone = _crop(lone, faces[0].box, 1.6, False)
+    storage.write_bytes_atomic(f"{root}/AFDB_masked_face_dataset/person6/0.jpg", _jpeg(lone))
+
+
+def _modified(uri: str) -> dict[str, object]:
+    fs, path = storage.fsspec_filesystem(uri)
+    return {info["name"]: info.get("LastModified", info.get("mtime")) for info in fs.ls(path, detail=True)}
+
+
+@pytest.mark.slow
+def test_rmfrd_prepare_real_stage_and_evaluation(bucket: str, ray_local) -> None:
+    root, pairs = f"{bucket}/rmfrd", f"{bucket}/pairs"
+    _write_rmfrd_tree(root)
+    argv = ["prepare", "--corpus", "rmfrd", "--input", root, "--output", pairs, "--test-fraction", "0.5"]
+    assert cli.main([*argv, "--shard-size", "16", "--seed", "0"]) == 0
+    summary = json.loads(storage.read_bytes(f"{pairs}/summary.json"))
+    rows = {r["id"]: r for r in shards.read_rows(f"{pairs}/pairs").to_pylist()}
+    assert summary["inputs"] == summary["rows"] == len(rows) == 6 * 5 + 3 and summary["reconciled"]
+
+    # Photos without both eyes are error rows with the cascade's reason, counted in the summary.
+    status = {key: row["status"] for key, row in rows.items()}
+    assert status["AFDB_masked_face_dataset/person0/blank.jpg"] == "no_face"
+    assert status["AFDB_face_dataset/person1/eyes_covered.jpg"] in ("no_face", "no_eyes", "one_eye")
+    assert status["AFDB_masked_face_dataset/person6/0.jpg"] == "no_reference"
+    errors = [row for row in rows.values() if row["status"] != "ok"]
+    assert all(row["error"] for row in errors)
+    for reason in {row["status"] for row in errors}:
+        assert summary["failures_by_reason"][reason] == sum(row["status"] == reason for row in errors)
+
+    # Unmasked photos: phase-1 pairs. Masked photos: M, eyes and another photo of the same person.
+    ok = [row for row in rows.values() if row["status"] == "ok"]
+    real = [row for row in ok if row["mask_kind"] == "real"]
+    synthetic = [row for row in ok if row["mask_kind"] != "real"]
+    assert len(real) >= 10 and len(synthetic) >= 8
+    for row in synthetic:
+        assert row["T"] and row["M"] and row["T_ref"] is None and len(row["eyes"]) == 4
+    for row in real:
+        assert row["T"] is None and row["mask_region"] is None and row["M"] and row["T_ref"]
+        M, reference = data.decode_png(row["M"]), data.decode_png(row["T_ref"])
+        assert M.shape == reference.shape == (256, 256, 3)
+        assert np.abs(M.astype(int) - reference).mean() > 3  # a different photo, not M itself
+        left, right = np.asarray(row["eyes"]).reshape(2, 2)
+        assert abs(left[1] - right[1]) < 1 and 40 < right[0] - left[0] < 90  # levelled, FFHQ framed
+    train_real = [row for row in real if row["split"] == "train"]
+    test_real = {row["identity"] for row in real if row["split"] == "test"}
+    assert len(train_real) >= 4 and len(test_real) >= 2
+
+    models, out = f"{bucket}/models", f"{bucket}/runs"
+    assert cli.main(["models", "init", "--size", "64", "--out", models]) == 0
+    train = ["train", "--stage", "real", "--pairs", pairs, "--models", models, "--out", out]
+    train += ["--workers", "2", "--steps", "4", "--batch-size", "2", "--checkpoint-every", "2"]
+    train += ["--lpips-backbone", "random", "--t-hat-steps", "6"]
+    assert cli.main(train) == 0
+
+    # T-hat: one cached row of codes per real-mask training image, next to the pairs.
+    (cache,) = [uri for uri in storage.list_files(f"{pairs}/t_hat", (".parquet",))]
+    cache_folder = cache.rsplit("/", 1)[0]
+    cached = shards.read_rows(cache_folder).to_pylist()
+    assert sorted(r["id"] for r in cached) == sorted(r["id"] for r in train_real)
+    assert all(len(r["codes"]) == 10 * 128 for r in cached)  # the 64 px set: 10 x 128 W+ codes
+    assert np.mean([r["l2_final"] for r in cached]) < np.mean([r["l2_start"] for r in cached])
+
+    metrics = storage.read_bytes(f"{out}/real/metrics.csv").decode().splitlines()
+    header = metrics[0].split(",")
+    assert {"l2", "lpips", "id", "latent"} <= set(header) and len(metrics) == 1 + 4
+    assert storage.exists(f"{out}/models/model_set.json")
+
+    # Later runs reuse the cache: nothing is optimised or written again.
+    before = _modified(cache_folder)
+    cfg = TrainConfig(stage="real", pairs=pairs, models=models, out=out, t_hat_steps=6)
+    assert ensure_t_hat_codes(cfg) == cache_folder
+    assert _modified(cache_folder) == before
+
+    report = f"{bucket}/eval"
+    assert cli.main(["evaluate", "--pairs", pairs, "--models", f"{out}/models", "--out", report]) == 0
+    result = json.loads(storage.read_bytes(f"{report}/metrics.json"))
+    for matcher in ("arcface", "facenet"):
+        assert set(result["matchers"][matcher]) == {"MT", "UT"}
+        assert all(0.0 <= auc <= 1.0 for auc in result["matchers"][matcher].values())
+    assert result["psnr"] is None and result["ssim"] is None  # no pixel-aligned T for real masks
+    assert result["n_images"] == sum(row["split"] == "test" for row in real)

@@ -1,0 +1,435 @@
+"""RMFRD, the real-mask corpus (METHOD.md, "Training" 4 and "Data"): pairs, T-hat and the `real` stage.
+
+RMFRD has unmasked photos (AFDB_face_dataset/<identity>/) and, separately, masked photos of the same
+people (AFDB_masked_face_dataset/<identity>/); no masked photo has a pixel-aligned unmasked twin.
+
+- prepare: every photo is eye-aligned (`rmfrd_align`: OpenCV must find both eyes). Unmasked photos get
+  a synthetic mask and become ordinary phase-1 pairs (T, M). Masked photos become real-mask rows: M, the
+  eye positions, and T_ref, a different unmasked photo of the same person (for L_ID); T is null.
+- T-hat: for the real-mask training rows, codes whose image g(w) matches M on the periorbital region
+  (found by latent optimisation, g frozen), the target of L_LR. Computed once per image and cached next
+  to the pairs, keyed by everything that determines them.
+- `real_stage_dataset`: the training rows of stage `real`: M, T_ref, eyes and the cached T-hat codes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch import nn
+
+from unmask_core import data, shards, storage
+from unmask_core.errors import UserError
+from unmask_core.faces.align import AlignmentError, RMFRDAlignment, rmfrd_align
+from unmask_core.inversion import InversionResult, optimise_latents
+from unmask_core.prepare import PrepareConfig, _empty_row, _RowError
+from unmask_core.training import TrainConfig, _to_tensor, decode, decode_batch
+
+# A masked photo keeps this many same-identity reference candidates (the first that aligns is used).
+# RMFRD has up to hundreds of unmasked photos per person; a seeded sample bounds the work per image.
+MAX_REFERENCE_CANDIDATES = 8
+REAL_MASK_KIND = "real"
+T_HAT_FOLDER = "t_hat"
+T_HAT_SHARD_SIZE = 32  # rows per cache shard: the unit of resume (and of one optimisation task)
+T_HAT_BATCH = 8  # images optimised together, each with its own codes and its own term of the loss
+_T_HAT_VERSION = 1  # part of the cache key: bump when the optimisation itself changes
+
+
+# ---------------------------------------------------------------- prepare
+
+
+def _rank(seed: int, masked_id: str, reference_id: str) -> bytes:
+    return hashlib.sha256(f"{seed}\x1f{masked_id}\x1f{reference_id}".encode()).digest()
+
+
+def add_reference_candidates(items: list[dict[str, Any]], seed: int) -> None:
+    """For each masked item, `item["references"]`: record dicts of unmasked photos of the same
+    identity, in an order fixed by (seed, masked id, reference id) alone, at most
+    MAX_REFERENCE_CANDIDATES of them. Unmasked items are left as they are."""
+    unmasked: dict[str, list[dict]] = defaultdict(list)
+    for item in items:
+        if not item["record"].get("masked"):
+            unmasked[item["record"]["identity"]].append(item["record"])
+    for item in items:
+        record = item["record"]
+        if record.get("masked"):
+            candidates = sorted(
+                unmasked.get(record["identity"], []),
+                key=lambda ref: (_rank(seed, record["id"], ref["id"]), ref["id"]),
+            )
+            item["references"] = candidates[:MAX_REFERENCE_CANDIDATES]
+
+
+class RMFRDPairMaker:
+    """`PairMaker` for RMFRD: one photo -> a phase-1 pair, a real-mask row, or an error row whose
+    status is the reason (e.g. `no_eyes`, `one_eye`, `no_face`, `no_reference`); never raises."""
+
+    def __init__(self, cfg: PrepareConfig) -> None:
+        from unmask_core.faces.detect import build_detector
+
+        self.cfg = cfg
+        self.detector = build_detector(cfg.detector, "cpu")
+        # Reference photos are shared by all masked photos of a person: align each once per worker.
+        self._references: dict[str, np.ndarray | str] = {}
+
+    def make(self, record: data.ImageRecord, split: str, item: dict | None = None) -> dict[str, Any]:
+        row = _empty_row(record, split)
+        try:
+            if record.masked:
+                row.update(self._real_mask_row(record, (item or {}).get("references", [])))
+            else:
+                row.update(self._synthetic_pair_row(record))
+        except _RowError as exc:
+            row.update(status=exc.status, error=exc.reason)
+        except Exception as exc:  # a bug must not lose the row: record it and move on
+            row.update(status="internal_error", error=f"{type(exc).__name__}: {exc}")
+        return row
+
+    def _decode(self, uri: str) -> np.ndarray:
+        try:
+            raw = storage.read_bytes(uri)
+        except UserError as exc:
+            raise _RowError("read_error", str(exc)) from exc
+        try:
+            return data.decode_image(raw, self.cfg.max_pixels)
+        except data.ImageDecodeError as exc:
+            raise _RowError(exc.status, exc.reason) from exc
+
+    def _align(self, image: np.ndarray) -> RMFRDAlignment:
+        try:
+            return rmfrd_align(image, size=self.cfg.image_size)
+        except AlignmentError as exc:
+            raise _RowError(exc.reason, str(exc)) from exc
+
+    def _synthetic_pair_row(self, record: data.ImageRecord) -> dict[str, Any]:
+        from unmask_core.faces.masks import MaskError, apply_mask, choose_mask
+
+        alignment = self._align(self._decode(record.uri))
+        # The mask is fitted to landmarks found on the eye-aligned face, as for the other corpora.
+        faces = self.detector.detect(alignment.aligned)
+        if not faces:
+            raise _RowError("no_face", "no face detected in the eye-aligned image")
+        landmarks = faces[0].landmarks
+        kind, color = choose_mask(self.cfg.mask_kinds, self.cfg.seed, record.id)
+        try:
+            mask = apply_mask(alignment.aligned, landmarks, kind, color, self.cfg.seed, record.id)
+        except MaskError as exc:
+            raise _RowError("mask_failed", str(exc)) from exc
+        return {
+            "T": data.encode_png(alignment.aligned),
+            "M": data.encode_png(mask.masked),
+            "mask_kind": mask.kind,
+            "mask_color": ",".join(str(int(c)) for c in mask.color),
+            "mask_region": data.encode_png(mask.region.astype(np.uint8) * 255),
+            "landmarks": np.asarray(landmarks, dtype=np.float32).reshape(-1).tolist(),
+            "eyes": _flat_eyes(alignment.eyes),
+        }
+
+    def _real_mask_row(self, record: data.ImageRecord, references: list[dict]) -> dict[str, Any]:
+        alignment = self._align(self._decode(record.uri))
+        failures = []
+        for reference in references:
+            aligned = self._aligned_reference(reference["uri"])
+            if isinstance(aligned, np.ndarray):
+                return {
+                    "M": data.encode_png(alignment.aligned),
+                    "T_ref": data.encode_png(aligned),
+                    "mask_kind": REAL_MASK_KIND,
+                    "eyes": _flat_eyes(alignment.eyes),
+                }
+            failures.append(aligned)
+        if not references:
+            raise _RowError("no_reference", f"no unmasked photo of {record.identity!r}")
+        raise _RowError(
+            "no_reference",
+            f"none of the {len(references)} unmasked photos of {record.identity!r} aligns "
+            f"({', '.join(sorted(set(failures)))})",
+        )
+
+    def _aligned_reference(self, uri: str) -> np.ndarray | str:
+        """The eye-aligned reference photo, or the reason it cannot be one."""
+        if uri not in self._references:
+            if len(self._references) >= 256:
+                self._references.clear()  # a shard's masked photos are few identities: bound memory
+            try:
+                self._references[uri] = self._align(self._decode(uri)).aligned
+            except _RowError as exc:
+                self._references[uri] = exc.status
+        return self._references[uri]
+
+
+def _flat_eyes(eyes: np.ndarray) -> list[float]:
+    return np.asarray(eyes, dtype=np.float32).reshape(4).tolist()
+
+
+# ---------------------------------------------------------------- T-hat: latent optimisation, cached
+
+
+@dataclass(frozen=True)
+class THatSettings:
+    """Everything that decides the T-hat codes of an image; its hash names the cache folder."""
+
+    generator_sha256: str
+    baseline_sha256: str
+    start: str  # 'f0': codes start at f0(M); 'latent_avg': f0 is untrained, start at the average latent
+    image_size: int
+    steps: int
+    lr: float
+    lpips_weight: float
+    lpips_backbone: str
+    version: int = _T_HAT_VERSION
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def t_hat_settings(cfg: TrainConfig) -> THatSettings:
+    """The T-hat settings of a `real` stage run: g from --models, f0 from the encoders' model set
+    (--init-from when given, as for the encoder being trained)."""
+    from unmask_core.models.checkpoints import ModelSet
+
+    models = ModelSet(cfg.models)
+    encoders = ModelSet(cfg.init_from) if cfg.init_from else models
+    untrained = "baseline" in encoders.manifest.get("random_init", [])
+    return THatSettings(
+        generator_sha256=models.sha256("generator"),
+        baseline_sha256=encoders.sha256("baseline"),
+        start="latent_avg" if untrained else "f0",
+        image_size=models.image_size,
+        steps=cfg.t_hat_steps,
+        lr=cfg.t_hat_lr,
+        lpips_weight=cfg.t_hat_lpips_weight,
+        lpips_backbone=cfg.lpips_backbone if cfg.t_hat_lpips_weight else "",
+    )
+
+
+def real_mask_rows(pairs_uri: str, columns: list[str], split: str = "train") -> pa.Table:
+    """The usable real-mask rows of a split, sorted by id."""
+    import pyarrow.compute as pc
+
+    table = shards.read_rows(
+        storage.join(pairs_uri, "pairs"), columns=sorted({"id", "status", "split", "mask_kind", *columns})
+    )
+    keep = pc.and_(
+        pc.and_(pc.equal(table["status"], "ok"), pc.equal(table["split"], split)),
+        pc.equal(table["mask_kind"], REAL_MASK_KIND),
+    )
+    return table.filter(keep).sort_by("id").select(columns)
+
+
+def t_hat_uri(pairs_uri: str, settings: THatSettings) -> str:
+    return storage.join(pairs_uri, T_HAT_FOLDER, settings.key)
+
+
+def ensure_t_hat_codes(cfg: TrainConfig) -> str:
+    """Compute the T-hat codes that the cache lacks for the real-mask training rows; returns the cache
+    folder (`PAIRS/t_hat/<key>/shard-*.parquet`, columns id, codes, l2_start, l2_final).
+
+    Rows are cut into fixed shards by id; each shard is one Ray task (a GPU one with --gpu) and one
+    file written atomically, so a later run, or a rerun after a failure, only does missing shards."""
+    import ray
+
+    settings = t_hat_settings(cfg)
+    out = t_hat_uri(cfg.pairs, settings)
+    rows = real_mask_rows(cfg.pairs, ["id", "M", "eyes"])
+    if not len(rows):
+        raise UserError(f"{cfg.pairs}: no real-mask training rows (prepare it with --corpus rmfrd)")
+    ids = rows["id"].to_pylist()
+    shards.check_plan(out, shards.ShardPlan(len(ids), T_HAT_SHARD_SIZE, ids[0], ids[-1]))
+    if not storage.exists(storage.join(out, "_settings.json")):  # for people; the key is the hash
+        storage.write_bytes_atomic(
+            storage.join(out, "_settings.json"), json.dumps(asdict(settings), indent=2).encode()
+        )
+    done = shards.finished_shards(out)
+    todo = [i for i in range(-(-len(ids) // T_HAT_SHARD_SIZE)) if i not in done]
+    if todo:
+        task = ray.remote(num_cpus=1, num_gpus=1 if cfg.gpu else 0)(_t_hat_shard)
+        encoders = cfg.init_from or cfg.models
+        pending = [
+            task.remote(
+                rows.slice(i * T_HAT_SHARD_SIZE, T_HAT_SHARD_SIZE),
+                cfg.models,
+                encoders,
+                settings,
+                cfg.lpips_backbone,
+                shards.shard_file(out, i),
+                cfg.gpu,
+            )
+            for i in todo
+        ]
+        ray.get(pending)
+    return out
+
+
+def _t_hat_shard(
+    rows: pa.Table,
+    models_uri: str,
+    encoders_uri: str,
+    settings: THatSettings,
+    lpips_backbone: str,
+    out_file: str,
+    gpu: bool,
+) -> None:
+    device = "cuda" if gpu and torch.cuda.is_available() else "cpu"
+    codes, l2_start, l2_final = compute_t_hat(
+        rows, models_uri, encoders_uri, settings, lpips_backbone, device
+    )
+    table = pa.table(
+        {
+            "id": rows["id"],
+            "codes": pa.array(list(codes.reshape(len(codes), -1)), type=pa.list_(pa.float32())),
+            "l2_start": pa.array(l2_start, type=pa.float32()),
+            "l2_final": pa.array(l2_final, type=pa.float32()),
+        }
+    )
+    shards.write_table_atomic(out_file, table)
+
+
+def compute_t_hat(
+    rows: pa.Table,
+    models_uri: str,
+    encoders_uri: str,
+    settings: THatSettings,
+    lpips_backbone: str = "random",
+    device: str = "cpu",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows with M (PNG) and eyes -> (codes [N, n_latent, style_dim], periorbital L2 before and after).
+
+    Starts from f0(M) (or the average latent when f0 is untrained) and minimises the periorbital L2
+    between g(w) and M (plus LPIPS when its weight is set) with `optimise_t_hat`, g frozen, images
+    compared at the size the encoder sees."""
+    from unmask_core.losses import reconstruction_loss
+    from unmask_core.models.checkpoints import ModelSet, load_lpips
+
+    size = settings.image_size
+    models = ModelSet(models_uri, device=device)
+    if models.sha256("generator") != settings.generator_sha256:
+        raise UserError(f"{models_uri}: its generator is not the one these T-hat settings name")
+    generator = models.generator().eval()
+    f0 = ModelSet(encoders_uri, device=device).encoder("baseline").eval().requires_grad_(False)
+    lpips_net = None
+    if settings.lpips_weight:
+        backbone = None if lpips_backbone == "random" else lpips_backbone
+        lpips_net = load_lpips(backbone, spatial=True).to(device)
+    masked_png, eyes = rows["M"].to_pylist(), rows["eyes"].to_pylist()
+    codes, before, after = [], [], []
+    for start in range(0, len(masked_png), T_HAT_BATCH):
+        chunk = slice(start, start + T_HAT_BATCH)
+        masked = torch.from_numpy(np.stack([_to_tensor(png, size) for png in masked_png[chunk]])).to(device)
+        region = torch.from_numpy(periorbital_regions(eyes[chunk], size)).to(device)
+        with torch.no_grad():
+            if settings.start == "f0":
+                initial = f0(masked)
+            else:
+                initial = f0.latent_avg[None].expand(len(masked), -1, -1).clone()
+        result = optimise_t_hat(
+            generator, masked, region, initial, settings.steps, settings.lr, lpips_net, settings.lpips_weight
+        )
+        with torch.no_grad():
+            for w, sink in ((initial, before), (result.codes, after)):
+                image = decode(generator, w, size)
+                sink += [
+                    float(reconstruction_loss(masked[i : i + 1], image[i : i + 1], region[i : i + 1]))
+                    for i in range(len(w))
+                ]
+        codes.append(result.codes.cpu().numpy().astype(np.float32))
+    return np.concatenate(codes), np.array(before, np.float32), np.array(after, np.float32)
+
+
+def periorbital_regions(eyes: list, size: int) -> np.ndarray:
+    """[N, 1, size, size] periorbital weights for eyes given in the aligned 256 px frame."""
+    from unmask_core.periorbital import periorbital_weight
+
+    scale = size / 256.0
+    return np.stack(
+        [periorbital_weight(np.asarray(e, np.float32).reshape(2, 2) * scale, size)[None] for e in eyes]
+    ).astype(np.float32)
+
+
+class _OffsetGenerator(nn.Module):
+    """delta [B, 1, style_dim] -> g(start + delta): one offset in W moves every W+ layer alike."""
+
+    def __init__(self, generator: nn.Module, start: torch.Tensor, size: int) -> None:
+        super().__init__()
+        self.generator, self.size = generator, size
+        self.register_buffer("start", start.detach())
+
+    def forward(self, delta: torch.Tensor) -> torch.Tensor:
+        return decode(self.generator, self.start + delta, self.size)
+
+
+def optimise_t_hat(
+    generator: nn.Module,
+    masked: torch.Tensor,
+    region: torch.Tensor,
+    start: torch.Tensor,
+    steps: int,
+    lr: float,
+    lpips_net: nn.Module | None = None,
+    lpips_weight: float = 0.0,
+) -> InversionResult:
+    """T-hat's codes: `start` (f0(M) or the average latent, [B, n_latent, style_dim]) plus one offset in
+    W shared by all layers, found by `optimise_latents` on the periorbital loss against M.
+
+    Why one shared offset rather than free W+ codes: the region is a small part of the face, and free
+    W+ codes match it through directions that leave the true latent behind. On a known latent
+    (bench/latent_optimisation.py) free W+ codes drift away from it while a shared offset moves
+    towards it, at a similar fit; a shared offset also keeps f0's layer structure, so T-hat stays a
+    face g was trained to make."""
+    model = _OffsetGenerator(generator, start, masked.shape[-1])
+    initial = torch.zeros_like(start[:, :1])
+    result = optimise_latents(model, masked, region, initial, steps, lr, lpips_net, lpips_weight)
+    return InversionResult(codes=(start + result.codes).detach(), history=result.history)
+
+
+def read_t_hat_codes(cache_uri: str, n_latent: int, style_dim: int) -> dict[str, np.ndarray]:
+    """id -> codes [n_latent, style_dim] from a T-hat cache folder."""
+    table = shards.read_rows(cache_uri, columns=["id", "codes"])
+    flat = table["codes"].to_pylist()
+    return {
+        row_id: np.asarray(values, dtype=np.float32).reshape(n_latent, style_dim)
+        for row_id, values in zip(table["id"].to_pylist(), flat)
+    }
+
+
+# ---------------------------------------------------------------- training stage `real`
+
+
+def real_stage_dataset(cfg: TrainConfig, size: int):
+    """Ray Data dataset of stage `real`: the real-mask training rows (M, T_ref, eyes) with their T-hat
+    codes, decoded by `training.decode_batch(..., 'real')`; computes missing T-hat codes first.
+
+    RMFRD is small (hundreds of training images, a few hundred MB with both PNGs), so the rows are
+    joined with the cache on the driver and handed to Ray Data with `from_arrow`; a corpus of millions
+    would need a distributed join instead."""
+    import ray
+    from ray.data.extensions import ArrowTensorArray
+
+    from unmask_core.models.checkpoints import ModelSet
+
+    cache = ensure_t_hat_codes(cfg)
+    models = ModelSet(cfg.models)
+    codes_by_id = read_t_hat_codes(cache, models.n_latent, int(models.manifest["style_dim"]))
+    rows = real_mask_rows(cfg.pairs, ["id", "M", "T_ref", "eyes"])
+    missing = [i for i in rows["id"].to_pylist() if i not in codes_by_id]
+    if missing:
+        raise UserError(f"{cache}: no T-hat codes for {len(missing)} rows, e.g. {missing[0]!r}")
+    codes = np.stack([codes_by_id[i] for i in rows["id"].to_pylist()])
+    table = pa.table(
+        {
+            "M": rows["M"],
+            "T_ref": rows["T_ref"],
+            "eyes": rows["eyes"],
+            "T_hat_codes": ArrowTensorArray.from_numpy(codes),
+        }
+    )
+    ds = ray.data.from_arrow(table)
+    return ds.map_batches(decode_batch, fn_kwargs={"size": size, "stage": "real"}, batch_format="numpy")
