@@ -3,21 +3,32 @@ and the whole flow (prepare -> T-hat cache -> train --stage real -> evaluate) on
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 
 import numpy as np
+import pyarrow as pa
 import pytest
+import torch
 from PIL import Image
 
 from bench.latent_optimisation import known_latent_setup, run
 from unmask_core import cli, data, shards, storage
+from unmask_core.faces.align import template
 from unmask_core.faces.detect import build_detector
 from unmask_core.faces.masks import apply_mask
 from unmask_core.faces.samples import load_rgb, sample_photo
-from unmask_core.models.checkpoints import init_model_set
-from unmask_core.rmfrd import MAX_REFERENCE_CANDIDATES, add_reference_candidates, ensure_t_hat_codes
-from unmask_core.training import TrainConfig
+from unmask_core.models.checkpoints import ModelSet, init_model_set
+from unmask_core.rmfrd import (
+    MAX_REFERENCE_CANDIDATES,
+    add_reference_candidates,
+    compute_t_hat,
+    ensure_t_hat_codes,
+    t_hat_settings,
+)
+from unmask_core.synthetic import smooth_image
+from unmask_core.training import TrainConfig, _to_tensor
 
 
 def _item(identity: str, name: str, masked: bool) -> dict:
@@ -46,8 +57,8 @@ def test_reference_candidates_are_unmasked_photos_of_the_same_person_in_seeded_o
     }
     other = [dict(it, record=dict(it["record"])) for it in items]
     add_reference_candidates(other, seed=1)
-    ids = [r["id"] for r in other[13]["references"]]
-    assert ids != [r["id"] for r in ann]
+    reseeded = {it["record"]["id"]: it for it in other}["AFDB_masked_face_dataset/ann/m0.jpg"]
+    assert [r["id"] for r in reseeded["references"]] != [r["id"] for r in ann]
     # Each masked photo gets its own order, so one bad reference photo does not fail them all alike.
     assert [r["id"] for r in by_id["AFDB_masked_face_dataset/ann/m1.jpg"]["references"]] != [
         r["id"] for r in ann
@@ -67,6 +78,40 @@ def test_t_hat_optimisation_matches_the_eyes_and_moves_towards_the_true_latent(t
     assert (trajectory.per_latent_distance[-1] < trajectory.per_latent_distance[0]).all()
     assert trajectory.cosine[-1] > 0.05  # the move points at w, not just anywhere
     assert trajectory.image_l2[-1] < trajectory.image_l2[0]  # and the covered face follows
+
+
+def test_t_hat_starts_from_a_trained_f0_and_its_settings_name_the_cache(tmp_path) -> None:
+    models, trained = str(tmp_path / "models"), str(tmp_path / "trained")
+    init_model_set(64, models, seed=0)
+    cfg = TrainConfig(stage="real", pairs=str(tmp_path / "pairs"), models=models, out="", t_hat_steps=4)
+    fresh = t_hat_settings(cfg)
+    assert fresh.start == "latent_avg"  # f0 is untrained: f0(M) would be noise
+    assert t_hat_settings(cfg).key == fresh.key  # a rerun finds its cache
+    assert t_hat_settings(dataclasses.replace(cfg, t_hat_steps=5)).key != fresh.key
+
+    model_set = ModelSet(models)
+    f0 = model_set.encoder("baseline")
+    with torch.no_grad():
+        for parameter in f0.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))  # stands in for training f0
+    model_set.save_encoder("baseline", f0, trained)
+    settings = t_hat_settings(dataclasses.replace(cfg, init_from=trained))
+    assert settings.start == "f0" and settings.baseline_sha256 != fresh.baseline_sha256
+    assert settings.key != fresh.key
+
+    rng = np.random.default_rng(0)
+    faces = [smooth_image(rng, 256) for _ in range(2)]
+    eyes = [list(template(256)[:2].reshape(-1))] * 2
+    rows = pa.table({"M": [data.encode_png(face) for face in faces], "eyes": eyes})
+    codes, before, after = compute_t_hat(rows, models, trained, settings)
+    assert codes.shape == (2, 10, 128) and (after < before).all()
+    with torch.no_grad():
+        start = ModelSet(trained).encoder("baseline")(
+            torch.from_numpy(np.stack([_to_tensor(data.encode_png(face), 64) for face in faces]))
+        )
+    moved = codes - start.numpy()
+    assert np.abs(moved).max() > 0
+    assert np.allclose(moved, moved[:, :1], atol=1e-5)  # one W offset, shared by every layer
 
 
 # ---------------------------------------------------------------- end to end
