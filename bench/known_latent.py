@@ -11,7 +11,7 @@ and ArcFace is the model set's random IR-SE: both still give the loss their stru
 distance; embedding cosine), not their pretrained meaning. The learning rate is 1e-3 (the paper's 1e-4
 is for full-size models trained for days).
 
-    python -m bench.known_latent [--seeds 3] [--steps 250]
+    python -m bench.known_latent [--seeds 3] [--steps 150]
 """
 
 from __future__ import annotations
@@ -131,10 +131,10 @@ def run_seed(seed: int, steps: int, n_train: int, n_test: int, batch: int, folde
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=250)
-    parser.add_argument("--train", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--train", type=int, default=256)
     parser.add_argument("--test", type=int, default=64)
-    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args()
     torch.set_num_threads(2)
     started = time.perf_counter()
