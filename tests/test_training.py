@@ -140,7 +140,7 @@ def test_two_workers_checkpoint_to_s3_and_resume(
 @pytest.mark.slow
 def test_a_killed_worker_is_survived(tiny_models: str, tiny_pairs: str, bucket: str, ray_local) -> None:
     out = f"{bucket}/killed"
-    cfg = _config(tiny_models, tiny_pairs, out, workers=2, steps=40, checkpoint_every=4, max_failures=2)
+    cfg = _config(tiny_models, tiny_pairs, out, workers=2, steps=16, checkpoint_every=2, max_failures=2)
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(run=run_training(cfg)))
     thread.start()
@@ -156,7 +156,7 @@ def test_a_killed_worker_is_survived(tiny_models: str, tiny_pairs: str, bucket: 
         time.sleep(0.2)
     thread.join(timeout=400)
     assert killed is not None, "the run finished before a worker could be killed"
-    assert result["run"]["step"] == 40
+    assert result["run"]["step"] == 16
     history = _metrics(out, "unmask")
-    assert history[-1]["step"] == 40
+    assert history[-1]["step"] == 16
     assert max(row["resumed_from_step"] for row in history) > 0  # restarted from a checkpoint, not from 0
