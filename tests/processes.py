@@ -6,16 +6,16 @@ import os
 from pathlib import Path
 
 
-def pids_with_title(fragment: str) -> list[int]:
-    """PIDs whose command line (Ray sets it to the actor/task name) contains `fragment`."""
+def pids_with_title(prefix: str) -> list[int]:
+    """PIDs whose process title (Ray sets it to `ray::<actor>.<method>`) starts with `prefix`."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            title = (entry / "cmdline").read_bytes().split(b"\0", 1)[0].decode(errors="replace")
         except OSError:
             continue
-        if fragment in cmdline:
+        if title.startswith(prefix):
             found.append(int(entry.name))
     return found

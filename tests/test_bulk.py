@@ -24,7 +24,9 @@ from unmask_core import cli, shards, storage
 from unmask_core.faces.samples import load_rgb, sample_photo
 from unmask_core.models.checkpoints import init_model_set
 
-HOSTILE_KEYS = ["with space/a b.jpg", "ünïcödé/фото.jpg", "dots/../escape.jpg", "dots/..hidden.jpg"]
+HOSTILE_KEYS = ["with space/a b.jpg", "ünïcödé/фото.jpg", "dots/..hidden.jpg"]
+# S3 stores refuse '..' path segments in keys; such names reach the job as manifest ids instead.
+HOSTILE_IDS = ["../../escape.jpg", "/etc/absolute.jpg", "a/../../../b.jpg"]
 
 
 def _s3_client():
@@ -153,7 +155,6 @@ def test_gallery_end_to_end_with_odd_inputs(bucket: str, models_uri: str, ray_lo
     for row in ok_rows:
         assert row["unmasked_uri"].startswith(f"{out}/images/")
         assert Image.open(io.BytesIO(storage.read_bytes(row["unmasked_uri"]))).size[0] > 0
-    assert all(k.startswith(("gallery/", "out/")) for k in _all_keys(bucket)), _all_keys(bucket)
 
     # The Parquet opens in pandas, pyarrow and duckdb.
     local = tmp_path / "rows"
@@ -172,6 +173,31 @@ def test_gallery_end_to_end_with_odd_inputs(bucket: str, models_uri: str, ray_lo
     assert count == len(ok_rows)
     summary = json.loads(storage.read_bytes(storage.join(out, "summary.json")))
     assert summary["reconciled"] and summary["inputs"] == len(listed)
+
+    # A manifest whose ids try to climb out of the output: names are sanitised, nothing escapes.
+    manifest = "uri,id\n" + "".join(f"{bucket}/gallery/astronaut.png,{i}\n" for i in HOSTILE_IDS)
+    _put(bucket, "manifest.csv", manifest.encode())
+    out2 = f"{bucket}/out2"
+    code = cli.main(
+        [
+            "unmask",
+            "--input",
+            f"{bucket}/manifest.csv",
+            "--output",
+            out2,
+            "--models",
+            models_uri,
+            "--matchers",
+            "arcface",
+        ]
+    )
+    assert code == 0
+    rows2 = _read_rows(out2).to_pylist()
+    assert sorted(r["id"] for r in rows2) == sorted(HOSTILE_IDS)
+    assert all(r["status"] == "ok" and r["unmasked_uri"].startswith(f"{out2}/images/") for r in rows2)
+    assert all(".." not in r["unmasked_uri"].split("/") for r in rows2)
+    keys = _all_keys(bucket)
+    assert all(k.startswith(("gallery/", "out/", "out2/", "manifest.csv")) for k in keys), keys
 
 
 def _gallery(bucket: str, count: int) -> str:
@@ -237,7 +263,7 @@ def test_killed_actor_is_survived_exactly_once(bucket: str, models_uri: str, ray
     killed = None
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and thread.is_alive():
-        actors = pids_with_title("UnmaskStage")
+        actors = pids_with_title("ray::MapWorker(MapBatches(UnmaskStage))")
         if actors and shards.finished_shards(storage.join(out, "rows")):
             killed = actors[0]
             os.kill(killed, signal.SIGKILL)

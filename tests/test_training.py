@@ -148,7 +148,7 @@ def test_a_killed_worker_is_survived(tiny_models: str, tiny_pairs: str, bucket: 
     killed = None
     while time.monotonic() < deadline and thread.is_alive():
         if storage.exists(storage.join(out, "unmask")) and _checkpoints(out, "unmask"):
-            workers = pids_with_title("RayTrainWorker")
+            workers = pids_with_title("ray::RayTrainWorker")
             if workers:
                 killed = workers[-1]
                 os.kill(killed, signal.SIGKILL)

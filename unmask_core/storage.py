@@ -187,7 +187,7 @@ def write_json(uri: str, value: object) -> None:
 
 
 def list_files(uri: str, suffixes: tuple[str, ...] | None = None) -> list[str]:
-    """All files under a prefix (recursive), as sorted full URIs; hidden files are skipped."""
+    """All files under a prefix (recursive), as sorted full URIs (dotfiles included: every input counts)."""
     fs, path = fsspec_filesystem(uri)
     check_readable(uri)
     try:
@@ -200,8 +200,6 @@ def list_files(uri: str, suffixes: tuple[str, ...] | None = None) -> list[str]:
     out = []
     for p in found:
         name = posixpath.basename(p)
-        if name.startswith("."):
-            continue
         if suffixes and not name.lower().endswith(suffixes):
             continue
         out.append(f"s3://{p}" if is_s3(uri) else p)
