@@ -169,7 +169,7 @@ def test_gallery_end_to_end_with_odd_inputs(bucket: str, models_uri: str, ray_lo
     assert pq.read_table(local).num_rows == len(rows)
     count = duckdb.sql(
         f"select count(*) from read_parquet('{local}/*.parquet') where status = 'ok'"
-    ).fetchone()[0]
+    ).fetchall()[0][0]
     assert count == len(ok_rows)
     summary = json.loads(storage.read_bytes(storage.join(out, "summary.json")))
     assert summary["reconciled"] and summary["inputs"] == len(listed)
