@@ -127,9 +127,7 @@ def training_dataset(cfg: TrainConfig, size: int):
         from unmask_core.rmfrd import real_stage_dataset
 
         return real_stage_dataset(cfg, size)
-    columns = ["T", "M", "status", "split"] + (
-        ["T_ref", "eyes", "T_hat_codes"] if cfg.stage == "real" else []
-    )
+    columns = ["T", "M", "status", "split"]
     pairs_uri = storage.join(cfg.pairs, "pairs")
     storage.check_readable(pairs_uri)
     fs, path = storage.pyarrow_filesystem(pairs_uri)
