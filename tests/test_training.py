@@ -6,15 +6,11 @@ from __future__ import annotations
 import csv
 import io
 import os
-import signal
-import threading
-import time
 
 import numpy as np
 import pytest
 import torch
 
-from tests.processes import pids_with_title
 from unmask_core import storage
 from unmask_core.losses import LossWeights
 from unmask_core.models.checkpoints import init_model_set
@@ -135,28 +131,3 @@ def test_two_workers_checkpoint_to_s3_and_resume(
     assert [row["step"] for row in resumed] == [1, 2, 3, 4, 5, 6]
     assert resumed[4]["resumed_from_step"] == 4
     assert resumed[4]["adam_step"] == 5  # a fresh optimizer would be at step 1
-
-
-@pytest.mark.slow
-def test_a_killed_worker_is_survived(tiny_models: str, tiny_pairs: str, bucket: str, ray_local) -> None:
-    out = f"{bucket}/killed"
-    cfg = _config(tiny_models, tiny_pairs, out, workers=2, steps=16, checkpoint_every=2, max_failures=2)
-    result: dict = {}
-    thread = threading.Thread(target=lambda: result.update(run=run_training(cfg)))
-    thread.start()
-    deadline = time.monotonic() + 240
-    killed = None
-    while time.monotonic() < deadline and thread.is_alive():
-        if storage.exists(storage.join(out, "unmask")) and _checkpoints(out, "unmask"):
-            workers = pids_with_title("ray::RayTrainWorker")
-            if workers:
-                killed = workers[-1]
-                os.kill(killed, signal.SIGKILL)
-                break
-        time.sleep(0.2)
-    thread.join(timeout=400)
-    assert killed is not None, "the run finished before a worker could be killed"
-    assert result["run"]["step"] == 16
-    history = _metrics(out, "unmask")
-    assert history[-1]["step"] == 16
-    assert max(row["resumed_from_step"] for row in history) > 0  # restarted from a checkpoint, not from 0
