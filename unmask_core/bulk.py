@@ -160,18 +160,23 @@ class FaceStage:
         return pa.Table.from_pylist([_complete(r) for r in rows], schema=STAGE_SCHEMA)
 
 
+# What every output row says about one face (or one failed input), shared by the stages and the output.
+FACE_FIELDS = [
+    ("id", pa.string()),
+    ("source_uri", pa.string()),
+    ("status", pa.string()),
+    ("error", pa.string()),
+    ("face_index", pa.int32()),
+    ("bbox", pa.list_(pa.float32(), 4)),
+    ("landmarks", data.LANDMARKS_TYPE),
+    ("detection_score", pa.float32()),
+]
+
 STAGE_SCHEMA = pa.schema(
     [
         ("shard", pa.int64()),
         ("shard_inputs", pa.int64()),
-        ("id", pa.string()),
-        ("source_uri", pa.string()),
-        ("status", pa.string()),
-        ("error", pa.string()),
-        ("face_index", pa.int32()),
-        ("bbox", pa.list_(pa.float32(), 4)),
-        ("landmarks", data.LANDMARKS_TYPE),
-        ("detection_score", pa.float32()),
+        *FACE_FIELDS,
         ("face", pa.binary()),  # aligned RGB uint8 FACE_SIZE x FACE_SIZE x 3, raw
     ]
 )
@@ -229,17 +234,7 @@ class UnmaskStage:
 
 
 def row_schema(embedding_dims: dict[str, int]) -> pa.Schema:
-    fields = [
-        ("id", pa.string()),
-        ("source_uri", pa.string()),
-        ("status", pa.string()),
-        ("error", pa.string()),
-        ("face_index", pa.int32()),
-        ("bbox", pa.list_(pa.float32(), 4)),
-        ("landmarks", data.LANDMARKS_TYPE),
-        ("detection_score", pa.float32()),
-        ("unmasked_uri", pa.string()),
-    ]
+    fields = [*FACE_FIELDS, ("unmasked_uri", pa.string())]
     for name, dim in embedding_dims.items():
         fields += [
             (f"embedding_masked_{name}", pa.list_(pa.float32(), dim)),
