@@ -28,7 +28,7 @@ from unmask_core.rmfrd import (
     t_hat_settings,
 )
 from unmask_core.synthetic import smooth_image
-from unmask_core.training import TrainConfig, _to_tensor
+from unmask_core.training import TrainConfig, png_to_tensor
 
 
 def _item(identity: str, name: str, masked: bool) -> dict:
@@ -107,7 +107,7 @@ def test_t_hat_starts_from_a_trained_f0_and_its_settings_name_the_cache(tmp_path
     assert codes.shape == (2, 10, 128) and (after < before).all()
     with torch.no_grad():
         start = ModelSet(trained).encoder("baseline")(
-            torch.from_numpy(np.stack([_to_tensor(data.encode_png(face), 64) for face in faces]))
+            torch.from_numpy(np.stack([png_to_tensor(data.encode_png(face), 64) for face in faces]))
         )
     moved = codes - start.numpy()
     assert np.abs(moved).max() > 0

@@ -73,7 +73,7 @@ class PairMaker:
         if self.cfg.corpus in ("folders", "manifest"):
             faces = self.detector.detect(image)
             if not faces:
-                raise _RowError("no_face", "no face detected")
+                raise RowError("no_face", "no face detected")
             aligned, matrix = align_face(image, faces[0].landmarks, size=size)
             return aligned, transform_points(faces[0].landmarks, matrix)
         # Pre-aligned corpora keep their geometry; we only look for landmarks to fit the mask.
@@ -87,29 +87,29 @@ class PairMaker:
             aligned = cv2.resize(aligned, (size, size), interpolation=cv2.INTER_CUBIC)
         faces = self.detector.detect(aligned)
         if not faces:
-            raise _RowError("no_face", "no face detected in the aligned image")
+            raise RowError("no_face", "no face detected in the aligned image")
         return aligned, faces[0].landmarks
 
     def make(self, record: data.ImageRecord, split: str, item: dict | None = None) -> dict[str, Any]:
         from unmask_core.faces.masks import MaskError, apply_mask, choose_mask
 
-        row = _empty_row(record, split)
+        row = empty_pairs_row(record, split)
         try:
             try:
                 raw = storage.read_bytes(record.uri)
             except UserError as exc:
-                raise _RowError("read_error", str(exc)) from exc
+                raise RowError("read_error", str(exc)) from exc
             try:
                 image = data.decode_image(raw, self.cfg.max_pixels)
             except data.ImageDecodeError as exc:
-                raise _RowError(exc.status, exc.reason) from exc
+                raise RowError(exc.status, exc.reason) from exc
             aligned, landmarks = self.aligned_face(image)
             kind, color = choose_mask(self.cfg.mask_kinds, self.cfg.seed, record.id)
             try:
                 mask = apply_mask(aligned, landmarks, kind, color, self.cfg.seed, record.id)
             except MaskError as exc:
-                raise _RowError("mask_failed", str(exc)) from exc
-        except _RowError as exc:
+                raise RowError("mask_failed", str(exc)) from exc
+        except RowError as exc:
             row.update(status=exc.status, error=exc.reason)
             return row
         except Exception as exc:  # a bug must not lose the row: record it and move on
@@ -126,13 +126,16 @@ class PairMaker:
         return row
 
 
-class _RowError(Exception):
+class RowError(Exception):
+    """An input that becomes an error row: `status` is the machine-readable kind, `reason` the words."""
+
     def __init__(self, status: str, reason: str) -> None:
         super().__init__(reason)
         self.status, self.reason = status, reason
 
 
-def _empty_row(record: data.ImageRecord, split: str) -> dict[str, Any]:
+def empty_pairs_row(record: data.ImageRecord, split: str) -> dict[str, Any]:
+    """A pairs row for `record` with every image column empty and status ok (filled in by the maker)."""
     row: dict[str, Any] = {name: None for name in data.PAIRS_SCHEMA.names}
     row.update(
         id=record.id, identity=record.identity, split=split, source_uri=record.uri, status="ok", error=""

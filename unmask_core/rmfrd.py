@@ -29,8 +29,8 @@ from unmask_core import data, shards, storage
 from unmask_core.errors import UserError
 from unmask_core.faces.align import AlignmentError, RMFRDAlignment, rmfrd_align
 from unmask_core.inversion import InversionResult, optimise_latents
-from unmask_core.prepare import PrepareConfig, _empty_row, _RowError
-from unmask_core.training import TrainConfig, _to_tensor, decode, decode_batch
+from unmask_core.prepare import PrepareConfig, RowError, empty_pairs_row
+from unmask_core.training import TrainConfig, decode, decode_batch, png_to_tensor
 
 # A masked photo keeps this many same-identity reference candidates (the first that aligns is used).
 # RMFRD has up to hundreds of unmasked photos per person; a seeded sample bounds the work per image.
@@ -80,13 +80,13 @@ class RMFRDPairMaker:
         self._references: dict[str, np.ndarray | str] = {}
 
     def make(self, record: data.ImageRecord, split: str, item: dict | None = None) -> dict[str, Any]:
-        row = _empty_row(record, split)
+        row = empty_pairs_row(record, split)
         try:
             if record.masked:
                 row.update(self._real_mask_row(record, (item or {}).get("references", [])))
             else:
                 row.update(self._synthetic_pair_row(record))
-        except _RowError as exc:
+        except RowError as exc:
             row.update(status=exc.status, error=exc.reason)
         except Exception as exc:  # a bug must not lose the row: record it and move on
             row.update(status="internal_error", error=f"{type(exc).__name__}: {exc}")
@@ -96,17 +96,17 @@ class RMFRDPairMaker:
         try:
             raw = storage.read_bytes(uri)
         except UserError as exc:
-            raise _RowError("read_error", str(exc)) from exc
+            raise RowError("read_error", str(exc)) from exc
         try:
             return data.decode_image(raw, self.cfg.max_pixels)
         except data.ImageDecodeError as exc:
-            raise _RowError(exc.status, exc.reason) from exc
+            raise RowError(exc.status, exc.reason) from exc
 
     def _align(self, image: np.ndarray) -> RMFRDAlignment:
         try:
             return rmfrd_align(image, size=self.cfg.image_size)
         except AlignmentError as exc:
-            raise _RowError(exc.reason, str(exc)) from exc
+            raise RowError(exc.reason, str(exc)) from exc
 
     def _synthetic_pair_row(self, record: data.ImageRecord) -> dict[str, Any]:
         from unmask_core.faces.masks import MaskError, apply_mask, choose_mask
@@ -115,13 +115,13 @@ class RMFRDPairMaker:
         # The mask is fitted to landmarks found on the eye-aligned face, as for the other corpora.
         faces = self.detector.detect(alignment.aligned)
         if not faces:
-            raise _RowError("no_face", "no face detected in the eye-aligned image")
+            raise RowError("no_face", "no face detected in the eye-aligned image")
         landmarks = faces[0].landmarks
         kind, color = choose_mask(self.cfg.mask_kinds, self.cfg.seed, record.id)
         try:
             mask = apply_mask(alignment.aligned, landmarks, kind, color, self.cfg.seed, record.id)
         except MaskError as exc:
-            raise _RowError("mask_failed", str(exc)) from exc
+            raise RowError("mask_failed", str(exc)) from exc
         return {
             "T": data.encode_png(alignment.aligned),
             "M": data.encode_png(mask.masked),
@@ -146,8 +146,8 @@ class RMFRDPairMaker:
                 }
             failures.append(aligned)
         if not references:
-            raise _RowError("no_reference", f"no unmasked photo of {record.identity!r}")
-        raise _RowError(
+            raise RowError("no_reference", f"no unmasked photo of {record.identity!r}")
+        raise RowError(
             "no_reference",
             f"none of the {len(references)} unmasked photos of {record.identity!r} aligns "
             f"({', '.join(sorted(set(failures)))})",
@@ -160,7 +160,7 @@ class RMFRDPairMaker:
                 self._references.clear()  # a shard's masked photos are few identities: bound memory
             try:
                 self._references[uri] = self._align(self._decode(uri)).aligned
-            except _RowError as exc:
+            except RowError as exc:
                 self._references[uri] = exc.status
         return self._references[uri]
 
@@ -323,7 +323,9 @@ def compute_t_hat(
     codes, before, after = [], [], []
     for start in range(0, len(masked_png), T_HAT_BATCH):
         chunk = slice(start, start + T_HAT_BATCH)
-        masked = torch.from_numpy(np.stack([_to_tensor(png, size) for png in masked_png[chunk]])).to(device)
+        masked = torch.from_numpy(np.stack([png_to_tensor(png, size) for png in masked_png[chunk]])).to(
+            device
+        )
         region = torch.from_numpy(periorbital_regions(eyes[chunk], size)).to(device)
         with torch.no_grad():
             if settings.start == "f0":

@@ -88,7 +88,8 @@ class TrainConfig:
 # ---------------------------------------------------------------- data
 
 
-def _to_tensor(png: bytes, size: int) -> np.ndarray:
+def png_to_tensor(png: bytes, size: int) -> np.ndarray:
+    """PNG bytes -> float32 [3, size, size] in [-1, 1], resized with area averaging when needed."""
     import cv2
 
     image = data.decode_png(png)
@@ -102,13 +103,13 @@ def decode_batch(batch: dict[str, np.ndarray], size: int, stage: str) -> dict[st
 
     Stage `real` rows have no pixel-aligned T: they bring T_ref (another unmasked photo of the person),
     the eye positions (for the periorbital region) and the cached T-hat codes instead."""
-    out = {"M": np.stack([_to_tensor(b, size) for b in batch["M"]])}
+    out = {"M": np.stack([png_to_tensor(b, size) for b in batch["M"]])}
     if stage != "real":
-        out["T"] = np.stack([_to_tensor(b, size) for b in batch["T"]])
+        out["T"] = np.stack([png_to_tensor(b, size) for b in batch["T"]])
     else:
         from unmask_core.periorbital import periorbital_weight
 
-        out["T_ref"] = np.stack([_to_tensor(b, size) for b in batch["T_ref"]])
+        out["T_ref"] = np.stack([png_to_tensor(b, size) for b in batch["T_ref"]])
         scale = size / 256.0
         out["region"] = np.stack(
             [
