@@ -76,6 +76,7 @@ def main() -> None:
             pairs=pairs,
             models=models,
             workers=1,
+            cpus_per_worker=torch.get_num_threads(),  # the same threads as the bare loop
             steps=args.steps,
             batch_size=args.batch_size,
             lpips_backbone="random",

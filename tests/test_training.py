@@ -6,11 +6,15 @@ from __future__ import annotations
 import csv
 import io
 import os
+import signal
+import threading
+import time
 
 import numpy as np
 import pytest
 import torch
 
+from tests.processes import pids_with_title
 from unmask_core import storage
 from unmask_core.losses import LossWeights
 from unmask_core.models.checkpoints import init_model_set
@@ -29,6 +33,15 @@ def tiny_models(tmp_path_factory) -> str:
 def tiny_pairs(tmp_path_factory) -> str:
     return write_synthetic_pairs(
         str(tmp_path_factory.mktemp("pairs")), n_identities=6, per_identity=3, seed=2
+    )
+
+
+@pytest.fixture(scope="module")
+def run_pairs(tmp_path_factory) -> str:
+    # Enough pairs that a run of a few dozen steps spans one or two epochs: on 2 cores each new epoch
+    # restarts the Ray Data pipeline, which costs far more than a tiny model's step.
+    return write_synthetic_pairs(
+        str(tmp_path_factory.mktemp("run_pairs")), n_identities=12, per_identity=6, size=64, seed=3
     )
 
 
@@ -111,23 +124,48 @@ def _checkpoints(out: str, name: str) -> list[str]:
     return sorted(p for p in fs.ls(path) if os.path.basename(p).startswith("checkpoint_"))
 
 
+def _kill_a_worker_after_a_committed_checkpoint(out: str, run: threading.Thread) -> int | None:
+    """SIGKILL one Ray Train worker once Ray has committed a checkpoint of the run (its snapshot file
+    exists: a checkpoint folder alone may still be unregistered, and a restart would not see it)."""
+    snapshot = storage.join(out, "unmask", "checkpoint_manager_snapshot.json")
+    deadline = time.monotonic() + 300
+    while run.is_alive() and time.monotonic() < deadline:
+        if storage.exists(snapshot):
+            workers = pids_with_title("ray::RayTrainWorker")
+            if workers:
+                os.kill(workers[-1], signal.SIGKILL)
+                return workers[-1]
+        time.sleep(0.1)
+    return None
+
+
 @pytest.mark.slow
-def test_two_workers_checkpoint_to_s3_and_resume(
-    tiny_models: str, tiny_pairs: str, bucket: str, ray_local
+def test_two_workers_survive_a_killed_worker_checkpoint_to_s3_and_resume(
+    tiny_models: str, run_pairs: str, bucket: str, ray_local
 ) -> None:
     out = f"{bucket}/runs"
-    first = run_training(_config(tiny_models, tiny_pairs, out, workers=2, steps=4, checkpoint_every=2))
-    assert first["step"] == 4
+    cfg = _config(tiny_models, run_pairs, out, workers=2, steps=24, checkpoint_every=4, max_failures=2)
+    result: dict = {}
+    run = threading.Thread(target=lambda: result.update(first=run_training(cfg)))
+    run.start()
+    killed = _kill_a_worker_after_a_committed_checkpoint(out, run)
+    run.join(timeout=400)
+    assert killed is not None, "the run ended before a committed checkpoint and a live worker were seen"
+    assert not run.is_alive(), "the run did not finish after a worker was killed"
+    assert result["first"]["step"] == 24
     history = _metrics(out, "unmask")
-    assert [row["step"] for row in history] == [1, 2, 3, 4]
+    assert [row["step"] for row in history] == list(range(1, 25))
     for term in ("l2", "lpips", "id", "latent", "loss"):
         assert all(np.isfinite(row[term]) for row in history)
+    restarted_at = max(row["resumed_from_step"] for row in history)
+    assert restarted_at > 0 and restarted_at % 4 == 0  # the workers restarted from a checkpoint, not step 0
     assert len(_checkpoints(out, "unmask")) >= 1
     assert storage.exists(storage.join(out, "models", "encoder.pt"))
 
-    second = run_training(_config(tiny_models, tiny_pairs, out, workers=2, steps=6, checkpoint_every=2))
-    assert second["step"] == 6
+    # Rerunning the same command with more steps resumes from the newest checkpoint.
+    second = run_training(_config(tiny_models, run_pairs, out, workers=2, steps=26, checkpoint_every=4))
+    assert second["step"] == 26
     resumed = _metrics(out, "unmask")
-    assert [row["step"] for row in resumed] == [1, 2, 3, 4, 5, 6]
-    assert resumed[4]["resumed_from_step"] == 4
-    assert resumed[4]["adam_step"] == 5  # a fresh optimizer would be at step 1
+    assert [row["step"] for row in resumed] == list(range(1, 27))
+    assert resumed[24]["resumed_from_step"] == 24
+    assert resumed[24]["adam_step"] == 25  # a fresh optimizer would be at step 1
