@@ -15,6 +15,7 @@ from PIL import Image
 
 from bench.latent_optimisation import known_latent_setup, run
 from unmask_core import cli, data, shards, storage
+from unmask_core.data import png_to_tensor
 from unmask_core.faces.align import template
 from unmask_core.faces.detect import build_detector
 from unmask_core.faces.masks import apply_mask
@@ -28,7 +29,7 @@ from unmask_core.rmfrd import (
     t_hat_settings,
 )
 from unmask_core.synthetic import smooth_image
-from unmask_core.training import TrainConfig, png_to_tensor
+from unmask_core.training import TrainConfig
 
 
 def _item(identity: str, name: str, masked: bool) -> dict:

@@ -16,10 +16,11 @@ import torch
 
 from tests.processes import pids_with_title
 from unmask_core import storage
+from unmask_core.data import decode_batch
 from unmask_core.losses import LossWeights
 from unmask_core.models.checkpoints import init_model_set
 from unmask_core.synthetic import write_synthetic_pairs
-from unmask_core.training import TrainConfig, build_training_models, decode_batch, run_training, training_step
+from unmask_core.training import TrainConfig, build_training_models, run_training, training_step
 
 
 @pytest.fixture(scope="module")

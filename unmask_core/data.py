@@ -255,3 +255,39 @@ PAIRS_SCHEMA = pa.schema(
         ("eyes", pa.list_(pa.float32(), 4)),  # RMFRD: (x, y) of both eyes in the aligned frame
     ]
 )
+
+
+# ---------------------------------------------------------------- pairs -> model input
+
+
+def png_to_tensor(png: bytes, size: int) -> np.ndarray:
+    """PNG bytes -> float32 [3, size, size] in [-1, 1], resized with area averaging when needed."""
+    import cv2
+
+    image = decode_png(png)
+    if image.shape[0] != size:
+        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    return (image.astype(np.float32) / 127.5 - 1.0).transpose(2, 0, 1)
+
+
+def decode_batch(batch: dict[str, np.ndarray], size: int, stage: str) -> dict[str, np.ndarray]:
+    """PNG columns of a pairs batch -> float32 [B, 3, size, size] in [-1, 1] (what the encoder eats).
+
+    Stage `real` rows have no pixel-aligned T: they bring T_ref (another unmasked photo of the person),
+    the eye positions (for the periorbital region) and the cached T-hat codes instead."""
+    out = {"M": np.stack([png_to_tensor(b, size) for b in batch["M"]])}
+    if stage != "real":
+        out["T"] = np.stack([png_to_tensor(b, size) for b in batch["T"]])
+    else:
+        from unmask_core.periorbital import periorbital_weight
+
+        out["T_ref"] = np.stack([png_to_tensor(b, size) for b in batch["T_ref"]])
+        scale = size / 256.0
+        out["region"] = np.stack(
+            [
+                periorbital_weight(np.asarray(e, np.float32).reshape(2, 2) * scale, size)[None]
+                for e in batch["eyes"]
+            ]
+        ).astype(np.float32)
+        out["target_codes"] = np.stack([np.asarray(c, np.float32) for c in batch["T_hat_codes"]])
+    return out

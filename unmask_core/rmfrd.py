@@ -26,11 +26,12 @@ import torch
 from torch import nn
 
 from unmask_core import data, shards, storage
+from unmask_core.data import decode_batch, png_to_tensor
 from unmask_core.errors import UserError
 from unmask_core.faces.align import AlignmentError, RMFRDAlignment, rmfrd_align
 from unmask_core.inversion import InversionResult, optimise_latents
 from unmask_core.prepare import PrepareConfig, RowError, empty_pairs_row
-from unmask_core.training import TrainConfig, decode, decode_batch, png_to_tensor
+from unmask_core.training import TrainConfig, decode
 
 # A masked photo keeps this many same-identity reference candidates (the first that aligns is used).
 # RMFRD has up to hundreds of unmasked photos per person; a seeded sample bounds the work per image.
@@ -407,7 +408,7 @@ def read_t_hat_codes(cache_uri: str, n_latent: int, style_dim: int) -> dict[str,
 
 def real_stage_dataset(cfg: TrainConfig, size: int):
     """Ray Data dataset of stage `real`: the real-mask training rows (M, T_ref, eyes) with their T-hat
-    codes, decoded by `training.decode_batch(..., 'real')`; computes missing T-hat codes first.
+    codes, decoded by `data.decode_batch(..., 'real')`; computes missing T-hat codes first.
 
     RMFRD is small (hundreds of training images, a few hundred MB with both PNGs), so the rows are
     joined with the cache on the driver and handed to Ray Data with `from_arrow`; a corpus of millions
