@@ -8,9 +8,11 @@ from unmask_core.prepare import PrepareConfig
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(PrepareConfig, argv, "unmask prepare", __doc__.split(":", 1)[1].strip())
-    from unmask_core import ray_session
+    from unmask_core import ray_session, storage
     from unmask_core.prepare import format_summary, run_prepare
 
+    for uri in (cfg.input,):  # a missing input fails in a second, before Ray starts
+        storage.check_readable(uri)
     ray_session.connect()
     save_config(cfg, cfg.output)
     summary = run_prepare(cfg)

@@ -13,6 +13,8 @@ def main(argv: list[str] | None = None) -> int:
     from unmask_core import ray_session, storage
     from unmask_core.training import run_training
 
+    for uri in (cfg.pairs, cfg.models):  # a missing input fails in a second, before Ray starts
+        storage.check_readable(uri)
     ray_session.connect()
     save_config(cfg, storage.join(cfg.out, cfg.run_name))
     result = run_training(cfg)

@@ -8,9 +8,11 @@ from unmask_core.config import parse_config, save_config
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(UnmaskConfig, argv, "unmask unmask", __doc__.split(":", 1)[1].strip())
-    from unmask_core import ray_session
+    from unmask_core import ray_session, storage
     from unmask_core.bulk import format_summary, run_unmask
 
+    for uri in (cfg.input, cfg.models):  # a missing input fails in a second, before Ray starts
+        storage.check_readable(uri)
     ray_session.connect()
     save_config(cfg, cfg.output)
     summary = run_unmask(cfg)
