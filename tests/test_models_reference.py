@@ -1,6 +1,6 @@
 """Our g, f, IR-SE and pSp compute what the public reference implementations compute.
 
-Every `*.json` fixture in UNMASK_REFERENCE_DIR (default ../shared/fixtures/reference) is checked:
+Every `*.json` fixture in UNMASK_REFERENCE_DIR (default tests/fixtures/reference, shipped with the repo) is checked:
 the weights are rebuilt from the spec (the README's contract), our module must have exactly the
 reference's keys and shapes, load them strictly, and reproduce each reference call's output.
 Further tests cover what the fixtures cannot see (kernel flips, other sizes, inference options).
@@ -27,7 +27,7 @@ from unmask_core.models.stylegan2 import Generator, GeneratorConfig, fir_filter,
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_DIR = Path(
-    os.environ.get("UNMASK_REFERENCE_DIR", REPO_ROOT.parent / "shared" / "fixtures" / "reference")
+    os.environ.get("UNMASK_REFERENCE_DIR", Path(__file__).resolve().parent / "fixtures" / "reference")
 )
 FIXTURES = sorted(REFERENCE_DIR.glob("*.json"))
 
