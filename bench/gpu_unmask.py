@@ -122,7 +122,8 @@ def main() -> None:
 
 def train_steps(models_uri: str, batch: int) -> str:
     """A few full-size training steps of stage `unmask` with the full loss, bf16 autocast."""
-    from unmask_core.training import TrainConfig, build_training_models, training_step
+    from unmask_core.training.config import TrainConfig
+    from unmask_core.training.loop import build_training_models, training_step
 
     cfg = TrainConfig(
         stage="unmask",

@@ -39,7 +39,7 @@ import torch
 from bench.benchmarks_md import machine_description, update_section
 from unmask_core import metrics
 from unmask_core.inference import to_uint8
-from unmask_core.losses import LossWeights, UnmaskLoss
+from unmask_core.losses import LossWeights, TrainingLoss
 from unmask_core.models.checkpoints import ModelSet, init_model_set
 
 
@@ -156,7 +156,9 @@ def run_seed(seed: int, args: argparse.Namespace, folder: Path) -> dict[str, dic
         f = models.encoder("baseline")
         f.load_state_dict(f0.state_dict())
         f.requires_grad_(True)
-        criterion = UnmaskLoss(weights, lpips_net if weights.lpips else None, arcface if weights.id else None)
+        criterion = TrainingLoss(
+            weights, lpips_net if weights.lpips else None, arcface if weights.id else None
+        )
         train(
             f, generator, criterion, train_set.M, train_set.T, teacher_codes, args.steps, args.batch, seed + 7
         )

@@ -4,7 +4,7 @@ latent it finds move towards the true one?
 Freeze a randomly initialised 64 px g (`init_model_set(64)`). Sample latents w (in W, repeated over the
 W+ layers), T = g(w), M = T with the lower face covered. Optimise from the average latent (where the
 RMFRD stage starts while f0 is untrained) on the periorbital L2 against M, the region placed at the
-FFHQ-framed eye positions, two ways: T-hat's own (`rmfrd.optimise_t_hat`: one W offset shared by all
+FFHQ-framed eye positions, two ways: T-hat's own (`training.t_hat.optimise_t_hat`: one W offset shared by all
 layers) and free per-layer W+ codes (`optimise_latents` on the codes). Report along the way, as means
 over the latents: the periorbital L2 against M (the objective); ||w_t − w|| (L2 per W+ layer, averaged
 over the layers); the cosine between the move made and the direction to w; and the full-image L2
@@ -32,7 +32,7 @@ from unmask_core.faces.align import template
 from unmask_core.inversion import optimise_latents
 from unmask_core.models.checkpoints import ModelSet, init_model_set
 from unmask_core.periorbital import periorbital_weight
-from unmask_core.rmfrd import optimise_t_hat
+from unmask_core.training.t_hat import optimise_t_hat
 
 MASK_COLOR = torch.tensor([0.55, 0.75, 0.95]) * 2 - 1  # a light-blue surgical mask
 

@@ -22,10 +22,12 @@ import torch
 
 from bench.benchmarks_md import machine_description, update_section
 from unmask_core import ray_session, shards, storage
-from unmask_core.data import decode_batch
 from unmask_core.models.checkpoints import init_model_set
 from unmask_core.synthetic import write_synthetic_pairs
-from unmask_core.training import TrainConfig, build_training_models, run_training, training_step
+from unmask_core.training.batches import decode_batch
+from unmask_core.training.config import TrainConfig
+from unmask_core.training.loop import build_training_models, training_step
+from unmask_core.training.run import run_training
 
 WARMUP = 5
 

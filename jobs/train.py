@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 from unmask_core.config import parse_config, save_config
-from unmask_core.training import TrainConfig
+from unmask_core.training.config import TrainConfig
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(TrainConfig, argv, "unmask train", __doc__.split(":", 1)[1].strip())
     from unmask_core import ray_session, storage
-    from unmask_core.training import run_training
+    from unmask_core.training.run import run_training
 
     for uri in (cfg.pairs, cfg.models):  # a missing input fails in a second, before Ray starts
         storage.check_readable(uri)

@@ -251,19 +251,20 @@ def test_killed_driver_rerun_redoes_only_unfinished_shards(bucket: str, models_u
 
 @pytest.mark.slow
 def test_killed_actor_is_survived_exactly_once(bucket: str, models_uri: str, ray_local) -> None:
-    from unmask_core.bulk import UnmaskConfig, run_unmask
+    from unmask_core.bulk.config import BulkConfig
+    from unmask_core.bulk.run import run_bulk
 
     gallery, out = _gallery(bucket, 8), f"{bucket}/out"
-    cfg = UnmaskConfig(
+    cfg = BulkConfig(
         input=gallery, output=out, models=models_uri, shard_size=1, actors="1,1", matchers=["arcface"]
     )
     result: dict = {}
-    thread = threading.Thread(target=lambda: result.update(summary=run_unmask(cfg)))
+    thread = threading.Thread(target=lambda: result.update(summary=run_bulk(cfg)))
     thread.start()
     killed = None
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and thread.is_alive():
-        actors = pids_with_title("ray::MapWorker(MapBatches(UnmaskStage))")
+        actors = pids_with_title("ray::MapWorker(MapBatches(UnmaskingStage))")
         if actors and shards.finished_shards(storage.join(out, "rows")):
             killed = actors[0]
             os.kill(killed, signal.SIGKILL)

@@ -12,7 +12,7 @@ import yaml
 from unmask_core import cli
 from unmask_core.config import parse_config, save_config
 from unmask_core.errors import UserError
-from unmask_core.prepare import PrepareConfig
+from unmask_core.prepare.config import PrepareConfig
 
 EXPECTED_OPTIONS = {
     "prepare": ["--corpus", "--input", "--output", "--mask-kinds", "--test-fraction", "--seed"],

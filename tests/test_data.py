@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from tests.images import encode, odd_files
-from unmask_core import data, storage
+from unmask_core import corpora, data, storage
 from unmask_core.errors import UserError
 
 
@@ -108,23 +108,23 @@ def corpus_root(request, tmp_path) -> str:
 
 
 def test_corpus_layouts(corpus_root: str) -> None:
-    lfw = data.list_corpus("lfw", storage.join(corpus_root, "lfw"))
+    lfw = corpora.list_corpus("lfw", storage.join(corpus_root, "lfw"))
     assert [r.identity for r in lfw] == ["alice", "alice", "bob", "bob", "carol", "carol"]
     assert lfw[0].id == "alice/alice_0000.jpg"
-    ffhq = data.list_corpus("ffhq", storage.join(corpus_root, "ffhq"))
+    ffhq = corpora.list_corpus("ffhq", storage.join(corpus_root, "ffhq"))
     assert len(ffhq) == 4 and len({r.identity for r in ffhq}) == 4  # each image its own identity
-    celeba = data.list_corpus("celeba", storage.join(corpus_root, "celeba"))
+    celeba = corpora.list_corpus("celeba", storage.join(corpus_root, "celeba"))
     assert [r.identity for r in celeba] == ["10", "11", "10", "11"]
-    rmfrd = data.list_corpus("rmfrd", storage.join(corpus_root, "rmfrd"))
+    rmfrd = corpora.list_corpus("rmfrd", storage.join(corpus_root, "rmfrd"))
     assert sum(r.masked for r in rmfrd) == 6 and sum(not r.masked for r in rmfrd) == 6
-    manifest = data.list_corpus("manifest", storage.join(corpus_root, "manifest.csv"))
+    manifest = corpora.list_corpus("manifest", storage.join(corpus_root, "manifest.csv"))
     assert [r.identity for r in manifest] == ["p0", "p1", "p0", "p1"]
-    folders = data.list_corpus("folders", storage.join(corpus_root, "lfw"))
+    folders = corpora.list_corpus("folders", storage.join(corpus_root, "lfw"))
     assert folders == lfw
     # Identity-disjoint split over a layout, reproducible across runs.
     split = data.identity_split([r.identity for r in lfw], 0.34, seed=0)
     again = data.identity_split(
-        [r.identity for r in data.list_corpus("lfw", storage.join(corpus_root, "lfw"))], 0.34, seed=0
+        [r.identity for r in corpora.list_corpus("lfw", storage.join(corpus_root, "lfw"))], 0.34, seed=0
     )
     assert split == again and set(split.values()) == {"train", "test"}
 
@@ -132,7 +132,7 @@ def test_corpus_layouts(corpus_root: str) -> None:
 def test_rmfrd_layout_needs_both_folders(tmp_path) -> None:
     _write(str(tmp_path / "AFDB_face_dataset" / "a" / "1.jpg"))
     with pytest.raises(UserError, match="RMFRD layout"):
-        data.list_corpus("rmfrd", str(tmp_path))
+        corpora.list_corpus("rmfrd", str(tmp_path))
 
 
 def test_manifest_parquet_with_ids(tmp_path) -> None:
@@ -141,8 +141,8 @@ def test_manifest_parquet_with_ids(tmp_path) -> None:
 
     path = tmp_path / "m.parquet"
     pq.write_table(pa.table({"uri": ["/x/a.jpg", "/x/b.jpg"], "id": ["one", "two"]}), path)
-    records = data.read_manifest(str(path))
+    records = corpora.read_manifest(str(path))
     assert [(r.id, r.identity) for r in records] == [("one", "one"), ("two", "two")]
     pq.write_table(pa.table({"uri": ["/x/a.jpg", "/x/b.jpg"], "id": ["same", "same"]}), path)
     with pytest.raises(UserError, match="duplicate id"):
-        data.read_manifest(str(path))
+        corpora.read_manifest(str(path))

@@ -1,8 +1,8 @@
 """Our g, f, IR-SE and pSp compute what the public reference implementations compute.
 
-Every `*.json` fixture in UNMASK_REFERENCE_DIR (default tests/fixtures/reference, shipped with the repo) is checked:
-the weights are rebuilt from the spec (the README's contract), our module must have exactly the
-reference's keys and shapes, load them strictly, and reproduce each reference call's output.
+Every `*.json` fixture in UNMASK_REFERENCE_DIR (default tests/fixtures/reference, shipped with the
+repo) is checked: the weights are rebuilt from the spec (the README's contract), our module must have
+exactly the reference's keys and shapes, load them strictly, and reproduce each reference call's output.
 Further tests cover what the fixtures cannot see (kernel flips, other sizes, inference options).
 """
 

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from tests.images import encode, odd_files
-from unmask_core import cli, data, shards, storage
+from unmask_core import cli, corpora, data, shards, storage
 from unmask_core.faces.detect import build_detector
 from unmask_core.faces.samples import load_rgb, sample_photo
 
@@ -106,3 +106,37 @@ def test_prepare_folders_corpus_with_bad_inputs(bucket: str, ray_local) -> None:
     again = json.loads(storage.read_bytes(f"{out}/summary.json"))
     assert again["shards_processed"] == 0 and again["shards_skipped"] == summary["shards_processed"]
     assert shards.read_rows(f"{out}/pairs").sort_by("id").equals(table.sort_by("id"))
+
+
+@pytest.mark.slow
+def test_a_bug_becomes_an_internal_error_row_and_the_job_exits_non_zero(
+    tmp_path, ray_local, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from unmask_core.prepare import pairs
+    from unmask_core.prepare.config import PrepareConfig
+    from unmask_core.prepare.run import ShardWorker
+
+    crop = _face_crops()[0]
+    root = tmp_path / "corpus"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        Image.fromarray(crop).save(root / name / "0.png")
+    out = str(tmp_path / "pairs")
+    argv = ["prepare", "--input", str(root), "--output", out, "--shard-size", "2", "--test-fraction", "0"]
+
+    def planted_bug(*args, **kwargs):
+        raise KeyError("planted")
+
+    # The shard runs in this process with the bug planted (Ray workers would not see the patch); the
+    # job then finds the shard finished and must still fail, naming the bug.
+    monkeypatch.setattr(pairs, "masked_pair_columns", planted_bug)
+    cfg = PrepareConfig(input=str(root), output=out, shard_size=2, test_fraction=0.0)
+    records = [{"record": r.__dict__, "split": "train"} for r in corpora.list_corpus("folders", str(root))]
+    shards.check_plan(out, shards.ShardPlan(2, 2, records[0]["record"]["id"], records[-1]["record"]["id"]))
+    ShardWorker(cfg, f"{out}/pairs")({"shard": np.array([0]), "records": np.array([json.dumps(records)])})
+
+    assert cli.main(argv) == 1
+    summary = json.loads(storage.read_bytes(f"{out}/summary.json"))
+    assert summary["reconciled"] and summary["internal_errors"] == 2
+    assert summary["first_internal_error"] == "a/0.png: KeyError: 'planted'"
+    assert "INTERNAL ERRORS: 2" in capsys.readouterr().out

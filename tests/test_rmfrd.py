@@ -21,15 +21,10 @@ from unmask_core.faces.detect import build_detector
 from unmask_core.faces.masks import apply_mask
 from unmask_core.faces.samples import load_rgb, sample_photo
 from unmask_core.models.checkpoints import ModelSet, init_model_set
-from unmask_core.rmfrd import (
-    MAX_REFERENCE_CANDIDATES,
-    add_reference_candidates,
-    compute_t_hat,
-    ensure_t_hat_codes,
-    t_hat_settings,
-)
+from unmask_core.prepare.rmfrd import MAX_REFERENCE_CANDIDATES, add_reference_candidates
 from unmask_core.synthetic import smooth_image
-from unmask_core.training import TrainConfig
+from unmask_core.training.config import TrainConfig
+from unmask_core.training.t_hat import compute_t_hat, ensure_t_hat_codes, t_hat_settings
 
 
 def _item(identity: str, name: str, masked: bool) -> dict:

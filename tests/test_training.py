@@ -16,11 +16,13 @@ import torch
 
 from tests.processes import pids_with_title
 from unmask_core import storage
-from unmask_core.data import decode_batch
 from unmask_core.losses import LossWeights
 from unmask_core.models.checkpoints import init_model_set
 from unmask_core.synthetic import write_synthetic_pairs
-from unmask_core.training import TrainConfig, build_training_models, run_training, training_step
+from unmask_core.training.batches import decode_batch
+from unmask_core.training.config import TrainConfig
+from unmask_core.training.loop import build_training_models, training_step
+from unmask_core.training.run import run_training
 
 
 @pytest.fixture(scope="module")

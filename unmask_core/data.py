@@ -1,14 +1,13 @@
-"""Corpus layouts, image decoding with limits, identity splits and the Parquet schemas.
+"""Image records, decoding with limits, identity splits and the Parquet schemas.
 
-A corpus is listed into `ImageRecord`s (uri, identity, id); everything downstream works on those.
+A corpus (see corpora.py) is listed into `ImageRecord`s (uri, identity, id); everything downstream
+works on those. Nothing here knows about prepare, training or bulk.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
-import posixpath
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,11 +16,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageOps
 
-from unmask_core import storage
-from unmask_core.errors import UserError
-
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-CORPUS_KINDS = ("ffhq", "celeba", "lfw", "rmfrd", "folders", "manifest")
 
 # 40 Mpx is above any camera photo in a gallery and far below a decompression bomb.
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -103,109 +98,6 @@ def decode_png(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
-# ---------------------------------------------------------------- corpus layouts
-
-
-def _identity_folder_records(root: str, uris: list[str], masked: bool = False) -> list[ImageRecord]:
-    records = []
-    for uri in uris:
-        key = storage.relative_key(root, uri)
-        parts = key.split("/")
-        if len(parts) < 2:
-            continue  # a file directly under the root belongs to no identity
-        records.append(ImageRecord(uri=uri, identity=parts[-2], id=key, masked=masked))
-    return records
-
-
-def list_corpus(kind: str, input_uri: str) -> list[ImageRecord]:
-    """List a corpus in one of the supported layouts (local or s3://), sorted by id."""
-    if kind not in CORPUS_KINDS:
-        raise UserError(f"unknown corpus kind {kind!r}; one of {', '.join(CORPUS_KINDS)}")
-    storage.check_readable(input_uri)
-    if kind == "manifest":
-        return read_manifest(input_uri)
-    if kind == "ffhq":
-        # FFHQ has no identity labels: every image is its own identity (the paper splits by image).
-        uris = storage.list_files(input_uri, IMAGE_SUFFIXES)
-        records = []
-        for uri in uris:
-            key = storage.relative_key(input_uri, uri)
-            records.append(ImageRecord(uri=uri, identity=posixpath.splitext(key)[0], id=key))
-    elif kind == "celeba":
-        records = _celeba_records(input_uri)
-    elif kind in ("lfw", "folders"):
-        records = _identity_folder_records(input_uri, storage.list_files(input_uri, IMAGE_SUFFIXES))
-    else:
-        records = _rmfrd_records(input_uri)
-    if not records:
-        raise UserError(f"{input_uri}: no images found in the {kind} layout")
-    return sorted(records, key=lambda r: r.id)
-
-
-def _celeba_records(root: str) -> list[ImageRecord]:
-    identity_file = storage.join(root, "identity_CelebA.txt")
-    images_root = storage.join(root, "img_align_celeba")
-    if not storage.exists(identity_file):
-        raise UserError(f"{identity_file}: CelebA layout needs identity_CelebA.txt beside img_align_celeba/")
-    identities = {}
-    for line in storage.read_bytes(identity_file).decode().splitlines():
-        parts = line.split()
-        if len(parts) == 2:
-            identities[parts[0]] = parts[1]
-    records = []
-    for uri in storage.list_files(images_root, IMAGE_SUFFIXES):
-        name = posixpath.basename(uri)
-        if name in identities:
-            records.append(ImageRecord(uri=uri, identity=identities[name], id=f"img_align_celeba/{name}"))
-    return records
-
-
-# RMFRD ships as AFDB_face_dataset/<identity>/ and AFDB_masked_face_dataset/<identity>/;
-# `unmasked/` and `masked/` are accepted as well.
-RMFRD_FOLDERS = (("AFDB_face_dataset", "AFDB_masked_face_dataset"), ("unmasked", "masked"))
-
-
-def _rmfrd_records(root: str) -> list[ImageRecord]:
-    for unmasked_name, masked_name in RMFRD_FOLDERS:
-        unmasked, masked = storage.join(root, unmasked_name), storage.join(root, masked_name)
-        if storage.exists(masked) and storage.exists(unmasked):
-            return _identity_folder_records(root, storage.list_files(unmasked, IMAGE_SUFFIXES)) + (
-                _identity_folder_records(root, storage.list_files(masked, IMAGE_SUFFIXES), masked=True)
-            )
-    raise UserError(
-        f"{root}: RMFRD layout needs two folders of identity folders: "
-        "AFDB_face_dataset/ and AFDB_masked_face_dataset/ (or unmasked/ and masked/)"
-    )
-
-
-def read_manifest(uri: str) -> list[ImageRecord]:
-    """A CSV or Parquet manifest with a `uri` column and optional `identity` and `id` columns."""
-    if uri.lower().endswith(".parquet"):
-        import pyarrow.parquet as pq
-
-        fs, path = storage.pyarrow_filesystem(uri)
-        rows = pq.read_table(path, filesystem=fs).to_pylist()
-    else:
-        rows = list(csv.DictReader(io.StringIO(storage.read_bytes(uri).decode("utf-8-sig"))))
-    if not rows or "uri" not in rows[0]:
-        raise UserError(f"{uri}: a manifest needs a `uri` column")
-    base = posixpath.dirname(uri) if storage.is_s3(uri) else None
-    records, seen = [], set()
-    for row in rows:
-        image_uri = str(row["uri"]).strip()
-        if not image_uri:
-            continue
-        if not storage.is_s3(image_uri) and base and not image_uri.startswith("/"):
-            image_uri = storage.join(base, image_uri)  # relative to the manifest
-        record_id = str(row.get("id") or image_uri.split("://", 1)[-1])
-        if record_id in seen:
-            raise UserError(f"{uri}: duplicate id {record_id!r}")
-        seen.add(record_id)
-        identity = str(row.get("identity") or record_id)
-        records.append(ImageRecord(uri=image_uri, identity=identity, id=record_id))
-    return records
-
-
 # ---------------------------------------------------------------- splits
 
 
@@ -228,14 +120,10 @@ def identity_split(identities: Sequence[str], test_fraction: float, seed: int) -
     return {name: ("test" if name in test else "train") for name in unique}
 
 
-def stable_choice(seed: int, key: str, n: int) -> int:
-    """A deterministic index in [0, n) for a (seed, key)."""
-    return _stable_hash(seed, key) % n
-
-
 # ---------------------------------------------------------------- schemas
 
 LANDMARKS_TYPE = pa.list_(pa.float32(), 10)  # 5 (x, y) points, flattened
+REAL_MASK_KIND = "real"  # the `mask_kind` of an RMFRD photo with a real mask (it has no pixel-aligned T)
 
 PAIRS_SCHEMA = pa.schema(
     [
@@ -268,26 +156,3 @@ def png_to_tensor(png: bytes, size: int) -> np.ndarray:
     if image.shape[0] != size:
         image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
     return (image.astype(np.float32) / 127.5 - 1.0).transpose(2, 0, 1)
-
-
-def decode_batch(batch: dict[str, np.ndarray], size: int, stage: str) -> dict[str, np.ndarray]:
-    """PNG columns of a pairs batch -> float32 [B, 3, size, size] in [-1, 1] (what the encoder eats).
-
-    Stage `real` rows have no pixel-aligned T: they bring T_ref (another unmasked photo of the person),
-    the eye positions (for the periorbital region) and the cached T-hat codes instead."""
-    out = {"M": np.stack([png_to_tensor(b, size) for b in batch["M"]])}
-    if stage != "real":
-        out["T"] = np.stack([png_to_tensor(b, size) for b in batch["T"]])
-    else:
-        from unmask_core.periorbital import periorbital_weight
-
-        out["T_ref"] = np.stack([png_to_tensor(b, size) for b in batch["T_ref"]])
-        scale = size / 256.0
-        out["region"] = np.stack(
-            [
-                periorbital_weight(np.asarray(e, np.float32).reshape(2, 2) * scale, size)[None]
-                for e in batch["eyes"]
-            ]
-        ).astype(np.float32)
-        out["target_codes"] = np.stack([np.asarray(c, np.float32) for c in batch["T_hat_codes"]])
-    return out

@@ -117,14 +117,17 @@ class Stopwatch:
 
 def run_demo(cfg: DemoConfig) -> dict:
     from unmask_core import storage
-    from unmask_core.bulk import UnmaskConfig, format_summary, run_unmask
+    from unmask_core.bulk.config import BulkConfig
+    from unmask_core.bulk.run import format_summary, run_bulk
     from unmask_core.evaluation import EvaluateConfig, run_evaluation
     from unmask_core.faces.samples import sample_photo
     from unmask_core.models.checkpoints import init_model_set
-    from unmask_core.prepare import PrepareConfig, run_prepare
-    from unmask_core.prepare import format_summary as prepare_summary
+    from unmask_core.prepare.config import PrepareConfig
+    from unmask_core.prepare.run import format_summary as prepare_summary
+    from unmask_core.prepare.run import run_prepare
     from unmask_core.report import table_markdown
-    from unmask_core.training import TrainConfig, run_training
+    from unmask_core.training.config import TrainConfig
+    from unmask_core.training.run import run_training
 
     out = Path(cfg.out).absolute()
     clock = Stopwatch()
@@ -143,7 +146,9 @@ def run_demo(cfg: DemoConfig) -> dict:
         seed=cfg.seed,
         shard_size=8,
     )
-    print(prepare_summary(run_prepare(prepare_cfg)))
+    prepared = run_prepare(prepare_cfg)
+    print(prepare_summary(prepared))
+    _require_success(prepared, "prepare")
 
     clock.say(steps, "models init: a tiny randomly initialised model set (64 px) in our checkpoint format")
     models = str(out / "models")
@@ -179,8 +184,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     gallery = out / "gallery"
     if not gallery.exists():
         build_gallery(str(out / "pairs"), gallery, sample_photo("t1.jpg"))
-    bulk = run_unmask(
-        UnmaskConfig(
+    bulk = run_bulk(
+        BulkConfig(
             input=str(gallery),
             output=str(out / "unmasked"),
             models=unmask_run["models"],
@@ -189,6 +194,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         )
     )
     print(format_summary(bulk))
+    _require_success(bulk, "bulk unmask")
 
     clock.say(steps, "evaluate: verification AUC (MM/MT/UU/UT/TT) x matchers, PSNR/SSIM, HTML report")
     evaluation = run_evaluation(
@@ -207,6 +213,13 @@ def run_demo(cfg: DemoConfig) -> dict:
         "rows": str(out / "unmasked" / "rows"),
         "seconds": time.perf_counter() - clock.start,
     }
+
+
+def _require_success(summary: dict, step: str) -> None:
+    from unmask_core import shards
+
+    if not shards.succeeded(summary):
+        raise RuntimeError(f"demo: {step} did not account for every input cleanly: {summary}")
 
 
 NEXT_STEPS = """

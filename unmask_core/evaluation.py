@@ -204,8 +204,8 @@ def _triplets(cfg: EvaluateConfig, faces: TestFaces, unmasker) -> list:
                         label=wanted[row["id"]],
                     )
                 )
-    order = {"best": 0, "median": 1, "worst": 2}
-    return sorted(found, key=lambda t: (order.get(t.label, 3), -t.psnr))
+    order = {label: i for i, label in enumerate(report.LABEL_ORDER)}
+    return sorted(found, key=lambda t: (order.get(t.label, len(order)), -t.psnr))
 
 
 def format_table(summary: dict[str, Any]) -> str:

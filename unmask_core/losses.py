@@ -63,7 +63,7 @@ def latent_loss(target_codes: torch.Tensor, codes: torch.Tensor) -> torch.Tensor
     return (codes - target_codes.detach()).pow(2).mean()
 
 
-class UnmaskLoss(nn.Module):
+class TrainingLoss(nn.Module):
     """The combined loss (eq. 4/9). Frozen helper networks are held here but never trained."""
 
     def __init__(self, weights: LossWeights, lpips_net: nn.Module | None, arcface: nn.Module | None) -> None:

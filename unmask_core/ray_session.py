@@ -53,3 +53,15 @@ def configure_data_context() -> None:
     ctx.max_errored_blocks = 0
     ctx.enable_progress_bars = False  # we draw one readable bar of our own (rows done / total, rate)
     ctx.print_on_execution_start = False
+
+
+def actor_pool(low: int, high: int, n_tasks: int):
+    """An actor pool of `low`..`high` actors, never more than there are tasks (shards) to run."""
+    high = max(1, min(high, n_tasks))
+    return ray.data.ActorPoolStrategy(min_size=min(low, high), max_size=high)
+
+
+def half_the_cpus() -> int:
+    """The default pool ceiling for CPU stages: half the cluster's CPUs as it is now (on an autoscaling
+    cluster that says little: pass the pool size explicitly there)."""
+    return max(1, int(ray.cluster_resources().get("CPU", 2) // 2))

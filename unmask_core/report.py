@@ -31,6 +31,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from unmask_core.matchers.registry import MATCHERS
+
 SETTING_ORDER = ("MM", "MT", "UU", "UT", "TT")
 
 # Why each setting is in the table, in the paper's words: M is the masked input, U our unmasked face,
@@ -53,9 +55,10 @@ SETTING_STYLE = {
     "TT": {"color": "#2b8a3e", "linestyle": ":"},
 }
 
-MATCHER_NAMES = {"arcface": "ArcFace", "facenet": "FaceNet"}
-# METHOD.md: ArcFace drives the identity loss, so its numbers flatter us; FaceNet is the fair check.
-MATCHER_NOTES = {"arcface": "used in training (biased)", "facenet": "not used in training (fair check)"}
+# Names and notes come from the matcher registry (METHOD.md: ArcFace drives the identity loss, so its
+# numbers flatter us; FaceNet is the fair check).
+MATCHER_NAMES = {name: spec.display_name for name, spec in MATCHERS.items()}
+MATCHER_NOTES = {name: spec.note for name, spec in MATCHERS.items()}
 
 LABEL_ORDER = ("best", "median", "worst")
 

@@ -31,10 +31,6 @@ class ShardPlan:
     first_id: str
     last_id: str
 
-    @property
-    def n_shards(self) -> int:
-        return -(-self.n_inputs // self.shard_size)
-
 
 def split_into_shards(items: Sequence[Any], shard_size: int) -> list[list[Any]]:
     return [list(items[i : i + shard_size]) for i in range(0, len(items), shard_size)]
@@ -68,6 +64,75 @@ def check_plan(out_uri: str, plan: ShardPlan) -> None:
             )
         return
     storage.write_bytes_atomic(uri, json.dumps(plan.__dict__).encode())
+
+
+@dataclass
+class ShardedRun:
+    """The skeleton every resumable job shares: plan -> finished shards -> the shards still to do.
+
+    `chunks[i]` holds shard i's items; `done` the shards whose rows file already exists."""
+
+    rows_uri: str
+    chunks: list[list[Any]]
+    done: set[int]
+
+    @property
+    def todo(self) -> list[int]:
+        return [i for i in range(len(self.chunks)) if i not in self.done]
+
+    @property
+    def n_items(self) -> int:
+        return sum(len(chunk) for chunk in self.chunks)
+
+    @property
+    def items_done(self) -> int:
+        return sum(len(self.chunks[i]) for i in self.done)
+
+    def shard_file(self, index: int) -> str:
+        return shard_file(self.rows_uri, index)
+
+    def progress_bar(self, desc: str):
+        from unmask_core.progress import progress_bar
+
+        bar = progress_bar(self.n_items, desc)
+        bar.update(self.items_done)
+        return bar
+
+
+def start_run(
+    out_uri: str, rows_uri: str, items: Sequence[Any], ids: Sequence[str], shard_size: int
+) -> ShardedRun:
+    """Check (or record) the plan of `out_uri`, then find what a previous run already finished.
+
+    `ids` are the items' ids in item order (sorted by the caller): they pin the plan."""
+    check_plan(out_uri, ShardPlan(len(items), shard_size, ids[0], ids[-1]))
+    return ShardedRun(rows_uri, split_into_shards(items, shard_size), finished_shards(rows_uri))
+
+
+INTERNAL_ERROR = "internal_error"  # the status of a row whose input met a bug, not a bad input
+
+
+def internal_errors(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Summary fields for rows (with id, status, error) that hold a bug: their count and the first one.
+
+    Such rows keep every input accounted for, but the job that wrote them exits non-zero."""
+    bugs = sorted((r for r in rows if r["status"] == INTERNAL_ERROR), key=lambda r: r["id"])
+    first = f"{bugs[0]['id']}: {bugs[0]['error']}" if bugs else ""
+    return {"internal_errors": len(bugs), "first_internal_error": first}
+
+
+def internal_error_lines(summary: dict[str, Any]) -> list[str]:
+    if not summary["internal_errors"]:
+        return []
+    return [
+        f"INTERNAL ERRORS: {summary['internal_errors']} rows met a bug (please report it); "
+        f"first: {summary['first_internal_error']}"
+    ]
+
+
+def succeeded(summary: dict[str, Any]) -> bool:
+    """Every input has its row, and none of them records a bug."""
+    return bool(summary["reconciled"]) and not summary["internal_errors"]
 
 
 def write_table_atomic(uri: str, table: pa.Table) -> None:

@@ -1,9 +1,4 @@
-"""Face matchers for bulk unmasking and evaluation: faces in, embeddings out.
-
-- 'arcface': insightface's ArcFace ONNX model (via onnxruntime) when the model set holds
-  `arcface.onnx`; otherwise the set's IR-SE ArcFace (the one the ID loss uses, so it is biased
-  towards our outputs, as the paper notes).
-- 'facenet': facenet-pytorch's InceptionResnetV1, never used in training: the fair check.
+"""The matcher implementations: faces in, embeddings out.
 
 Every matcher takes aligned faces as a float tensor [N, 3, H, W] in [-1, 1], RGB, and resizes them
 to 112 px inside (the paper's matcher resolution). Each public model gets its own preprocessing:
@@ -26,10 +21,8 @@ from torch import Tensor, nn
 
 from unmask_core import storage
 from unmask_core.errors import UserError
-from unmask_core.models.checkpoints import ModelSet
 
 MATCHER_SIZE = 112
-MATCHERS = ("arcface", "facenet")
 
 
 def resize_faces(faces: Tensor, size: int) -> Tensor:
@@ -149,22 +142,3 @@ class OnnxArcFaceMatcher(Matcher):
         pixels = (faces + 1) * 127.5  # 0..255, RGB: what insightface feeds after its BGR->RGB swap
         blob = ((pixels - self.mean) / self.std).numpy().astype(self.input_dtype)
         return self._run(np.ascontiguousarray(blob)).astype(np.float32)
-
-
-def build_matcher(name: str, model_set: ModelSet, device: str | torch.device = "cpu") -> Matcher:
-    """'arcface' (insightface ONNX if the set has arcface.onnx, else IR-SE) or 'facenet'."""
-    if name == "arcface":
-        onnx_uri = model_set.optional_file("arcface_onnx")
-        if onnx_uri is not None:
-            return OnnxArcFaceMatcher(onnx_uri, device)
-        arcface = model_set.arcface()
-        return TorchMatcher(
-            "arcface", "irse", arcface, 1.0, arcface.config.embedding_dim, True,
-            model_set.sha256("arcface"), device, arcface.input_size,
-        )  # fmt: skip
-    if name == "facenet":
-        return TorchMatcher(
-            "facenet", "facenet-pytorch", model_set.facenet(), 127.5 / 128.0, 512, True,
-            model_set.sha256("facenet"), device,
-        )  # fmt: skip
-    raise UserError(f"unknown matcher {name!r}; choose from {', '.join(MATCHERS)}")

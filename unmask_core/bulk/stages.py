@@ -1,12 +1,8 @@
-"""Bulk unmasking of a gallery archive on Ray Data.
+"""The stages of bulk unmasking, each a Ray Data callable class that knows nothing of Ray:
 
-    list inputs -> deterministic shards -> [FaceStage: read, decode, detect, align]        (CPU actors)
-                -> [UnmaskStage: U = g(f(M)) in micro-batches, embed M and U per matcher] (GPU actors)
-                -> [write_shard: images, then the shard's rows Parquet in one atomic write] (CPU tasks)
-
-One Ray Data block is one shard all the way through, so a shard's rows are written together, once.
-A finished shard's rows file is the commit marker: reruns skip it, and a re-executed task rewrites the
-same image objects under the same names (no duplicates).
+[FaceFindingStage: read, decode, detect, align]                         (CPU actors)
+[UnmaskingStage: U = g(f(M)) in micro-batches, embed M and U per matcher] (GPU actors)
+[ShardWriter: images, then the shard's rows Parquet in one atomic write] (CPU actors)
 """
 
 from __future__ import annotations
@@ -15,76 +11,15 @@ import hashlib
 import json
 import posixpath
 from collections import Counter
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from unmask_core import data, shards, storage
-from unmask_core.config import option
+from unmask_core.bulk.config import BulkConfig
 from unmask_core.errors import UserError
 
 FACE_SIZE = 256  # aligned faces travel between stages at the reference size
-
-
-@dataclass
-class UnmaskConfig:
-    input: str = option(
-        "", "gallery prefix of image files, or a manifest (.csv/.parquet with uri[, id])", required=True
-    )
-    output: str = option("", "output folder: images/ and rows/ (local path or s3://)", required=True)
-    models: str = option("", "model set folder (see `unmask models init`)", required=True)
-    matchers: list[str] = option(["arcface", "facenet"], "matchers to embed masked and unmasked faces with")
-    faces: str = option("largest", "which faces of each image to unmask", choices=["largest", "all"])
-    batch_size: int = option(32, "faces per forward pass in the unmask actors")
-    gpus_per_actor: float = option(-1.0, "GPUs per unmask actor (-1: 1 if the cluster has GPUs, else 0)")
-    actors: str = option("1,4", "MIN,MAX size of the unmask actor pool (autoscaling between them)")
-    cpu_actors: str = option(
-        "", "MIN,MAX size of the decode/detect/align actor pool (default: 1 to half the CPUs)"
-    )
-    shard_size: int = option(64, "images per shard (the unit of exactly-once and resume)")
-    max_pixels: int = option(data.DEFAULT_MAX_PIXELS, "larger images become `too_large` rows")
-    detector: str = option("mtcnn", "face detector: mtcnn, or a folder with an insightface detector ONNX")
-    bf16: bool = option(True, "bf16 autocast for the unmask stage on GPU (CPU stays fp32)")
-
-    def validate(self) -> None:
-        if self.batch_size < 1 or self.shard_size < 1:
-            raise UserError("--batch-size and --shard-size must be positive")
-        known = {"arcface", "facenet"}
-        if not self.matchers or set(self.matchers) - known:
-            raise UserError(f"--matchers must be a non-empty subset of {sorted(known)}")
-        _pool_range(self.actors, "--actors")
-        if self.cpu_actors:
-            _pool_range(self.cpu_actors, "--cpu-actors")
-
-
-def _pool_range(text: str, flag: str) -> tuple[int, int]:
-    try:
-        low, high = (int(x) for x in text.split(","))
-    except ValueError as exc:
-        raise UserError(f"{flag} must be MIN,MAX (got {text!r})") from exc
-    if not 1 <= low <= high:
-        raise UserError(f"{flag} must satisfy 1 <= MIN <= MAX (got {text!r})")
-    return low, high
-
-
-# ---------------------------------------------------------------- inputs and names
-
-
-def list_inputs(uri: str) -> list[data.ImageRecord]:
-    """Every file under a prefix (whatever its name: a non-image becomes a `decode_error` row), or the
-    rows of a manifest."""
-    storage.check_readable(uri)
-    lowered = uri.lower()
-    if lowered.endswith((".csv", ".parquet")):
-        return sorted(data.read_manifest(uri), key=lambda r: r.id)
-    records = [
-        data.ImageRecord(uri=u, identity="", id=storage.relative_key(uri, u)) for u in storage.list_files(uri)
-    ]
-    if not records:
-        raise UserError(f"{uri}: no files found")
-    return sorted(records, key=lambda r: r.id)
 
 
 def unmasked_image_key(record_id: str, face_index: int) -> str:
@@ -98,10 +33,10 @@ def unmasked_image_key(record_id: str, face_index: int) -> str:
 # ---------------------------------------------------------------- stage 1: faces (CPU)
 
 
-class FaceStage:
+class FaceFindingStage:
     """Read, decode with limits, detect and align every image of a shard; one row per face or error."""
 
-    def __init__(self, cfg: UnmaskConfig) -> None:
+    def __init__(self, cfg: BulkConfig) -> None:
         from unmask_core.faces.detect import build_detector
 
         self.cfg = cfg
@@ -189,10 +124,10 @@ def _complete(row: dict) -> dict:
 # ---------------------------------------------------------------- stage 2: unmask and embed (GPU)
 
 
-class UnmaskStage:
+class UnmaskingStage:
     """Holds g, f and the matchers on one device; U = g(f(M)) for every face of a shard."""
 
-    def __init__(self, cfg: UnmaskConfig) -> None:
+    def __init__(self, cfg: BulkConfig) -> None:
         import torch
 
         from unmask_core.inference import Unmasker
@@ -277,105 +212,3 @@ class ShardWriter:
                 json.dumps({"inputs": expected, "status": dict(Counter(r["status"] for r in rows))})
             )
         return {"summary": summaries}
-
-
-# ---------------------------------------------------------------- driver
-
-
-def run_unmask(cfg: UnmaskConfig) -> dict[str, Any]:
-    import ray
-
-    from unmask_core.inference import describe_model_set
-    from unmask_core.progress import progress_bar
-
-    storage.check_writable(cfg.output)
-    model_info = describe_model_set(cfg.models, cfg.matchers)
-    records = list_inputs(cfg.input)
-    payload = [{"uri": r.uri, "id": r.id} for r in records]
-    shards.check_plan(
-        cfg.output, shards.ShardPlan(len(records), cfg.shard_size, records[0].id, records[-1].id)
-    )
-    rows_uri = storage.join(cfg.output, "rows")
-    done = shards.finished_shards(rows_uri)
-    chunks = shards.split_into_shards(payload, cfg.shard_size)
-    todo = [{"shard": i, "records": json.dumps(c)} for i, c in enumerate(chunks) if i not in done]
-
-    bar = progress_bar(len(records), "unmask")
-    bar.update(sum(len(chunks[i]) for i in done))
-    if todo:
-        gpus = cfg.gpus_per_actor
-        if gpus < 0:
-            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
-        low, high = _pool_range(cfg.actors, "--actors")
-        high = min(high, len(todo))
-        low = min(low, high)
-        # On an autoscaling cluster the CPUs present at start say little: then pass --cpu-actors.
-        cpu_high = max(1, int(ray.cluster_resources().get("CPU", 2) // 2))
-        cpu_low, cpu_high = _pool_range(cfg.cpu_actors, "--cpu-actors") if cfg.cpu_actors else (1, cpu_high)
-        cpu_high = min(cpu_high, len(todo))
-        cpu_low = min(cpu_low, cpu_high)
-        ds = (
-            ray.data.from_items(todo, override_num_blocks=len(todo))
-            .map_batches(
-                FaceStage,
-                fn_constructor_args=(cfg,),
-                batch_size=1,
-                batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(min_size=cpu_low, max_size=cpu_high),
-                num_cpus=1,
-            )
-            .map_batches(
-                UnmaskStage,
-                fn_constructor_args=(cfg,),
-                batch_size=None,  # one block = one shard; micro-batching happens inside
-                batch_format="pyarrow",
-                compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high),
-                num_gpus=gpus,
-                num_cpus=0.5 if gpus else 1,
-            )
-            .map_batches(
-                ShardWriter,
-                fn_constructor_args=(cfg.output, model_info.provenance, model_info.embedding_dims),
-                batch_size=None,
-                batch_format="pyarrow",
-                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
-                num_cpus=0.25,
-            )
-        )
-        for row in ds.iter_rows():
-            bar.update(json.loads(row["summary"])["inputs"])
-    bar.close()
-    summary = summarize(cfg.output, records, skipped_shards=len(done), processed_shards=len(todo))
-    storage.write_json(storage.join(cfg.output, "summary.json"), summary)
-    return summary
-
-
-def summarize(
-    out_uri: str, records: list[data.ImageRecord], skipped_shards: int, processed_shards: int
-) -> dict:
-    table = shards.read_rows(storage.join(out_uri, "rows"), columns=["id", "status"])
-    ids = table.column("id").to_pylist()
-    statuses = Counter(table.column("status").to_pylist())
-    input_ids = {r.id for r in records}
-    covered = set(ids)
-    summary = {
-        "inputs": len(records),
-        "rows": len(ids),
-        "inputs_with_rows": len(covered & input_ids),
-        "faces_unmasked": statuses.get("ok", 0),
-        "status_counts": dict(sorted(statuses.items())),
-        "shards_processed": processed_shards,
-        "shards_skipped": skipped_shards,
-    }
-    summary["reconciled"] = covered == input_ids
-    return summary
-
-
-def format_summary(summary: dict) -> str:
-    lines = [
-        f"inputs {summary['inputs']}, rows {summary['rows']}, faces unmasked {summary['faces_unmasked']}",
-        "status: " + ", ".join(f"{k} {v}" for k, v in summary["status_counts"].items()),
-        f"shards: {summary['shards_processed']} processed, {summary['shards_skipped']} already done",
-        "every input has a row" if summary["reconciled"] else "SOME INPUTS HAVE NO ROW",
-    ]
-    return "\n".join(lines)

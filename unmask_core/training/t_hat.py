@@ -1,176 +1,34 @@
-"""RMFRD, the real-mask corpus (METHOD.md, "Training" 4 and "Data"): pairs, T-hat and the `real` stage.
+"""Stage `real` (METHOD.md, "Training" 4): T-hat, the latent targets of RMFRD's real-mask rows, and the
+stage's dataset.
 
-RMFRD has unmasked photos (AFDB_face_dataset/<identity>/) and, separately, masked photos of the same
-people (AFDB_masked_face_dataset/<identity>/); no masked photo has a pixel-aligned unmasked twin.
-
-- prepare: every photo is eye-aligned (`rmfrd_align`: OpenCV must find both eyes). Unmasked photos get
-  a synthetic mask and become ordinary phase-1 pairs (T, M). Masked photos become real-mask rows: M, the
-  eye positions, and T_ref, a different unmasked photo of the same person (for L_ID); T is null.
-- T-hat: for the real-mask training rows, codes whose image g(w) matches M on the periorbital region
-  (found by latent optimisation, g frozen), the target of L_LR. Computed once per image and cached next
-  to the pairs, keyed by everything that determines them.
-- `real_stage_dataset`: the training rows of stage `real`: M, T_ref, eyes and the cached T-hat codes.
+T-hat: for the real-mask training rows, codes whose image g(w) matches M on the periorbital region
+(found by latent optimisation, g frozen), the target of L_LR. Computed once per image and cached next to
+the pairs, keyed by everything that determines them, in resumable shards.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections import defaultdict
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
 from torch import nn
 
-from unmask_core import data, shards, storage
-from unmask_core.data import decode_batch, png_to_tensor
+from unmask_core import shards, storage
+from unmask_core.data import REAL_MASK_KIND, png_to_tensor
 from unmask_core.errors import UserError
-from unmask_core.faces.align import AlignmentError, RMFRDAlignment, rmfrd_align
 from unmask_core.inversion import InversionResult, optimise_latents
-from unmask_core.prepare import PrepareConfig, RowError, empty_pairs_row
-from unmask_core.training import TrainConfig, decode
+from unmask_core.training.batches import decode_batch, periorbital_regions
+from unmask_core.training.config import TrainConfig
+from unmask_core.training.loop import decode
 
-# A masked photo keeps this many same-identity reference candidates (the first that aligns is used).
-# RMFRD has up to hundreds of unmasked photos per person; a seeded sample bounds the work per image.
-MAX_REFERENCE_CANDIDATES = 8
-REAL_MASK_KIND = "real"
 T_HAT_FOLDER = "t_hat"
 T_HAT_SHARD_SIZE = 32  # rows per cache shard: the unit of resume (and of one optimisation task)
 T_HAT_BATCH = 8  # images optimised together, each with its own codes and its own term of the loss
 _T_HAT_VERSION = 1  # part of the cache key: bump when the optimisation itself changes
-
-
-# ---------------------------------------------------------------- prepare
-
-
-def _rank(seed: int, masked_id: str, reference_id: str) -> bytes:
-    return hashlib.sha256(f"{seed}\x1f{masked_id}\x1f{reference_id}".encode()).digest()
-
-
-def add_reference_candidates(items: list[dict[str, Any]], seed: int) -> None:
-    """For each masked item, `item["references"]`: record dicts of unmasked photos of the same
-    identity, in an order fixed by (seed, masked id, reference id) alone, at most
-    MAX_REFERENCE_CANDIDATES of them. Unmasked items are left as they are."""
-    unmasked: dict[str, list[dict]] = defaultdict(list)
-    for item in items:
-        if not item["record"].get("masked"):
-            unmasked[item["record"]["identity"]].append(item["record"])
-    for item in items:
-        record = item["record"]
-        if record.get("masked"):
-            candidates = sorted(
-                unmasked.get(record["identity"], []),
-                key=lambda ref: (_rank(seed, record["id"], ref["id"]), ref["id"]),
-            )
-            item["references"] = candidates[:MAX_REFERENCE_CANDIDATES]
-
-
-class RMFRDPairMaker:
-    """`PairMaker` for RMFRD: one photo -> a phase-1 pair, a real-mask row, or an error row whose
-    status is the reason (e.g. `no_eyes`, `one_eye`, `no_face`, `no_reference`); never raises."""
-
-    def __init__(self, cfg: PrepareConfig) -> None:
-        from unmask_core.faces.detect import build_detector
-
-        self.cfg = cfg
-        self.detector = build_detector(cfg.detector, "cpu")
-        # Reference photos are shared by all masked photos of a person: align each once per worker.
-        self._references: dict[str, np.ndarray | str] = {}
-
-    def make(self, record: data.ImageRecord, split: str, item: dict | None = None) -> dict[str, Any]:
-        row = empty_pairs_row(record, split)
-        try:
-            if record.masked:
-                row.update(self._real_mask_row(record, (item or {}).get("references", [])))
-            else:
-                row.update(self._synthetic_pair_row(record))
-        except RowError as exc:
-            row.update(status=exc.status, error=exc.reason)
-        except Exception as exc:  # a bug must not lose the row: record it and move on
-            row.update(status="internal_error", error=f"{type(exc).__name__}: {exc}")
-        return row
-
-    def _decode(self, uri: str) -> np.ndarray:
-        try:
-            raw = storage.read_bytes(uri)
-        except UserError as exc:
-            raise RowError("read_error", str(exc)) from exc
-        try:
-            return data.decode_image(raw, self.cfg.max_pixels)
-        except data.ImageDecodeError as exc:
-            raise RowError(exc.status, exc.reason) from exc
-
-    def _align(self, image: np.ndarray) -> RMFRDAlignment:
-        try:
-            return rmfrd_align(image, size=self.cfg.image_size)
-        except AlignmentError as exc:
-            raise RowError(exc.reason, str(exc)) from exc
-
-    def _synthetic_pair_row(self, record: data.ImageRecord) -> dict[str, Any]:
-        from unmask_core.faces.masks import MaskError, apply_mask, choose_mask
-
-        alignment = self._align(self._decode(record.uri))
-        # The mask is fitted to landmarks found on the eye-aligned face, as for the other corpora.
-        faces = self.detector.detect(alignment.aligned)
-        if not faces:
-            raise RowError("no_face", "no face detected in the eye-aligned image")
-        landmarks = faces[0].landmarks
-        kind, color = choose_mask(self.cfg.mask_kinds, self.cfg.seed, record.id)
-        try:
-            mask = apply_mask(alignment.aligned, landmarks, kind, color, self.cfg.seed, record.id)
-        except MaskError as exc:
-            raise RowError("mask_failed", str(exc)) from exc
-        return {
-            "T": data.encode_png(alignment.aligned),
-            "M": data.encode_png(mask.masked),
-            "mask_kind": mask.kind,
-            "mask_color": ",".join(str(int(c)) for c in mask.color),
-            "mask_region": data.encode_png(mask.region.astype(np.uint8) * 255),
-            "landmarks": np.asarray(landmarks, dtype=np.float32).reshape(-1).tolist(),
-            "eyes": _flat_eyes(alignment.eyes),
-        }
-
-    def _real_mask_row(self, record: data.ImageRecord, references: list[dict]) -> dict[str, Any]:
-        alignment = self._align(self._decode(record.uri))
-        failures = []
-        for reference in references:
-            aligned = self._aligned_reference(reference["uri"])
-            if isinstance(aligned, np.ndarray):
-                return {
-                    "M": data.encode_png(alignment.aligned),
-                    "T_ref": data.encode_png(aligned),
-                    "mask_kind": REAL_MASK_KIND,
-                    "eyes": _flat_eyes(alignment.eyes),
-                }
-            failures.append(aligned)
-        if not references:
-            raise RowError("no_reference", f"no unmasked photo of {record.identity!r}")
-        raise RowError(
-            "no_reference",
-            f"none of the {len(references)} unmasked photos of {record.identity!r} aligns "
-            f"({', '.join(sorted(set(failures)))})",
-        )
-
-    def _aligned_reference(self, uri: str) -> np.ndarray | str:
-        """The eye-aligned reference photo, or the reason it cannot be one."""
-        if uri not in self._references:
-            if len(self._references) >= 256:
-                self._references.clear()  # a shard's masked photos are few identities: bound memory
-            try:
-                self._references[uri] = self._align(self._decode(uri)).aligned
-            except RowError as exc:
-                self._references[uri] = exc.status
-        return self._references[uri]
-
-
-def _flat_eyes(eyes: np.ndarray) -> list[float]:
-    return np.asarray(eyes, dtype=np.float32).reshape(4).tolist()
-
-
-# ---------------------------------------------------------------- T-hat: latent optimisation, cached
 
 
 @dataclass(frozen=True)
@@ -244,27 +102,23 @@ def ensure_t_hat_codes(cfg: TrainConfig) -> str:
     if not len(rows):
         raise UserError(f"{cfg.pairs}: no real-mask training rows (prepare it with --corpus rmfrd)")
     ids = rows["id"].to_pylist()
-    shards.check_plan(out, shards.ShardPlan(len(ids), T_HAT_SHARD_SIZE, ids[0], ids[-1]))
+    run = shards.start_run(out, out, list(range(len(ids))), ids, T_HAT_SHARD_SIZE)
     if not storage.exists(storage.join(out, "_settings.json")):  # for people; the key is the hash
-        storage.write_bytes_atomic(
-            storage.join(out, "_settings.json"), json.dumps(asdict(settings), indent=2).encode()
-        )
-    done = shards.finished_shards(out)
-    todo = [i for i in range(-(-len(ids) // T_HAT_SHARD_SIZE)) if i not in done]
-    if todo:
+        storage.write_json(storage.join(out, "_settings.json"), asdict(settings))
+    if run.todo:
         task = ray.remote(num_cpus=1, num_gpus=1 if cfg.gpu else 0)(_t_hat_shard)
         encoders = cfg.init_from or cfg.models
         pending = [
             task.remote(
-                rows.slice(i * T_HAT_SHARD_SIZE, T_HAT_SHARD_SIZE),
+                rows.slice(run.chunks[i][0], len(run.chunks[i])),
                 cfg.models,
                 encoders,
                 settings,
                 cfg.lpips_backbone,
-                shards.shard_file(out, i),
+                run.shard_file(i),
                 cfg.gpu,
             )
-            for i in todo
+            for i in run.todo
         ]
         ray.get(pending)
     return out
@@ -347,16 +201,6 @@ def compute_t_hat(
     return np.concatenate(codes), np.array(before, np.float32), np.array(after, np.float32)
 
 
-def periorbital_regions(eyes: list, size: int) -> np.ndarray:
-    """[N, 1, size, size] periorbital weights for eyes given in the aligned 256 px frame."""
-    from unmask_core.periorbital import periorbital_weight
-
-    scale = size / 256.0
-    return np.stack(
-        [periorbital_weight(np.asarray(e, np.float32).reshape(2, 2) * scale, size)[None] for e in eyes]
-    ).astype(np.float32)
-
-
 class _OffsetGenerator(nn.Module):
     """delta [B, 1, style_dim] -> g(start + delta): one offset in W moves every W+ layer alike."""
 
@@ -403,12 +247,9 @@ def read_t_hat_codes(cache_uri: str, n_latent: int, style_dim: int) -> dict[str,
     }
 
 
-# ---------------------------------------------------------------- training stage `real`
-
-
 def real_stage_dataset(cfg: TrainConfig, size: int):
     """Ray Data dataset of stage `real`: the real-mask training rows (M, T_ref, eyes) with their T-hat
-    codes, decoded by `data.decode_batch(..., 'real')`; computes missing T-hat codes first.
+    codes, decoded by `decode_batch(..., 'real')`; computes missing T-hat codes first.
 
     RMFRD is small (hundreds of training images, a few hundred MB with both PNGs), so the rows are
     joined with the cache on the driver and handed to Ray Data with `from_arrow`; a corpus of millions

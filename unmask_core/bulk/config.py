@@ -1,0 +1,51 @@
+"""The bulk `unmask` job's configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from unmask_core import data
+from unmask_core.config import option
+from unmask_core.errors import UserError
+from unmask_core.matchers.registry import MATCHERS
+
+
+@dataclass
+class BulkConfig:
+    input: str = option(
+        "", "gallery prefix of image files, or a manifest (.csv/.parquet with uri[, id])", required=True
+    )
+    output: str = option("", "output folder: images/ and rows/ (local path or s3://)", required=True)
+    models: str = option("", "model set folder (see `unmask models init`)", required=True)
+    matchers: list[str] = option(["arcface", "facenet"], "matchers to embed masked and unmasked faces with")
+    faces: str = option("largest", "which faces of each image to unmask", choices=["largest", "all"])
+    batch_size: int = option(32, "faces per forward pass in the unmask actors")
+    gpus_per_actor: float = option(-1.0, "GPUs per unmask actor (-1: 1 if the cluster has GPUs, else 0)")
+    actors: str = option("1,4", "MIN,MAX size of the unmask actor pool (autoscaling between them)")
+    cpu_actors: str = option(
+        "", "MIN,MAX size of the decode/detect/align actor pool (default: 1 to half the CPUs)"
+    )
+    shard_size: int = option(64, "images per shard (the unit of exactly-once and resume)")
+    max_pixels: int = option(data.DEFAULT_MAX_PIXELS, "larger images become `too_large` rows")
+    detector: str = option("mtcnn", "face detector: mtcnn, or a folder with an insightface detector ONNX")
+    bf16: bool = option(True, "bf16 autocast for the unmask stage on GPU (CPU stays fp32)")
+
+    def validate(self) -> None:
+        if self.batch_size < 1 or self.shard_size < 1:
+            raise UserError("--batch-size and --shard-size must be positive")
+        known = set(MATCHERS)
+        if not self.matchers or set(self.matchers) - known:
+            raise UserError(f"--matchers must be a non-empty subset of {sorted(known)}")
+        pool_range(self.actors, "--actors")
+        if self.cpu_actors:
+            pool_range(self.cpu_actors, "--cpu-actors")
+
+
+def pool_range(text: str, flag: str) -> tuple[int, int]:
+    try:
+        low, high = (int(x) for x in text.split(","))
+    except ValueError as exc:
+        raise UserError(f"{flag} must be MIN,MAX (got {text!r})") from exc
+    if not 1 <= low <= high:
+        raise UserError(f"{flag} must satisfy 1 <= MIN <= MAX (got {text!r})")
+    return low, high

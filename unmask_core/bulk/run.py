@@ -1,0 +1,123 @@
+"""The bulk `unmask` run on Ray Data: list inputs -> deterministic shards -> the stages (stages.py).
+
+One Ray Data block is one shard all the way through, so a shard's rows are written together, once.
+A finished shard's rows file is the commit marker: reruns skip it, and a re-executed task rewrites the
+same image objects under the same names (no duplicates).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+from unmask_core import corpora, data, shards, storage
+from unmask_core.bulk.config import BulkConfig, pool_range
+from unmask_core.bulk.stages import FaceFindingStage, ShardWriter, UnmaskingStage
+from unmask_core.errors import UserError
+
+
+def list_inputs(uri: str) -> list[data.ImageRecord]:
+    """Every file under a prefix (whatever its name: a non-image becomes a `decode_error` row), or the
+    rows of a manifest."""
+    storage.check_readable(uri)
+    if uri.lower().endswith((".csv", ".parquet")):
+        return sorted(corpora.read_manifest(uri), key=lambda r: r.id)
+    records = [
+        data.ImageRecord(uri=u, identity="", id=storage.relative_key(uri, u)) for u in storage.list_files(uri)
+    ]
+    if not records:
+        raise UserError(f"{uri}: no files found")
+    return sorted(records, key=lambda r: r.id)
+
+
+def run_bulk(cfg: BulkConfig) -> dict[str, Any]:
+    import ray
+
+    from unmask_core import ray_session
+    from unmask_core.inference import describe_model_set
+
+    storage.check_writable(cfg.output)
+    model_info = describe_model_set(cfg.models, cfg.matchers)
+    records = list_inputs(cfg.input)
+    payload = [{"uri": r.uri, "id": r.id} for r in records]
+    run = shards.start_run(
+        cfg.output, storage.join(cfg.output, "rows"), payload, [r.id for r in records], cfg.shard_size
+    )
+    bar = run.progress_bar("unmask")
+    if run.todo:
+        todo = [{"shard": i, "records": json.dumps(run.chunks[i])} for i in run.todo]
+        gpus = cfg.gpus_per_actor
+        if gpus < 0:
+            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        # On an autoscaling cluster the CPUs present at start say little: then pass --cpu-actors.
+        cpu_low, cpu_high = (
+            pool_range(cfg.cpu_actors, "--cpu-actors") if cfg.cpu_actors else (1, ray_session.half_the_cpus())
+        )
+        ds = (
+            ray.data.from_items(todo, override_num_blocks=len(todo))
+            .map_batches(
+                FaceFindingStage,
+                fn_constructor_args=(cfg,),
+                batch_size=1,
+                batch_format="numpy",
+                compute=ray_session.actor_pool(cpu_low, cpu_high, len(todo)),
+                num_cpus=1,
+            )
+            .map_batches(
+                UnmaskingStage,
+                fn_constructor_args=(cfg,),
+                batch_size=None,  # one block = one shard; micro-batching happens inside
+                batch_format="pyarrow",
+                compute=ray_session.actor_pool(*pool_range(cfg.actors, "--actors"), len(todo)),
+                num_gpus=gpus,
+                num_cpus=0.5 if gpus else 1,
+            )
+            .map_batches(
+                ShardWriter,
+                fn_constructor_args=(cfg.output, model_info.provenance, model_info.embedding_dims),
+                batch_size=None,
+                batch_format="pyarrow",
+                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
+                num_cpus=0.25,
+            )
+        )
+        for row in ds.iter_rows():
+            bar.update(json.loads(row["summary"])["inputs"])
+    bar.close()
+    summary = summarize(cfg.output, records, skipped_shards=len(run.done), processed_shards=len(run.todo))
+    storage.write_json(storage.join(cfg.output, "summary.json"), summary)
+    return summary
+
+
+def summarize(
+    out_uri: str, records: list[data.ImageRecord], skipped_shards: int, processed_shards: int
+) -> dict:
+    table = shards.read_rows(storage.join(out_uri, "rows"), columns=["id", "status", "error"])
+    ids = table.column("id").to_pylist()
+    statuses = Counter(table.column("status").to_pylist())
+    input_ids = {r.id for r in records}
+    covered = set(ids)
+    summary = {
+        "inputs": len(records),
+        "rows": len(ids),
+        "inputs_with_rows": len(covered & input_ids),
+        "faces_unmasked": statuses.get("ok", 0),
+        "status_counts": dict(sorted(statuses.items())),
+        "shards_processed": processed_shards,
+        "shards_skipped": skipped_shards,
+        **shards.internal_errors(table.to_pylist()),
+    }
+    summary["reconciled"] = covered == input_ids
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    lines = [
+        f"inputs {summary['inputs']}, rows {summary['rows']}, faces unmasked {summary['faces_unmasked']}",
+        "status: " + ", ".join(f"{k} {v}" for k, v in summary["status_counts"].items()),
+        f"shards: {summary['shards_processed']} processed, {summary['shards_skipped']} already done",
+        "every input has a row" if summary["reconciled"] else "SOME INPUTS HAVE NO ROW",
+        *shards.internal_error_lines(summary),
+    ]
+    return "\n".join(lines)

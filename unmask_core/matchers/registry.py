@@ -1,0 +1,51 @@
+"""The matchers, one registry entry each: name -> how to build it from a model set, and how to present it.
+
+- 'arcface': insightface's ArcFace ONNX model (via onnxruntime) when the model set holds
+  `arcface.onnx`; otherwise the set's IR-SE ArcFace (the one the ID loss uses, so it is biased
+  towards our outputs, as the paper notes).
+- 'facenet': facenet-pytorch's InceptionResnetV1, never used in training: the fair check.
+
+This module imports no torch (the report and the configs read it); builders import their networks.
+Adding a matcher: an entry here, a builder beside it, and its network in networks.py (docs/extending.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class MatcherSpec:
+    display_name: str  # in tables and plots
+    note: str  # what a reader must know about its numbers (METHOD.md: ArcFace drives the ID loss)
+    build: Callable[[Any, Any], Any]  # (ModelSet, device) -> Matcher
+
+
+def _build_arcface(model_set, device):
+    from unmask_core.matchers.networks import OnnxArcFaceMatcher, TorchMatcher
+
+    onnx_uri = model_set.optional_file("arcface_onnx")
+    if onnx_uri is not None:
+        return OnnxArcFaceMatcher(onnx_uri, device)
+    arcface = model_set.arcface()
+    return TorchMatcher(
+        "arcface", "irse", arcface, 1.0, arcface.config.embedding_dim, True,
+        model_set.sha256("arcface"), device, arcface.input_size,
+    )  # fmt: skip
+
+
+def _build_facenet(model_set, device):
+    from unmask_core.matchers.networks import TorchMatcher
+
+    return TorchMatcher(
+        "facenet", "facenet-pytorch", model_set.facenet(), 127.5 / 128.0, 512, True,
+        model_set.sha256("facenet"), device,
+    )  # fmt: skip
+
+
+MATCHERS: dict[str, MatcherSpec] = {
+    "arcface": MatcherSpec("ArcFace", "used in training (biased)", _build_arcface),
+    "facenet": MatcherSpec("FaceNet", "not used in training (fair check)", _build_facenet),
+}

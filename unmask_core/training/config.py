@@ -1,0 +1,87 @@
+"""The `train` job's configuration: one config for the three stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from unmask_core.config import option
+from unmask_core.errors import UserError
+from unmask_core.losses import LossWeights
+
+STAGES = ("baseline", "unmask", "real")
+ENCODER_OF_STAGE = {"baseline": "baseline", "unmask": "unmask", "real": "unmask"}
+
+
+@dataclass
+class TrainConfig:
+    stage: str = option(
+        "baseline",
+        "baseline: f0 on T (eq. 4); unmask: f on (T, M) (eq. 9); real: RMFRD fine-tune",
+        choices=list(STAGES),
+    )
+    pairs: str = option("", "pairs folder written by `unmask prepare` (local or s3://)", required=True)
+    models: str = option("", "model set to start from (g, f0, f, ArcFace)", required=True)
+    out: str = option("", "run folder: checkpoints, metrics, config and the trained model set", required=True)
+    init_from: str = option(
+        "", "model set of a previous stage/corpus to initialise the encoder from (curriculum)"
+    )
+    workers: int = option(2, "data-parallel training workers (one GPU each with --gpu)")
+    gpu: bool = option(False, "train on GPUs (NCCL, bf16 autocast)")
+    cpus_per_worker: int = option(1, "CPUs reserved per worker (on CPU: torch's thread count)")
+    steps: int = option(1000, "optimizer steps in total (a resumed run continues to this number)")
+    batch_size: int = option(8, "pairs per worker per step (pSp: 8)")
+    lr: float = option(1e-4, "Adam learning rate (pSp: 1e-4)")
+    l2_weight: float = option(1.0, "weight of L_R, eq. 1/5 (0 switches it off)")
+    lpips_weight: float = option(0.8, "α: weight of LPIPS, eq. 2/6 (0 switches it off)")
+    id_weight: float = option(0.1, "β: weight of the ArcFace identity loss, eq. 3/7 (0 switches it off)")
+    latent_weight: float = option(
+        1.0, "γ: weight of L_LR = mean squared W+ error to f0(T), eq. 8 (unmask/real)"
+    )
+    lpips_backbone: str = option(
+        "auto",
+        "AlexNet weights for LPIPS: auto (lpips_alexnet.pth in --models), a torchvision-format file, "
+        "or 'random' (tests and the demo only)",
+    )
+    t_hat_steps: int = option(100, "stage real: steps of the latent optimisation that finds T-hat (cached)")
+    t_hat_lr: float = option(0.01, "stage real: Adam learning rate of the T-hat latent optimisation")
+    t_hat_lpips_weight: float = option(
+        0.0, "stage real: LPIPS weight (periorbital) in the T-hat optimisation, beside its L2"
+    )
+    checkpoint_every: int = option(100, "steps between checkpoints")
+    report_every: int = option(
+        10,
+        "steps between metric reports to Ray Train (each one waits for every worker; "
+        "metrics.csv has every step either way)",
+    )
+    keep_checkpoints: int = option(3, "checkpoints kept on storage")
+    max_failures: int = option(3, "worker failures survived (restart from the last checkpoint)")
+    seed: int = option(0, "seed for data order and initialisation")
+    name: str = option("", "run name under --out (default: the stage)")
+
+    def validate(self) -> None:
+        if self.stage == "baseline" and self.latent_weight:
+            self.latent_weight = 0.0  # f0 has no teacher: eq. 4 has no latent term
+        counts = (
+            self.workers,
+            self.cpus_per_worker,
+            self.steps,
+            self.batch_size,
+            self.checkpoint_every,
+            self.report_every,
+        )
+        if min(counts) < 1:
+            raise UserError(
+                "--workers, --cpus-per-worker, --steps, --batch-size, --checkpoint-every and "
+                "--report-every must be positive"
+            )
+        if not (self.l2_weight or self.lpips_weight or self.id_weight or self.latent_weight):
+            raise UserError("every loss term is switched off")
+
+    @property
+    def run_name(self) -> str:
+        return self.name or self.stage
+
+    def loss_weights(self) -> LossWeights:
+        return LossWeights(
+            l2=self.l2_weight, lpips=self.lpips_weight, id=self.id_weight, latent=self.latent_weight
+        )

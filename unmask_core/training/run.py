@@ -1,0 +1,94 @@
+"""The `train` run on Ray Train: DDP over N workers, pairs streamed from Parquet through Ray Data shards,
+checkpoints on the run's storage (local or s3://), resume by rerunning the same command."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from typing import Any
+
+import torch
+
+from unmask_core import storage
+from unmask_core.training.batches import decode_batch
+from unmask_core.training.config import ENCODER_OF_STAGE, TrainConfig
+from unmask_core.training.history import write_metrics
+from unmask_core.training.loop import build_lpips, train_loop
+
+
+def training_dataset(cfg: TrainConfig, size: int):
+    """The stage's training rows as a Ray Data dataset of decoded batches."""
+    import ray
+
+    if cfg.stage == "real":
+        from unmask_core.training.t_hat import real_stage_dataset
+
+        return real_stage_dataset(cfg, size)
+    pairs_uri = storage.join(cfg.pairs, "pairs")
+    storage.check_readable(pairs_uri)
+    fs, path = storage.pyarrow_filesystem(pairs_uri)
+    ds = ray.data.read_parquet(path, filesystem=fs, columns=["T", "M", "status", "split"])
+    ds = ds.filter(expr="status == 'ok' and split == 'train'")
+    # decode_batch's module imports no torch: each Ray Data worker process starts faster.
+    return ds.map_batches(decode_batch, fn_kwargs={"size": size, "stage": cfg.stage}, batch_format="numpy")
+
+
+def run_training(cfg: TrainConfig) -> dict[str, Any]:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from unmask_core.models.checkpoints import ModelSet
+
+    storage.check_readable(cfg.models)
+    if cfg.init_from:
+        storage.check_readable(cfg.init_from)
+    storage.check_writable(cfg.out)
+    size = ModelSet(cfg.models).image_size
+    build_lpips(cfg, cfg.models, spatial=False)  # fail here, not in every worker, when weights are missing
+    fs, path = storage.pyarrow_filesystem(cfg.out)
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"cfg": asdict(cfg)},
+        scaling_config=ScalingConfig(
+            num_workers=cfg.workers, use_gpu=cfg.gpu, resources_per_worker=_worker_resources(cfg)
+        ),
+        run_config=RunConfig(
+            name=cfg.run_name,
+            storage_path=path,
+            storage_filesystem=fs,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+        ),
+        datasets={"train": training_dataset(cfg, size)},
+    )
+    result = trainer.fit()
+    return finish_run(cfg, result)
+
+
+def _worker_resources(cfg: TrainConfig) -> dict[str, float]:
+    return {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.gpu else {})}
+
+
+def finish_run(cfg: TrainConfig, result) -> dict[str, Any]:
+    """Write the metrics a user can plot and the trained encoder as a model set next to the run."""
+    from unmask_core.models.checkpoints import ModelSet
+
+    if result.checkpoint is None:
+        raise RuntimeError(f"training {cfg.run_name} ended without a checkpoint: {result.error}")
+    with result.checkpoint.as_directory() as folder:
+        state = torch.load(os.path.join(folder, "state.pt"), map_location="cpu", weights_only=True)
+    history = json.loads(state["history"])
+    run_uri = storage.join(cfg.out, cfg.run_name)
+    write_metrics(run_uri, history)
+    models_out = storage.join(cfg.out, "models")
+    base = ModelSet(cfg.models)
+    encoder = base.encoder(ENCODER_OF_STAGE[cfg.stage])
+    encoder.load_state_dict(state["encoder"])
+    base.save_encoder(ENCODER_OF_STAGE[cfg.stage], encoder, models_out)
+    return {
+        "step": int(state["step"]),
+        "final": history[-1] if history else {},
+        "models": models_out,
+        "metrics": storage.join(run_uri, "metrics.csv"),
+    }
