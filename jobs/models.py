@@ -1,11 +1,48 @@
-"""`unmask models init --size {64,256,1024} --out URI`: a randomly initialised model set."""
+"""`unmask models init|import`: a randomly initialised model set, or one converted from public checkpoints."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict, dataclass
 
 from unmask_core import storage
+from unmask_core.config import JobConfig, add_config_arguments, build_config, option
+
+
+@dataclass
+class ModelsInitConfig(JobConfig):
+    out: str = option("", "output folder, local or s3://bucket/prefix", required=True)
+    size: int = option(64, "image size: 64 is a tiny set that runs fast on CPU", choices=[64, 256, 1024])
+    seed: int = option(0, "random seed")
+
+
+@dataclass
+class ModelsImportConfig(JobConfig):
+    out: str = option("", "output folder, local or s3://bucket/prefix", required=True)
+    irse50: str = option("", "model_ir_se50.pth (ArcFace IR-SE50 for the ID loss)", required=True)
+    facenet: str = option("", "facenet-pytorch InceptionResnetV1 state dict", required=True)
+    generator: str = option("", "rosinality StyleGAN2 checkpoint {'g_ema', 'latent_avg'}")
+    psp: str = option("", "pSp checkpoint (encoder + decoder + latent_avg): f0")
+    unmask_psp: str = option("", "pSp-format checkpoint of an unmasking encoder f")
+    arcface_onnx: str = option("", "insightface ArcFace ONNX (the arcface matcher)")
+    lpips_alexnet: str = option("", "torchvision AlexNet state dict (LPIPS backbone)")
+
+
+ACTIONS = {
+    "init": (
+        ModelsInitConfig,
+        "write a randomly initialised model set (for smoke tests, the demo, trying the pipeline)",
+        "Write a randomly initialised model set in our checkpoint format. 64 px is a tiny set that runs "
+        "fast on CPU; 256 and 1024 are the reference architectures.",
+    ),
+    "import": (
+        ModelsImportConfig,
+        "build a model set from public checkpoints (StyleGAN2, pSp, IR-SE50, FaceNet, ...)",
+        "Convert the public checkpoints into a model set in our format (one file per model with its "
+        "config and sha256). Give --psp, or --generator (then f0 starts from pSp's IR-SE50 init).",
+    ),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -13,58 +50,27 @@ def main(argv: list[str] | None = None) -> int:
         prog="unmask models", description="Model sets (generator, f0, f, ArcFace, FaceNet)"
     )
     sub = parser.add_subparsers(dest="action", required=True)
-    init = sub.add_parser(
-        "init",
-        help="write a randomly initialised model set (for smoke tests, the demo, trying the pipeline)",
-        description="Write a randomly initialised model set in our checkpoint format. "
-        "64 px is a tiny set that runs fast on CPU; 256 and 1024 are the reference architectures.",
-    )
-    init.add_argument(
-        "--size", type=int, choices=[64, 256, 1024], default=64, help="image size (default: 64)"
-    )
-    init.add_argument("--out", required=True, help="output folder, local or s3://bucket/prefix")
-    init.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    imported = sub.add_parser(
-        "import",
-        help="build a model set from public checkpoints (StyleGAN2, pSp, IR-SE50, FaceNet, ...)",
-        description="Convert the public checkpoints into a model set in our format (one file per model "
-        "with its config and sha256). Give --psp, or --generator (then f0 starts from pSp's IR-SE50 init).",
-    )
-    imported.add_argument("--out", required=True, help="output folder, local or s3://bucket/prefix")
-    imported.add_argument(
-        "--generator", default="", help="rosinality StyleGAN2 checkpoint {'g_ema', 'latent_avg'}"
-    )
-    imported.add_argument("--psp", default="", help="pSp checkpoint (encoder + decoder + latent_avg): f0")
-    imported.add_argument("--unmask-psp", default="", help="pSp-format checkpoint of an unmasking encoder f")
-    imported.add_argument(
-        "--irse50", required=True, help="model_ir_se50.pth (ArcFace IR-SE50 for the ID loss)"
-    )
-    imported.add_argument("--facenet", required=True, help="facenet-pytorch InceptionResnetV1 state dict")
-    imported.add_argument("--arcface-onnx", default="", help="insightface ArcFace ONNX (the arcface matcher)")
-    imported.add_argument(
-        "--lpips-alexnet", default="", help="torchvision AlexNet state dict (LPIPS backbone)"
-    )
-    args = parser.parse_args(argv)
+    for action, (cls, short, long) in ACTIONS.items():
+        add_config_arguments(sub.add_parser(action, help=short, description=long), cls)
+    namespace = parser.parse_args(argv)
+    cfg = build_config(ACTIONS[namespace.action][0], namespace)
 
-    storage.check_writable(args.out)
-    if args.action == "init":
+    storage.check_writable(cfg.out)
+    if isinstance(cfg, ModelsInitConfig):
         from unmask_core.models.checkpoints import init_model_set  # heavy: torch and the model code
 
-        manifest = init_model_set(args.size, args.out, seed=args.seed)
+        manifest = init_model_set(cfg.size, cfg.out, seed=cfg.seed)
         note = "randomly initialised: outputs are not meaningful faces"
     else:
         from unmask_core.models.public import import_public_model_set
 
-        sources = {
-            k: getattr(args, k)
-            for k in ("generator", "psp", "unmask_psp", "irse50", "facenet", "arcface_onnx", "lpips_alexnet")
-        }
+        sources = {k: v for k, v in asdict(cfg).items() if k != "out"}
         for uri in filter(None, sources.values()):
             storage.check_readable(uri)
-        manifest = import_public_model_set(args.out, **sources)
+        manifest = import_public_model_set(cfg.out, **sources)
         note = "imported from public checkpoints"
     print(json.dumps(manifest, indent=2))
-    print(f"Model set written to {args.out} ({note}).")
+    print(f"Model set written to {cfg.out} ({note}).")
     return 0
 
 

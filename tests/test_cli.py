@@ -107,3 +107,82 @@ def test_missing_local_input_is_one_line_naming_it(tmp_path) -> None:
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and str(missing) in lines[0] and "no such file" in lines[0], proc.stderr
+
+
+def _job_configs() -> dict[str, type]:
+    import importlib
+
+    from jobs.models import ACTIONS
+
+    configs = {}
+    for command in ("prepare", "train", "unmask", "evaluate", "demo"):
+        job = importlib.import_module(f"jobs.{command}")
+        (cls,) = {v for v in vars(job).values() if isinstance(v, type) and v.__name__.endswith("Config")}
+        configs[command] = cls
+    configs.update({f"models {action}": cls for action, (cls, _, _) in ACTIONS.items()})
+    return configs
+
+
+@pytest.mark.parametrize("command", sorted(_job_configs()))
+def test_every_option_with_fixed_choices_lists_them_in_help(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import dataclasses
+
+    fields = dataclasses.fields(_job_configs()[command])
+    fixed = {f.name: f.metadata.get("choices") or f.metadata.get("item_choices") for f in fields}
+    fixed = {name: values for name, values in fixed.items() if values}
+    with pytest.raises(SystemExit):
+        cli.main([*command.split(), "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for name, values in fixed.items():
+        assert f"(choices: {', '.join(map(str, values))})" in help_text, f"--{name} hides its choices"
+    if command in ("prepare", "unmask", "train"):
+        assert fixed, f"{command}: expected options with fixed choices"
+
+
+def test_configs_are_checked_however_they_are_built() -> None:
+    from unmask_core.bulk.config import BulkConfig
+    from unmask_core.training.config import TrainConfig
+
+    # Built in code, a baseline config is normalised like the CLI's: eq. 4 has no latent term.
+    assert TrainConfig(stage="baseline", pairs="p", models="m", out="o").latent_weight == 0.0
+    with pytest.raises(UserError, match="--stage"):
+        TrainConfig(stage="finetune", pairs="p", models="m", out="o")
+    with pytest.raises(UserError, match="--matchers"):
+        BulkConfig(input="i", output="o", models="m", matchers=["arcface", "vggface"])
+    with pytest.raises(UserError, match="--mask-kinds"):
+        PrepareConfig(input="i", output="o", mask_kinds=["bandana"])
+    with pytest.raises(UserError, match="--shard-size"):
+        PrepareConfig(input="i", output="o", shard_size=0)
+
+
+@pytest.mark.parametrize(
+    ("text", "flag", "expected"),
+    [
+        ("steps: ten", "--steps", "expected an integer"),
+        ('gpu: "false"', "--gpu", "expected true or false"),
+        ("gpu: 1", "--gpu", "expected true or false"),
+        ("lr: fast", "--lr", "expected a number"),
+    ],
+)
+def test_yaml_values_are_type_checked_like_flags(tmp_path, text: str, flag: str, expected: str) -> None:
+    from unmask_core.training.config import TrainConfig
+
+    config_file = tmp_path / "train.yaml"
+    config_file.write_text(f"pairs: p\nmodels: m\nout: o\n{text}\n")
+    with pytest.raises(UserError, match=f"{flag}: {expected}"):
+        parse_config(TrainConfig, ["--config", str(config_file)], "t", "d")
+
+
+def test_yaml_booleans_and_lists_read_as_their_types(tmp_path) -> None:
+    from unmask_core.bulk.config import BulkConfig
+    from unmask_core.training.config import TrainConfig
+
+    config_file = tmp_path / "train.yaml"
+    config_file.write_text("pairs: p\nmodels: m\nout: o\ngpu: false\nlr: 1\n")
+    cfg = parse_config(TrainConfig, ["--config", str(config_file)], "t", "d")
+    assert cfg.gpu is False and cfg.lr == 1.0 and isinstance(cfg.lr, float)
+    bulk_file = tmp_path / "bulk.yaml"
+    bulk_file.write_text("input: i\noutput: o\nmodels: m\nmatchers: facenet\n")
+    assert parse_config(BulkConfig, ["--config", str(bulk_file)], "u", "d").matchers == ["facenet"]

@@ -59,9 +59,7 @@ def _fixed_batch(pairs: str, n: int = 4) -> dict[str, torch.Tensor]:
 def _config(models: str, pairs: str, out: str, **overrides) -> TrainConfig:
     values = dict(stage="unmask", models=models, pairs=pairs, out=out, lpips_backbone="random", batch_size=2)
     values.update(overrides)
-    cfg = TrainConfig(**values)
-    cfg.validate()
-    return cfg
+    return TrainConfig(**values)
 
 
 def test_overfitting_a_fixed_batch_halves_the_loss(tiny_models: str, tiny_pairs: str, tmp_path) -> None:

@@ -22,7 +22,8 @@ C = TypeVar("C")
 
 
 def option(default: Any, help: str, **kwargs: Any) -> Any:
-    """A config field with its help text (shown by --help)."""
+    """A config field with its help text (shown by --help). `choices=[...]` fixes a scalar's values,
+    `item_choices=[...]` those of a list's items; --help lists them either way."""
     if isinstance(default, list | dict):
         return dataclasses.field(
             default_factory=lambda: type(default)(default), metadata={"help": help, **kwargs}
@@ -46,6 +47,73 @@ def _parse_list(item_type: type):
     return parse
 
 
+class JobConfig:
+    """Base of every job config: a config is checked however it is built (flags, YAML or code).
+
+    `__post_init__` checks each value against its field's type and choices, then runs the subclass'
+    `check()`, which normalises and enforces the rules between fields."""
+
+    def __post_init__(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for field in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = _checked(field.name, hints[field.name], getattr(self, field.name))
+            choices = field.metadata.get("choices")
+            if choices is not None and value not in choices:
+                raise UserError(
+                    f"--{_flag(field.name)}: {value!r} is not one of {', '.join(map(str, choices))}"
+                )
+            item_choices = field.metadata.get("item_choices")
+            if item_choices is not None:
+                unknown = [v for v in value if v not in item_choices]
+                if unknown:
+                    raise UserError(
+                        f"--{_flag(field.name)}: {', '.join(map(repr, unknown))} not among "
+                        f"{', '.join(map(str, item_choices))}"
+                    )
+            setattr(self, field.name, value)
+        self.check()
+
+    def check(self) -> None:
+        """Rules between fields, and normalisation; subclasses override it."""
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _checked(name: str, annotation: Any, value: Any) -> Any:
+    """`value` as the field's type, or a UserError naming the option: YAML gives strings, numbers and
+    booleans as it reads them, and "false" must not become True."""
+    base, optional = _base_type(annotation)
+    if value is None and optional:
+        return None
+    where = f"--{_flag(name)}"
+    if base is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if base is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if base is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise UserError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if base is str:
+        if not isinstance(value, str):
+            raise UserError(f"{where}: expected a string, got {value!r}")
+        return value
+    if typing.get_origin(base) is list:
+        (item_type,) = typing.get_args(base)
+        if isinstance(value, str):
+            value = _parse_list(item_type)(value)
+        if not isinstance(value, list | tuple):
+            raise UserError(f"{where}: expected a list, got {value!r}")
+        return [_checked(name, item_type, item) for item in value]
+    return value
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     hints = typing.get_type_hints(cls)
     parser.add_argument("--config", metavar="YAML", help="YAML file with config values (flags override it)")
@@ -54,6 +122,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         flag = "--" + field.name.replace("_", "-")
         help_text = field.metadata.get("help", "")
         default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        fixed = field.metadata.get("choices") or field.metadata.get("item_choices")
+        if fixed:
+            help_text += f" (choices: {', '.join(map(str, fixed))})"
         if field.metadata.get("required"):
             help_text += " (required)"
         elif default not in (None, "", []):
@@ -88,11 +159,7 @@ def build_config(cls: type[C], namespace: argparse.Namespace) -> C:
     ]
     if missing:
         raise UserError("missing required options: " + ", ".join("--" + m.replace("_", "-") for m in missing))
-    cfg = cls(**values)
-    validate = getattr(cfg, "validate", None)
-    if validate:
-        validate()
-    return cfg
+    return cls(**values)
 
 
 def parse_config(cls: type[C], argv: list[str] | None, prog: str, description: str) -> C:
@@ -101,13 +168,9 @@ def parse_config(cls: type[C], argv: list[str] | None, prog: str, description: s
     return build_config(cls, parser.parse_args(argv))
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
-
-
 def save_config(cfg: Any, out_uri: str, name: str = "config.yaml") -> str:
     """Write the effective config next to a job's outputs and return its URI."""
     uri = storage.join(out_uri, name)
-    text = yaml.safe_dump(json.loads(json.dumps(to_dict(cfg))), sort_keys=False)
+    text = yaml.safe_dump(json.loads(json.dumps(dataclasses.asdict(cfg))), sort_keys=False)
     storage.write_bytes_atomic(uri, text.encode())
     return uri

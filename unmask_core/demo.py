@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from unmask_core.config import option
+from unmask_core.config import JobConfig, option
 
 UNTRAINED_NOTE = (
     "Demo models are randomly initialised and trained for a few CPU steps only: the unmasked faces are not "
@@ -24,7 +24,7 @@ UNTRAINED_NOTE = (
 
 
 @dataclass
-class DemoConfig:
+class DemoConfig(JobConfig):
     out: str = option("demo_out", "folder for everything the demo writes")
     steps: int = option(6, "training steps for each of f0 and f")
     workers: int = option(2, "training workers (gloo on CPU)")
@@ -168,7 +168,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         seed=cfg.seed,
     )
     baseline = run_training(
-        TrainConfig(stage="baseline", models=models, out=str(out / "train_f0"), latent_weight=0, **common)
+        TrainConfig(stage="baseline", models=models, out=str(out / "train_f0"), **common)
     )
     print(f"f0 final losses: {baseline['final']}")
 

@@ -17,8 +17,9 @@ import numpy as np
 import pyarrow.dataset as pads
 
 from unmask_core import data, storage
-from unmask_core.config import option
+from unmask_core.config import JobConfig, option
 from unmask_core.errors import UserError
+from unmask_core.matchers.registry import MATCHERS
 
 EVAL_SIZE = 256  # PSNR/SSIM at 256 px, as in the paper
 # RMFRD's real masks have no pixel-aligned T: T is another photo of the person (T_ref), so only the
@@ -27,13 +28,15 @@ REAL_MASK_SETTINGS = ("MT", "UT")
 
 
 @dataclass
-class EvaluateConfig:
+class EvaluateConfig(JobConfig):
     pairs: str = option(
         "", "pairs folder written by `unmask prepare` (its test split is used)", required=True
     )
     models: str = option("", "model set to evaluate (its unmasking encoder f)", required=True)
     out: str = option("", "output folder: metrics.json, table.md, roc.png, report.html", required=True)
-    matchers: list[str] = option(["arcface", "facenet"], "matchers to verify with")
+    matchers: list[str] = option(
+        ["arcface", "facenet"], "matchers to verify with", item_choices=list(MATCHERS)
+    )
     max_pairs: int = option(0, "cap on verification pairs, half genuine (0: all genuine pairs)")
     pairs_file: str = option("", "LFW-style pairs.txt to use instead of building pairs by identity")
     split: str = option("test", "which split of the pairs to evaluate", choices=["test", "train"])

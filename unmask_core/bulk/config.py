@@ -5,19 +5,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from unmask_core import data
-from unmask_core.config import option
+from unmask_core.config import JobConfig, option
 from unmask_core.errors import UserError
 from unmask_core.matchers.registry import MATCHERS
 
 
 @dataclass
-class BulkConfig:
+class BulkConfig(JobConfig):
     input: str = option(
         "", "gallery prefix of image files, or a manifest (.csv/.parquet with uri[, id])", required=True
     )
     output: str = option("", "output folder: images/ and rows/ (local path or s3://)", required=True)
     models: str = option("", "model set folder (see `unmask models init`)", required=True)
-    matchers: list[str] = option(["arcface", "facenet"], "matchers to embed masked and unmasked faces with")
+    matchers: list[str] = option(
+        ["arcface", "facenet"],
+        "matchers to embed masked and unmasked faces with",
+        item_choices=list(MATCHERS),
+    )
     faces: str = option("largest", "which faces of each image to unmask", choices=["largest", "all"])
     batch_size: int = option(32, "faces per forward pass in the unmask actors")
     gpus_per_actor: float = option(-1.0, "GPUs per unmask actor (-1: 1 if the cluster has GPUs, else 0)")
@@ -30,12 +34,11 @@ class BulkConfig:
     detector: str = option("mtcnn", "face detector: mtcnn, or a folder with an insightface detector ONNX")
     bf16: bool = option(True, "bf16 autocast for the unmask stage on GPU (CPU stays fp32)")
 
-    def validate(self) -> None:
+    def check(self) -> None:
         if self.batch_size < 1 or self.shard_size < 1:
             raise UserError("--batch-size and --shard-size must be positive")
-        known = set(MATCHERS)
-        if not self.matchers or set(self.matchers) - known:
-            raise UserError(f"--matchers must be a non-empty subset of {sorted(known)}")
+        if not self.matchers:
+            raise UserError("--matchers needs at least one matcher")
         pool_range(self.actors, "--actors")
         if self.cpu_actors:
             pool_range(self.cpu_actors, "--cpu-actors")

@@ -5,17 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from unmask_core import corpora, data
-from unmask_core.config import option
+from unmask_core.config import JobConfig, option
 from unmask_core.errors import UserError
+from unmask_core.faces.masks import MASK_KINDS
 
 
 @dataclass
-class PrepareConfig:
+class PrepareConfig(JobConfig):
     corpus: str = option("folders", "corpus layout", choices=list(corpora.CORPUS_KINDS))
     input: str = option("", "corpus root or manifest (local path or s3://)", required=True)
     output: str = option("", "output folder for pairs Parquet (local path or s3://)", required=True)
     mask_kinds: list[str] = option(
-        ["surgical", "n95", "kn95", "cloth", "black"], "synthetic mask kinds to draw"
+        list(MASK_KINDS), "synthetic mask kinds to draw", item_choices=list(MASK_KINDS)
     )
     test_fraction: float = option(0.2, "fraction of identities in the test split")
     seed: int = option(0, "seed for masks and the identity split")
@@ -25,11 +26,10 @@ class PrepareConfig:
     max_pixels: int = option(data.DEFAULT_MAX_PIXELS, "larger images become `too_large` error rows")
     workers: int = option(0, "parallel prepare actors (0: one per two CPUs)")
 
-    def validate(self) -> None:
+    def check(self) -> None:
         if not 0 <= self.test_fraction < 1:
             raise UserError("--test-fraction must be in [0, 1)")
-        from unmask_core.faces.masks import MASK_KINDS
-
-        unknown = sorted(set(self.mask_kinds) - set(MASK_KINDS))
-        if unknown:
-            raise UserError(f"unknown mask kinds {unknown}; one of {', '.join(MASK_KINDS)}")
+        if not self.mask_kinds:
+            raise UserError("--mask-kinds needs at least one kind")
+        if self.shard_size < 1 or self.image_size < 1 or self.workers < 0:
+            raise UserError("--shard-size and --image-size must be positive, --workers not negative")

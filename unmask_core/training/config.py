@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from unmask_core.config import option
+from unmask_core.config import JobConfig, option
 from unmask_core.errors import UserError
 from unmask_core.losses import LossWeights
 
@@ -13,7 +13,7 @@ ENCODER_OF_STAGE = {"baseline": "baseline", "unmask": "unmask", "real": "unmask"
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(JobConfig):
     stage: str = option(
         "baseline",
         "baseline: f0 on T (eq. 4); unmask: f on (T, M) (eq. 9); real: RMFRD fine-tune",
@@ -58,7 +58,7 @@ class TrainConfig:
     seed: int = option(0, "seed for data order and initialisation")
     name: str = option("", "run name under --out (default: the stage)")
 
-    def validate(self) -> None:
+    def check(self) -> None:
         if self.stage == "baseline" and self.latent_weight:
             self.latent_weight = 0.0  # f0 has no teacher: eq. 4 has no latent term
         counts = (
