@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import time
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -146,3 +149,32 @@ def test_manifest_parquet_with_ids(tmp_path) -> None:
     pq.write_table(pa.table({"uri": ["/x/a.jpg", "/x/b.jpg"], "id": ["same", "same"]}), path)
     with pytest.raises(UserError, match="duplicate id"):
         corpora.read_manifest(str(path))
+
+
+def _progressive_jpeg_with_repeated_scans(repeats: int) -> bytes:
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)).save(
+        buffer, "JPEG", progressive=True, quality=90
+    )
+    raw = buffer.getvalue()
+    last_scan, end = raw.rfind(b"\xff\xda"), raw.rfind(b"\xff\xd9")
+    return raw[:end] + raw[last_scan:end] * repeats + raw[end:]
+
+
+def test_a_jpeg_with_thousands_of_scans_is_refused_before_decoding() -> None:
+    started = time.perf_counter()
+    with pytest.raises(data.ImageDecodeError, match="scans") as error:
+        data.decode_image(_progressive_jpeg_with_repeated_scans(2000))
+    assert error.value.status == "decode_error"
+    assert time.perf_counter() - started < 2  # decoding it takes about 17 s on this machine
+    assert data.decode_image(_progressive_jpeg_with_repeated_scans(2)).shape == (128, 128, 3)
+
+
+def test_a_decode_over_its_time_limit_is_a_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(data, "MAX_JPEG_SCANS", 10**9)  # let the slow file through to the decoder
+    started = time.perf_counter()
+    with pytest.raises(data.ImageDecodeError) as error:
+        data.decode_image(_progressive_jpeg_with_repeated_scans(3000), seconds=0.2)
+    assert error.value.status == "timeout"
+    assert time.perf_counter() - started < 5

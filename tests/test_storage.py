@@ -102,3 +102,48 @@ def test_cli_s3_without_endpoint_gives_one_line(tmp_path) -> None:
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert "s3://bucket/models" in lines[0] and "no S3 endpoint" in lines[0]
+
+
+def test_only_regular_files_are_read_and_never_block(tmp_path) -> None:
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)  # opening it for reading would block forever without a writer
+    with pytest.raises(UserError, match="not a regular file"):
+        storage.read_bytes(str(fifo))
+    with pytest.raises(UserError, match="/dev/zero: not a regular file"):
+        storage.read_bytes("/dev/zero")  # would be read until memory runs out
+
+
+def test_max_bytes_refuses_larger_objects_local_and_s3(tmp_path, bucket: str) -> None:
+    for uri in (str(tmp_path / "big.bin"), f"{bucket}/big.bin"):
+        storage.write_bytes_atomic(uri, b"x" * 1001)
+        assert len(storage.read_bytes(uri, max_bytes=1001)) == 1001
+        with pytest.raises(UserError, match="larger than the limit of 1,000 bytes"):
+            storage.read_bytes(uri, max_bytes=1000)
+
+
+def test_a_failed_atomic_write_is_one_line_and_leaves_no_temporary_file(tmp_path) -> None:
+    target = tmp_path / "taken"
+    target.mkdir()  # a folder where the file should go: the final rename fails
+    (target / "inside").write_text("x")
+    with pytest.raises(UserError) as error:
+        storage.write_bytes_atomic(str(target), b"data")
+    assert str(target) in str(error.value) and "\n" not in str(error.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+def test_output_keys_are_capped_per_part_and_in_total() -> None:
+    long_id = "/".join(["p" * 100] * 45) + "/" + "n" * 400 + ".jpg"  # 4,948 characters
+    path = storage.safe_relative_path(long_id, max_total=700)
+    assert len(path.encode()) <= 700
+    assert all(len(part.encode()) <= storage.MAX_KEY_PART_BYTES for part in path.split("/"))
+    assert path.endswith("n" * 120)  # the file name survives; leading folders go first
+
+
+def test_bulk_image_keys_of_long_ids_stay_unique_and_under_s3s_limit() -> None:
+    from unmask_core.bulk.stages import unmasked_image_key
+
+    prefix = "/".join(["p" * 100] * 45)
+    a, b = unmasked_image_key(f"{prefix}/a.jpg", 0), unmasked_image_key(f"{prefix}/b.jpg", 0)
+    same_tail = unmasked_image_key(f"q/{prefix}/a.jpg", 0)
+    assert len({a, b, same_tail}) == 3
+    assert max(len(k.encode()) for k in (a, b, same_tail)) <= 1024 - 256

@@ -6,10 +6,13 @@ works on those. Nothing here knows about prepare, training or bulk.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+import signal
+import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +23,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".ti
 
 # 40 Mpx is above any camera photo in a gallery and far below a decompression bomb.
 DEFAULT_MAX_PIXELS = 40_000_000
+# 64 MiB is above any photo file (a 40 Mpx PNG is about that); larger inputs are refused unread.
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+MAX_JPEG_SCANS = 100
+DECODE_SECONDS = 10.0  # a 40 Mpx photo decodes in about a second on one core
 ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO"}
 
 
@@ -43,17 +50,58 @@ class ImageDecodeError(Exception):
         self.reason = reason
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+class _DecodeTimeout(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float) -> Iterator[None]:
+    """Raise _DecodeTimeout in this thread after `seconds`. PIL decodes in chunks from a Python loop,
+    so the alarm lands between chunks. Signals reach only the main thread, where our stages decode;
+    elsewhere (a thread pool) the limit does not apply and the scan cap alone guards."""
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise _DecodeTimeout
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _check_jpeg_scans(data: bytes) -> None:
+    # A progressive JPEG may repeat its scans: each one is a full pass over the image, and thousands
+    # take minutes to decode. Real encoders write at most a dozen or so. In entropy-coded data 0xFF is
+    # always stuffed, so FF DA marks a scan (or one of an embedded thumbnail).
+    if data[:2] == b"\xff\xd8":
+        scans = data.count(b"\xff\xda")
+        if scans > MAX_JPEG_SCANS:
+            raise ImageDecodeError(
+                "decode_error", f"JPEG with {scans} scans (over {MAX_JPEG_SCANS}): refused before decoding"
+            )
+
+
+def decode_image(
+    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, seconds: float = DECODE_SECONDS
+) -> np.ndarray:
     """Bytes -> RGB uint8 HxWx3, EXIF orientation applied.
 
     Grayscale, CMYK, palette and 16-bit images are converted; alpha is composited on white;
     animated images give their first frame. The pixel limit is checked from the header, before any
-    pixel is decoded, so a bomb-sized header costs nothing.
+    pixel is decoded, so a bomb-sized header costs nothing; a JPEG with too many scans is refused
+    from its markers; a decode that runs over `seconds` is a `timeout`.
     """
     if not data:
         raise ImageDecodeError("decode_error", "empty file")
+    _check_jpeg_scans(data)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _time_limit(seconds):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
             if image.format not in ALLOWED_FORMATS:
@@ -68,6 +116,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarra
             image = ImageOps.exif_transpose(image)
     except ImageDecodeError:
         raise
+    except _DecodeTimeout as exc:
+        raise ImageDecodeError("timeout", f"decoding took over {seconds:g} s") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageDecodeError("too_large", str(exc)) from exc
     except Exception as exc:  # PIL raises many types for broken files

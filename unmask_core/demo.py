@@ -167,9 +167,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         checkpoint_every=max(1, cfg.steps // 2),
         seed=cfg.seed,
     )
-    baseline = run_training(
-        TrainConfig(stage="baseline", models=models, out=str(out / "train_f0"), **common)
-    )
+    baseline = run_training(TrainConfig(stage="baseline", models=models, out=str(out / "train_f0"), **common))
     print(f"f0 final losses: {baseline['final']}")
 
     clock.say(steps, f"train f (unmask, eq. 9, initialised from f0) for {cfg.steps} steps")

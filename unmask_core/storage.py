@@ -10,10 +10,10 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+import stat
 import uuid
 from functools import lru_cache
 from pathlib import Path
-from typing import IO
 
 import fsspec
 import pyarrow.fs as pafs
@@ -101,8 +101,15 @@ def _translate_errors(uri: str, exc: BaseException) -> UserError:
         return UserError(f"{uri}: no such file or prefix")
     if isinstance(exc, PermissionError) or "AccessDenied" in text or "Forbidden" in text:
         return UserError(f"{uri}: access denied")
-    if "Could not connect" in text or "Connection refused" in text or "ConnectTimeout" in text:
+    if (
+        "Could not connect" in text
+        or "Connection refused" in text
+        or "ConnectTimeout" in text
+        or "EndpointConnectionError" in type(exc).__name__
+    ):
         return UserError(f"{uri}: cannot reach the S3 endpoint {_endpoint()!r}")
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return UserError(f"{uri}: {os.strerror(exc.errno).lower()}")
     return UserError(f"{uri}: {type(exc).__name__}: {text.splitlines()[0] if text else ''}")
 
 
@@ -145,39 +152,47 @@ def check_writable(uri: str) -> None:
         Path(uri).expanduser().mkdir(parents=True, exist_ok=True)
 
 
-def read_bytes(uri: str) -> bytes:
+def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
+    """The whole object at `uri`. Only regular files are read (a FIFO or a device would block or never
+    end), and with `max_bytes` a larger object is refused before it is read."""
     fs, path = fsspec_filesystem(uri)
     try:
+        if not is_s3(uri):
+            mode = os.stat(path).st_mode
+            if not stat.S_ISREG(mode):
+                raise UserError(f"{uri}: not a regular file")
         with fs.open(path, "rb") as f:
-            return f.read()
+            data = f.read() if max_bytes is None else f.read(max_bytes + 1)
+    except UserError:
+        raise
     except Exception as exc:
         raise _translate_errors(uri, exc) from exc
-
-
-def open_uri(uri: str, mode: str = "rb") -> IO:
-    fs, path = fsspec_filesystem(uri)
-    if "w" in mode and not is_s3(uri):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return fs.open(path, mode)
-    except Exception as exc:
-        raise _translate_errors(uri, exc) from exc
+    if max_bytes is not None and len(data) > max_bytes:
+        raise UserError(f"{uri}: larger than the limit of {max_bytes:,} bytes (--max-bytes)")
+    return data
 
 
 def write_bytes_atomic(uri: str, data: bytes) -> None:
     """Write a whole object so that readers see either nothing or all of it.
 
-    An S3 PUT is atomic by itself; on a local disk we write a temporary file and rename it.
+    An S3 PUT is atomic by itself; on a local disk we write a temporary file and rename it, and remove
+    the temporary file when the write fails (a full disk, say). Errors are one line naming `uri`.
     """
     fs, path = fsspec_filesystem(uri)
-    if is_s3(uri):
-        fs.pipe_file(path, data)
-        return
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)
+    try:
+        if is_s3(uri):
+            fs.pipe_file(path, data)
+            return
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name[:200]}.{uuid.uuid4().hex}.tmp")
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except Exception as exc:
+        raise _translate_errors(uri, exc) from exc
 
 
 def write_json(uri: str, value: object) -> None:
@@ -218,16 +233,25 @@ def relative_key(base: str, uri: str) -> str:
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def safe_relative_path(key: str, max_part: int = 120) -> str:
+MAX_KEY_PART_BYTES = 255  # a file name on every common filesystem
+MAX_KEY_BYTES = 1024  # an S3 key
+
+
+def safe_relative_path(key: str, max_part: int = 120, max_total: int = MAX_KEY_BYTES) -> str:
     """Turn an input key into a relative path that cannot escape its output folder.
 
     Drops empty, '.' and '..' parts and any leading '/', and replaces every character outside
-    [A-Za-z0-9._-] (spaces, unicode, backslashes, ':') with '_'. Part lengths are capped.
+    [A-Za-z0-9._-] (spaces, unicode, backslashes, ':') with '_'. Part lengths are capped at `max_part`
+    (at most MAX_KEY_PART_BYTES), and the path at `max_total` bytes by dropping leading folders: callers
+    that need uniqueness add a hash of the raw key.
     """
     parts = []
     for raw in re.split(r"[\\/]+", key):
         if raw in ("", ".", ".."):
             continue
         part = _UNSAFE.sub("_", raw).strip(".") or "_"
-        parts.append(part[:max_part])
-    return "/".join(parts) or "_"
+        parts.append(part[: min(max_part, MAX_KEY_PART_BYTES)])
+    while len(parts) > 1 and len("/".join(parts)) > max_total:
+        parts.pop(0)
+    path = "/".join(parts) or "_"
+    return path[-max_total:]

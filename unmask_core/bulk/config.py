@@ -31,6 +31,7 @@ class BulkConfig(JobConfig):
     )
     shard_size: int = option(64, "images per shard (the unit of exactly-once and resume)")
     max_pixels: int = option(data.DEFAULT_MAX_PIXELS, "larger images become `too_large` rows")
+    max_bytes: int = option(data.DEFAULT_MAX_BYTES, "larger files become `read_error` rows, unread")
     detector: str = option("mtcnn", "face detector: mtcnn, or a folder with an insightface detector ONNX")
     bf16: bool = option(True, "bf16 autocast for the unmask stage on GPU (CPU stays fp32)")
 

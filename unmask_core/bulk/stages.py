@@ -25,7 +25,8 @@ FACE_SIZE = 256  # aligned faces travel between stages at the reference size
 def unmasked_image_key(record_id: str, face_index: int) -> str:
     """A safe, unique relative name for an unmasked face: the sanitised key plus a hash of the raw key
     (two keys that sanitise alike, such as 'a b.jpg' and 'a_b.jpg', must not collide)."""
-    stem = posixpath.splitext(storage.safe_relative_path(record_id))[0]
+    # 700 bytes leave room under S3's 1,024-byte keys for the output prefix and `images/`.
+    stem = posixpath.splitext(storage.safe_relative_path(record_id, max_total=700))[0]
     digest = hashlib.sha256(record_id.encode()).hexdigest()[:10]
     return f"{stem}-{digest}-face{face_index}.png"
 
@@ -47,7 +48,7 @@ class FaceFindingStage:
 
         base = {"id": record["id"], "source_uri": record["uri"]}
         try:
-            raw = storage.read_bytes(record["uri"])
+            raw = storage.read_bytes(record["uri"], self.cfg.max_bytes)
             image = data.decode_image(raw, self.cfg.max_pixels)
         except UserError as exc:
             return [dict(base, status="read_error", error=str(exc))]

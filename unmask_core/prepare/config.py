@@ -24,6 +24,7 @@ class PrepareConfig(JobConfig):
     image_size: int = option(256, "aligned face size")
     shard_size: int = option(64, "images per output shard")
     max_pixels: int = option(data.DEFAULT_MAX_PIXELS, "larger images become `too_large` error rows")
+    max_bytes: int = option(data.DEFAULT_MAX_BYTES, "larger files become `read_error` rows, unread")
     workers: int = option(0, "parallel prepare actors (0: one per two CPUs)")
 
     def check(self) -> None:

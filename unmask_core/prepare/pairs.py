@@ -31,14 +31,14 @@ def empty_pairs_row(record: data.ImageRecord, split: str) -> dict[str, Any]:
     return row
 
 
-def read_image(uri: str, max_pixels: int) -> np.ndarray:
+def read_image(uri: str, cfg) -> np.ndarray:  # cfg: PrepareConfig
     """The decoded RGB image at `uri`, or a RowError naming why it cannot be one."""
     try:
-        raw = storage.read_bytes(uri)
+        raw = storage.read_bytes(uri, cfg.max_bytes)
     except UserError as exc:
         raise RowError("read_error", str(exc)) from exc
     try:
-        return data.decode_image(raw, max_pixels)
+        return data.decode_image(raw, cfg.max_pixels)
     except data.ImageDecodeError as exc:
         raise RowError(exc.status, exc.reason) from exc
 
@@ -99,7 +99,7 @@ class SyntheticPairMaker:
     def make(self, record: data.ImageRecord, split: str, item: dict | None = None) -> dict[str, Any]:
         row = empty_pairs_row(record, split)
         try:
-            aligned, landmarks = self.aligned_face(read_image(record.uri, self.cfg.max_pixels))
+            aligned, landmarks = self.aligned_face(read_image(record.uri, self.cfg))
             row.update(masked_pair_columns(aligned, landmarks, self.cfg.mask_kinds, self.cfg.seed, record.id))
         except RowError as exc:
             row.update(status=exc.status, error=exc.reason)

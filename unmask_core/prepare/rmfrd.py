@@ -75,7 +75,7 @@ class RMFRDPairMaker:
         return row
 
     def _decode(self, uri: str) -> np.ndarray:
-        return read_image(uri, self.cfg.max_pixels)
+        return read_image(uri, self.cfg)
 
     def _align(self, image: np.ndarray) -> RMFRDAlignment:
         try:
