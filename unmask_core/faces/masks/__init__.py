@@ -18,11 +18,12 @@ bytes.
 """
 
 from unmask_core.faces.masks.geometry import EYE_GUARD, MaskError
-from unmask_core.faces.masks.render import MaskResult, apply_mask
+from unmask_core.faces.masks.render import FITS, MaskResult, apply_mask
 from unmask_core.faces.masks.styles import MASK_KINDS, STYLES, Color, MaskStyle, choose_mask, mask_rng
 
 __all__ = [
     "EYE_GUARD",
+    "FITS",
     "MASK_KINDS",
     "STYLES",
     "Color",

@@ -3,7 +3,9 @@ the clearance it keeps from the eyes.
 
 Outlines are drawn in the ArcFace 112 px frame ("canonical units"), where the average face's
 landmarks are known (`ARCFACE_TEMPLATE_112`), and carried onto the photo by the affine map that
-best takes that template onto the face's own 5 landmarks.
+best takes that template onto the face's own 5 landmarks. With dlib's 68 landmarks as well
+(`jaw_fit`), the outline's sides, top and bottom also follow the face's own jaw line, nose bridge
+and chin, as MaskTheFace places its masks.
 """
 
 from __future__ import annotations
@@ -156,20 +158,81 @@ class Outline:
         return u, t, np.minimum(np.minimum(to_top, to_bottom), to_side)
 
 
-def place_outline(shape: OutlineShape, frame: FaceFrame, rng: np.random.Generator) -> Outline:
+# The average face's jaw line (its x at the height _JAW_Y on each side), chin (dlib point 8) and
+# nose bridge (point 28) in the ArcFace 112 px frame: dlib's 68-point model on insightface's five
+# near-frontal sample faces, each in its 5-point frame. The outlines were drawn for this face.
+_JAW_Y = 80.0
+_AVERAGE_JAW = (23.0, 91.0)
+_AVERAGE_CHIN = 122.5
+_AVERAGE_BRIDGE = 59.5
+# Further than this (canonical units) from the average, the 68 landmarks disagree with the 5. A
+# face turned by the most `face_frame` allows moves its visible jaw line by up to about 40.
+_JAW_FIT_LIMIT = 45.0
+# The narrowest half of a mask, canonical units (the average face's is 39).
+_MIN_HALF_WIDTH = 12.0
+
+
+@dataclass(frozen=True)
+class JawFit:
+    """How far this face's jaw line, nose bridge and chin lie from the average face's, in canonical
+    units (> 0: to the viewer's right, or lower); the outline moves with them."""
+
+    left: float
+    right: float
+    bridge: float
+    chin: float
+
+
+def jaw_fit(landmarks68: np.ndarray, frame: FaceFrame) -> JawFit:
+    """The jaw fit of dlib's 68 landmarks (iBUG 300-W order) on the face of `frame`."""
+    points = np.asarray(landmarks68, dtype=np.float64)
+    if points.shape != (68, 2):
+        raise MaskError("bad_shape", f"68 landmarks must be [68, 2], got {points.shape}")
+    if not np.isfinite(points).all():
+        raise MaskError("non_finite", "68 landmarks contain NaN or inf")
+    canonical = transform_points(points, frame.to_canonical)
+    # Jaw points 0-8 run down the viewer's left side to the chin, 8-16 back up the right side.
+    left, right = canonical[0:9], canonical[8:17][::-1]
+    if not (np.diff(left[:, 1]) > 0).any() or not (np.diff(right[:, 1]) > 0).any():
+        raise MaskError("implausible", "the jaw line does not run down the face")
+    left, right = left[np.argsort(left[:, 1])], right[np.argsort(right[:, 1])]
+    fit = JawFit(
+        left=float(np.interp(_JAW_Y, left[:, 1], left[:, 0])) - _AVERAGE_JAW[0],
+        right=float(np.interp(_JAW_Y, right[:, 1], right[:, 0])) - _AVERAGE_JAW[1],
+        bridge=float(canonical[28, 1]) - _AVERAGE_BRIDGE,
+        chin=float(canonical[8, 1]) - _AVERAGE_CHIN,
+    )
+    if max(abs(fit.left), abs(fit.right), abs(fit.bridge), abs(fit.chin)) > _JAW_FIT_LIMIT:
+        raise MaskError("implausible", f"68 landmarks far from the 5-point face: {fit}")
+    left_half = frame.nose_x - (MID_X - 39.0 + fit.left)
+    right_half = MID_X + 39.0 + fit.right - frame.nose_x
+    if min(left_half, right_half) < _MIN_HALF_WIDTH:
+        raise MaskError("implausible", f"the jaw line runs within {_MIN_HALF_WIDTH} units of the nose")
+    return fit
+
+
+def place_outline(
+    shape: OutlineShape, frame: FaceFrame, rng: np.random.Generator, jaw: JawFit | None = None
+) -> Outline:
     """The outline on this face, jittered a little per image so that not every mask sits
-    identically, and lowered where it would come too close to the eyes."""
+    identically, moved with the face's jaw line, nose bridge and chin when `jaw` is given, and
+    lowered where it would come too close to the eyes."""
     jitter = rng.uniform(-1.0, 1.0, size=3)
     grow = 1.0 + 0.03 * jitter[0]
+    lift = 1.2 * jitter[1]
+    drop = 2.0 * jitter[2]
     # The face's cheek edges stay put while the centre line follows the nose.
     face_left, face_right = MID_X - 39.0 * grow, MID_X + 39.0 * grow
+    if jaw is not None:
+        face_left, face_right = face_left + jaw.left, face_right + jaw.right
+        lift, drop = lift + jaw.bridge, drop + jaw.chin
     outline = Outline(
         shape,
         centre_x=frame.nose_x,
         half_width_left=(frame.nose_x - face_left) * shape.width,
         half_width_right=(face_right - frame.nose_x) * shape.width,
-        lift=1.2 * jitter[1],
-        drop=2.0 * jitter[2],
+        lift=lift,
+        drop=drop,
     )
     return _clear_of_eyes(outline, frame)
 

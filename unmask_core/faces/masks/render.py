@@ -16,10 +16,13 @@ from unmask_core.faces.masks.geometry import (
     Outline,
     eye_gap,
     face_frame,
+    jaw_fit,
     place_outline,
 )
 from unmask_core.faces.masks.materials import Surface, mask_front, smoothstep
 from unmask_core.faces.masks.styles import Color, Straps, mask_rng, style_of
+
+FITS = ("five_point", "dlib68")
 
 
 @dataclass(frozen=True, eq=False)
@@ -37,17 +40,28 @@ def apply_mask(
     color: Color | None = None,
     seed: int = 0,
     image_id: str = "",
+    fit: str = "five_point",
+    landmarks68: np.ndarray | None = None,
 ) -> MaskResult:
     """Draw a `kind` mask on a face. `color` None takes the kind's default; the same (image,
-    landmarks, kind, colour, seed, image_id) always gives the same bytes. Raises MaskError when the
-    landmarks cannot belong to a face that a mask fits on."""
+    landmarks, kind, colour, seed, image_id, fit) always gives the same bytes. Raises MaskError when
+    the landmarks cannot belong to a face that a mask fits on.
+
+    `fit` "five_point" places the mask from the 5 landmarks alone; "dlib68" also moves its sides,
+    top and bottom to the face's jaw line, nose bridge and chin in `landmarks68` (dlib's 68 points,
+    `unmask_core.faces.dlib_models.landmarks68`)."""
     style = style_of(kind)
+    if fit not in FITS:
+        raise ValueError(f"unknown mask fit {fit!r}; expected one of {', '.join(FITS)}")
+    if (fit == "dlib68") != (landmarks68 is not None):
+        raise ValueError("landmarks68 are given with fit='dlib68', and only then")
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected uint8 RGB [H, W, 3], got {image.dtype} {image.shape}")
     color = tuple(int(c) for c in (style.colors[0] if color is None else color))
     frame = face_frame(landmarks5, image.shape)
+    jaw = jaw_fit(landmarks68, frame) if landmarks68 is not None else None
     rng = mask_rng(seed, image_id, f"apply:{kind}")
-    outline = place_outline(style.outline, frame, rng)
+    outline = place_outline(style.outline, frame, rng, jaw)
 
     # Work only inside the box that the mask and its straps can reach.
     reach = np.array([[MID_X - 58, 52.0], [MID_X + 58, 52.0], [MID_X + 58, 126.0], [MID_X - 58, 126.0]])
