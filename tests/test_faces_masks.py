@@ -13,16 +13,15 @@ import cv2
 import numpy as np
 import pytest
 
+from scripts.mask_sheets import contact_sheet, variety_sheet
 from unmask_core.faces.align import align_face, transform_points
 from unmask_core.faces.masks import (
     EYE_GUARD,
     MASK_KINDS,
-    PALETTES,
+    STYLES,
     MaskError,
     apply_mask,
     choose_mask,
-    contact_sheet,
-    variety_sheet,
 )
 from unmask_core.faces.samples import load_rgb, sample_photo
 
@@ -201,7 +200,7 @@ def test_choose_mask_spreads_kinds_and_colours_over_image_ids() -> None:
     cloth_colours = {color for kind, color in choices if kind == "cloth"}
     assert len(cloth_colours) >= 6
     for kind, color in choices:
-        assert color in PALETTES[kind]
+        assert color in STYLES[kind].colors
     # Same inputs, same choice; the seed changes the draw.
     assert choose_mask(MASK_KINDS, 0, "celeba/000001.jpg") == choices[1]
     reseeded = [choose_mask(MASK_KINDS, seed=1, image_id=f"celeba/{i:06d}.jpg") for i in range(300)]
@@ -259,6 +258,7 @@ def test_unknown_kind_and_bad_images_are_refused(aligned_faces) -> None:
 
 
 def test_contact_sheets_show_every_kind(aligned_faces) -> None:
+    # scripts/mask_sheets.py draws the pictures in docs/masks.md.
     faces = [(image, landmarks) for _, image, landmarks in aligned_faces[:2]]
     sheet = contact_sheet(faces)
     assert sheet.shape == (2 * (256 + 22), 6 * 256, 3)
