@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from unmask_core.config import parse_config, save_config
+from unmask_core.config import parse_config
 from unmask_core.prepare.config import PrepareConfig
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(PrepareConfig, argv, "unmask prepare", __doc__.split(":", 1)[1].strip())
-    from unmask_core import ray_session, shards, storage
+    from unmask_core import shards, storage
     from unmask_core.prepare.run import format_summary, run_prepare
 
     for uri in (cfg.input,):  # a missing input fails in a second, before Ray starts
         storage.check_readable(uri)
-    ray_session.connect()
-    save_config(cfg, cfg.output)
     summary = run_prepare(cfg)
     print(format_summary(summary))
     print(f"pairs: {cfg.output}/pairs/  summary: {cfg.output}/summary.json")

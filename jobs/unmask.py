@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 from unmask_core.bulk.config import BulkConfig
-from unmask_core.config import parse_config, save_config
+from unmask_core.config import parse_config
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(BulkConfig, argv, "unmask unmask", __doc__.split(":", 1)[1].strip())
-    from unmask_core import ray_session, shards, storage
+    from unmask_core import shards, storage
     from unmask_core.bulk.run import format_summary, run_bulk
 
     for uri in (cfg.input, cfg.models):  # a missing input fails in a second, before Ray starts
         storage.check_readable(uri)
-    ray_session.connect()
-    save_config(cfg, cfg.output)
     summary = run_bulk(cfg)
     print(format_summary(summary))
     print(f"rows: {cfg.output}/rows/  images: {cfg.output}/images/")

@@ -7,11 +7,12 @@ re-executed task rewrites the same objects and a rerun skips finished shards.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -26,10 +27,37 @@ PLAN_FILE = "_plan.json"
 
 @dataclass(frozen=True)
 class ShardPlan:
+    """What an output was made from. A rerun resumes only into an output whose plan is equal: the same
+    inputs (their ids, and `pins["inputs"]`, a fingerprint of their content) cut into the same shards,
+    and the same models (`pins`: their sha256)."""
+
     n_inputs: int
     shard_size: int
     first_id: str
     last_id: str
+    pins: dict[str, str] = field(default_factory=dict)
+
+    def differences(self, other: ShardPlan) -> list[str]:
+        mine, theirs = asdict(self), asdict(other)
+        pins_mine, pins_theirs = mine.pop("pins"), theirs.pop("pins")
+        names = [k for k in mine if mine[k] != theirs[k]]
+        names += [k for k in sorted({*pins_mine, *pins_theirs}) if pins_mine.get(k) != pins_theirs.get(k)]
+        return names
+
+
+def input_fingerprint(input_uri: str, records: Sequence[Any]) -> str:
+    """A hash of the listed inputs: each record's id and uri, and the size and etag (or mtime) of the
+    files under `input_uri` (for a manifest: of the manifest itself). Same names with other pixels
+    give another fingerprint."""
+    known = storage.versions(input_uri)
+    digest = hashlib.sha256()
+    listed = {record.uri for record in records}
+    for uri, version in known.items():
+        if uri not in listed and len(known) == 1:  # a manifest: its own content
+            digest.update(version.encode())
+    for record in records:
+        digest.update(f"{record.id}\x1f{record.uri}\x1f{known.get(record.uri, '')}\n".encode())
+    return digest.hexdigest()
 
 
 def split_into_shards(items: Sequence[Any], shard_size: int) -> list[list[Any]]:
@@ -51,19 +79,30 @@ def finished_shards(rows_uri: str) -> set[int]:
     return done
 
 
-def check_plan(out_uri: str, plan: ShardPlan) -> None:
-    """Record the shard plan on the first run; refuse to resume into an output made from other inputs
-    (its shard numbers would mean different images)."""
+def check_plan(out_uri: str, plan: ShardPlan) -> bool:
+    """Refuse to resume into an output made from other inputs or models (its shard numbers would mean
+    other images, or its rows come from other weights). True when the output already has this plan;
+    nothing is written here (see `record_plan`)."""
     uri = storage.join(out_uri, PLAN_FILE)
-    if storage.exists(uri):
+    if not storage.exists(uri):
+        return False
+    try:
         previous = ShardPlan(**json.loads(storage.read_bytes(uri)))
-        if previous != plan:
-            raise UserError(
-                f"{out_uri}: holds the output of different inputs or shard size ({previous}); "
-                "use a new output location"
-            )
-        return
-    storage.write_bytes_atomic(uri, json.dumps(plan.__dict__).encode())
+    except (TypeError, ValueError) as exc:
+        raise UserError(
+            f"{uri}: not a plan this version wrote ({exc}); use --overwrite or a new output"
+        ) from exc
+    differences = previous.differences(plan)
+    if differences:
+        raise UserError(
+            f"{out_uri}: holds the output of other inputs or models ({', '.join(differences)} differ); "
+            "use a new output location, or --overwrite to start over"
+        )
+    return True
+
+
+def record_plan(out_uri: str, plan: ShardPlan) -> None:
+    storage.write_json(storage.join(out_uri, PLAN_FILE), asdict(plan))
 
 
 @dataclass
@@ -100,12 +139,26 @@ class ShardedRun:
 
 
 def start_run(
-    out_uri: str, rows_uri: str, items: Sequence[Any], ids: Sequence[str], shard_size: int
+    out_uri: str,
+    rows_uri: str,
+    items: Sequence[Any],
+    ids: Sequence[str],
+    shard_size: int,
+    pins: dict[str, str] | None = None,
+    overwrite: bool = False,
 ) -> ShardedRun:
-    """Check (or record) the plan of `out_uri`, then find what a previous run already finished.
+    """Check the plan of `out_uri` against this run's, then find what a previous run already finished.
 
-    `ids` are the items' ids in item order (sorted by the caller): they pin the plan."""
-    check_plan(out_uri, ShardPlan(len(items), shard_size, ids[0], ids[-1]))
+    `ids` are the items' ids in item order (sorted by the caller); `pins` what else made the output
+    (input fingerprint, model hashes). A different plan is refused unless `overwrite`, which deletes
+    the previous rows first. Nothing is written before the checks pass; then the plan is recorded."""
+    plan = ShardPlan(len(items), shard_size, ids[0], ids[-1], dict(pins or {}))
+    if overwrite:
+        storage.delete(rows_uri)
+        storage.delete(storage.join(out_uri, PLAN_FILE))
+    elif check_plan(out_uri, plan):
+        return ShardedRun(rows_uri, split_into_shards(items, shard_size), finished_shards(rows_uri))
+    record_plan(out_uri, plan)
     return ShardedRun(rows_uri, split_into_shards(items, shard_size), finished_shards(rows_uri))
 
 

@@ -201,6 +201,16 @@ def write_json(uri: str, value: object) -> None:
     write_bytes_atomic(uri, json.dumps(value, indent=2).encode())
 
 
+def delete(uri: str) -> None:
+    """Remove the file or the whole prefix at `uri`, if there is one."""
+    fs, path = fsspec_filesystem(uri)
+    try:
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+    except Exception as exc:
+        raise _translate_errors(uri, exc) from exc
+
+
 def list_files(uri: str, suffixes: tuple[str, ...] | None = None) -> list[str]:
     """All files under a prefix (recursive), as sorted full URIs (dotfiles included: every input counts)."""
     fs, path = fsspec_filesystem(uri)
@@ -219,6 +229,21 @@ def list_files(uri: str, suffixes: tuple[str, ...] | None = None) -> list[str]:
             continue
         out.append(f"s3://{p}" if is_s3(uri) else p)
     return sorted(out)
+
+
+def versions(uri: str) -> dict[str, str]:
+    """URI -> "size:etag-or-mtime" for the file at `uri` or every file under it: what changes when a
+    file's content does (one listing, like `list_files`)."""
+    fs, path = fsspec_filesystem(uri)
+    try:
+        found = {path: fs.info(path)} if fs.isfile(path) else fs.find(path, detail=True)
+    except Exception as exc:
+        raise _translate_errors(uri, exc) from exc
+    out = {}
+    for p, info in found.items():
+        stamp = info.get("ETag") or info.get("LastModified") or info.get("mtime") or ""
+        out[f"s3://{p}" if is_s3(uri) else p] = f"{info.get('size')}:{str(stamp).strip(chr(34))}"
+    return out
 
 
 def relative_key(base: str, uri: str) -> str:

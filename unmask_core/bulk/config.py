@@ -29,6 +29,7 @@ class BulkConfig(JobConfig):
     cpu_actors: str = option(
         "", "MIN,MAX size of the decode/detect/align actor pool (default: 1 to half the CPUs)"
     )
+    overwrite: bool = option(False, "delete what a previous run left in the output folder and start over")
     shard_size: int = option(64, "images per shard (the unit of exactly-once and resume)")
     max_pixels: int = option(data.DEFAULT_MAX_PIXELS, "larger images become `too_large` rows")
     max_bytes: int = option(data.DEFAULT_MAX_BYTES, "larger files become `read_error` rows, unread")

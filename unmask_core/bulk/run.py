@@ -14,6 +14,7 @@ from typing import Any
 from unmask_core import corpora, data, shards, storage
 from unmask_core.bulk.config import BulkConfig, pool_range
 from unmask_core.bulk.stages import FaceFindingStage, ShardWriter, UnmaskingStage
+from unmask_core.config import save_config
 from unmask_core.errors import UserError
 
 
@@ -41,9 +42,19 @@ def run_bulk(cfg: BulkConfig) -> dict[str, Any]:
     model_info = describe_model_set(cfg.models, cfg.matchers)
     records = list_inputs(cfg.input)
     payload = [{"uri": r.uri, "id": r.id} for r in records]
+    if cfg.overwrite:
+        storage.delete(storage.join(cfg.output, "images"))
     run = shards.start_run(
-        cfg.output, storage.join(cfg.output, "rows"), payload, [r.id for r in records], cfg.shard_size
+        cfg.output,
+        storage.join(cfg.output, "rows"),
+        payload,
+        [r.id for r in records],
+        cfg.shard_size,
+        pins={"inputs": shards.input_fingerprint(cfg.input, records), **model_info.provenance},
+        overwrite=cfg.overwrite,
     )
+    save_config(cfg, cfg.output)  # only once the checks passed: a refused run leaves the folder as it was
+    ray_session.connect()
     bar = run.progress_bar("unmask")
     if run.todo:
         todo = [{"shard": i, "records": json.dumps(run.chunks[i])} for i in run.todo]

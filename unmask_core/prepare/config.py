@@ -25,6 +25,7 @@ class PrepareConfig(JobConfig):
     shard_size: int = option(64, "images per output shard")
     max_pixels: int = option(data.DEFAULT_MAX_PIXELS, "larger images become `too_large` error rows")
     max_bytes: int = option(data.DEFAULT_MAX_BYTES, "larger files become `read_error` rows, unread")
+    overwrite: bool = option(False, "delete what a previous run left in the output folder and start over")
     workers: int = option(0, "parallel prepare actors (0: one per two CPUs)")
 
     def check(self) -> None:
