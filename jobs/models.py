@@ -48,12 +48,12 @@ def main(argv: list[str] | None = None) -> int:
 
     storage.check_writable(args.out)
     if args.action == "init":
-        from unmask_core.models.checkpoints import init_model_set  # heavy: torch and the model code
+        from unmask_core.models.model_set import init_model_set  # heavy: torch and the model code
 
         manifest = init_model_set(args.size, args.out, seed=args.seed)
         note = "randomly initialised: outputs are not meaningful faces"
     else:
-        from unmask_core.models.public import import_public_model_set
+        from unmask_core.models.importer import import_public_model_set
 
         sources = {
             k: getattr(args, k)

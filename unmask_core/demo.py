@@ -120,7 +120,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from unmask_core.bulk import UnmaskConfig, format_summary, run_unmask
     from unmask_core.evaluation import EvaluateConfig, run_evaluation
     from unmask_core.faces.samples import sample_photo
-    from unmask_core.models.checkpoints import init_model_set
+    from unmask_core.models.model_set import init_model_set
     from unmask_core.prepare import PrepareConfig, run_prepare
     from unmask_core.prepare import format_summary as prepare_summary
     from unmask_core.report import table_markdown

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from unmask_core import storage
 from unmask_core.errors import UserError
-from unmask_core.models.checkpoints import ModelSet
+from unmask_core.models.model_set import ModelSet
 
 MATCHER_SIZE = 112
 MATCHERS = ("arcface", "facenet")

@@ -130,7 +130,7 @@ def training_dataset(cfg: TrainConfig, size: int):
 def build_lpips(cfg: TrainConfig, models_uri: str, spatial: bool) -> torch.nn.Module | None:
     if not cfg.lpips_weight:
         return None
-    from unmask_core.models.checkpoints import load_lpips
+    from unmask_core.models.public import load_lpips
 
     backbone = cfg.lpips_backbone
     if backbone == "auto":
@@ -159,7 +159,7 @@ class TrainingModels:
 
 def build_training_models(cfg: TrainConfig, device: torch.device | str) -> TrainingModels:
     """The trained encoder, the frozen networks and the loss for a stage; no Ray involved."""
-    from unmask_core.models.checkpoints import ModelSet
+    from unmask_core.models.model_set import ModelSet
 
     models = ModelSet(cfg.models, device=device)
     generator = models.generator().eval().requires_grad_(False)
@@ -308,7 +308,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from unmask_core.models.checkpoints import ModelSet
+    from unmask_core.models.model_set import ModelSet
 
     storage.check_readable(cfg.models)
     if cfg.init_from:
@@ -342,7 +342,7 @@ def _worker_resources(cfg: TrainConfig) -> dict[str, float]:
 
 def finish_run(cfg: TrainConfig, result) -> dict[str, Any]:
     """Write the metrics a user can plot and the trained encoder as a model set next to the run."""
-    from unmask_core.models.checkpoints import ModelSet
+    from unmask_core.models.model_set import ModelSet
 
     if result.checkpoint is None:
         raise RuntimeError(f"training {cfg.run_name} ended without a checkpoint: {result.error}")
