@@ -101,13 +101,9 @@ def parse_config(cls: type[C], argv: list[str] | None, prog: str, description: s
     return build_config(cls, parser.parse_args(argv))
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
-
-
 def save_config(cfg: Any, out_uri: str, name: str = "config.yaml") -> str:
     """Write the effective config next to a job's outputs and return its URI."""
     uri = storage.join(out_uri, name)
-    text = yaml.safe_dump(json.loads(json.dumps(to_dict(cfg))), sort_keys=False)
+    text = yaml.safe_dump(json.loads(json.dumps(dataclasses.asdict(cfg))), sort_keys=False)
     storage.write_bytes_atomic(uri, text.encode())
     return uri

@@ -228,11 +228,6 @@ def identity_split(identities: Sequence[str], test_fraction: float, seed: int) -
     return {name: ("test" if name in test else "train") for name in unique}
 
 
-def stable_choice(seed: int, key: str, n: int) -> int:
-    """A deterministic index in [0, n) for a (seed, key)."""
-    return _stable_hash(seed, key) % n
-
-
 # ---------------------------------------------------------------- schemas
 
 LANDMARKS_TYPE = pa.list_(pa.float32(), 10)  # 5 (x, y) points, flattened

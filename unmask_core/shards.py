@@ -31,10 +31,6 @@ class ShardPlan:
     first_id: str
     last_id: str
 
-    @property
-    def n_shards(self) -> int:
-        return -(-self.n_inputs // self.shard_size)
-
 
 def split_into_shards(items: Sequence[Any], shard_size: int) -> list[list[Any]]:
     return [list(items[i : i + shard_size]) for i in range(0, len(items), shard_size)]

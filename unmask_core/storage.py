@@ -13,7 +13,6 @@ import re
 import uuid
 from functools import lru_cache
 from pathlib import Path
-from typing import IO
 
 import fsspec
 import pyarrow.fs as pafs
@@ -150,16 +149,6 @@ def read_bytes(uri: str) -> bytes:
     try:
         with fs.open(path, "rb") as f:
             return f.read()
-    except Exception as exc:
-        raise _translate_errors(uri, exc) from exc
-
-
-def open_uri(uri: str, mode: str = "rb") -> IO:
-    fs, path = fsspec_filesystem(uri)
-    if "w" in mode and not is_s3(uri):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return fs.open(path, mode)
     except Exception as exc:
         raise _translate_errors(uri, exc) from exc
 
