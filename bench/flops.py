@@ -18,9 +18,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.benchmarks_md import machine_description, update_section
-from unmask_core.models.checkpoints import model_set_configs
 from unmask_core.models.encoder import GradualStyleEncoder
 from unmask_core.models.irse import Backbone
+from unmask_core.models.model_set import model_set_configs
 from unmask_core.models.stylegan2 import Generator, Upsample
 
 REFERENCE_GFLOPS = {"f256": 119.0, "g256": 91.0, "g1024": 151.0, "arcface": 12.6}

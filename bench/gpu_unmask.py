@@ -54,7 +54,7 @@ def main() -> None:
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    from unmask_core.models.checkpoints import ModelSet, init_model_set
+    from unmask_core.models.model_set import ModelSet, init_model_set
 
     lines = [f"## GPU (`bench/gpu_unmask.py`)\n\nMachine: {machine_description()}.\n"]
     peak = matmul_peak()

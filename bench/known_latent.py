@@ -40,7 +40,7 @@ from bench.benchmarks_md import machine_description, update_section
 from unmask_core import metrics
 from unmask_core.inference import to_uint8
 from unmask_core.losses import LossWeights, TrainingLoss
-from unmask_core.models.checkpoints import ModelSet, init_model_set
+from unmask_core.models.model_set import ModelSet, init_model_set
 
 
 def ablation_rows(gamma: float) -> dict[str, LossWeights]:

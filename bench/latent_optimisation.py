@@ -30,7 +30,7 @@ from torch import nn
 from bench.benchmarks_md import machine_description, update_section
 from unmask_core.faces.align import template
 from unmask_core.inversion import optimise_latents
-from unmask_core.models.checkpoints import ModelSet, init_model_set
+from unmask_core.models.model_set import ModelSet, init_model_set
 from unmask_core.periorbital import periorbital_weight
 from unmask_core.training.t_hat import optimise_t_hat
 

@@ -140,7 +140,7 @@ def main() -> None:
     )
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args()
-    from unmask_core.models.checkpoints import init_model_set
+    from unmask_core.models.model_set import init_model_set
 
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)

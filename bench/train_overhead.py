@@ -21,9 +21,9 @@ import pyarrow.compute as pc
 import torch
 
 from bench.benchmarks_md import machine_description, update_section
+from tests.support.synthetic import write_synthetic_pairs
 from unmask_core import ray_session, shards, storage
-from unmask_core.models.checkpoints import init_model_set
-from unmask_core.synthetic import write_synthetic_pairs
+from unmask_core.models.model_set import init_model_set
 from unmask_core.training.batches import decode_batch
 from unmask_core.training.config import TrainConfig
 from unmask_core.training.loop import build_training_models, training_step

@@ -57,12 +57,12 @@ def main(argv: list[str] | None = None) -> int:
 
     storage.check_writable(cfg.out)
     if isinstance(cfg, ModelsInitConfig):
-        from unmask_core.models.checkpoints import init_model_set  # heavy: torch and the model code
+        from unmask_core.models.model_set import init_model_set  # heavy: torch and the model code
 
         manifest = init_model_set(cfg.size, cfg.out, seed=cfg.seed)
         note = "randomly initialised: outputs are not meaningful faces"
     else:
-        from unmask_core.models.public import import_public_model_set
+        from unmask_core.models.importer import import_public_model_set
 
         sources = {k: v for k, v in asdict(cfg).items() if k != "out"}
         for uri in filter(None, sources.values()):

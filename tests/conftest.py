@@ -1,4 +1,4 @@
-"""Session-wide real services for the tests: a SeaweedFS S3 server on 127.0.0.1 and one local Ray."""
+"""Session-wide fixtures: a SeaweedFS S3 server on 127.0.0.1, one local Ray, and one tiny model set."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.model_sets import make_tiny_model_set
 from unmask_core import local_s3
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -56,3 +57,10 @@ def ray_local(s3_server: local_s3.S3Server) -> Iterator[None]:
     ray_session.connect()
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_set(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 64 px model set made once (seed TINY_MODEL_SET_SEED), as a local path. Read it only: a test
+    that changes a model set copies this one or makes its own."""
+    return make_tiny_model_set(tmp_path_factory.mktemp("tiny_model_set"))

@@ -22,7 +22,7 @@ from tests.images import encode, odd_files
 from tests.processes import pids_with_title
 from unmask_core import cli, shards, storage
 from unmask_core.faces.samples import load_rgb, sample_photo
-from unmask_core.models.checkpoints import init_model_set
+from unmask_core.models.model_set import init_model_set
 
 HOSTILE_KEYS = ["with space/a b.jpg", "ünïcödé/фото.jpg", "dots/..hidden.jpg"]
 # S3 stores refuse '..' path segments in keys; such names reach the job as manifest ids instead.

@@ -12,11 +12,31 @@ import pytest
 import torch
 import torchvision
 
+from tests.support.model_sets import TINY_MODEL_SET_SEED
+from tests.support.public_formats import save_facenet, save_irse50, save_psp, save_rosinality_generator
 from unmask_core.errors import UserError
-from unmask_core.models import checkpoints as ck
 from unmask_core.models.encoder import EncoderConfig, GradualStyleEncoder
+from unmask_core.models.format import (
+    FORMAT,
+    CheckpointError,
+    load_module,
+    read_checkpoint,
+    save_checkpoint,
+    save_module,
+    state_dict_sha256,
+)
 from unmask_core.models.irse import Backbone, BackboneConfig
+from unmask_core.models.model_set import REQUIRED_FILES, ModelSet, init_model_set, model_set_configs
 from unmask_core.models.psp import PSP, LatentEncoder
+from unmask_core.models.public import (
+    infer_generator_config,
+    init_encoder_from_irse50,
+    load_facenet,
+    load_irse50,
+    load_lpips,
+    load_psp,
+    load_rosinality_generator,
+)
 from unmask_core.models.stylegan2 import Generator, GeneratorConfig
 
 
@@ -68,9 +88,9 @@ def test_rosinality_generator_round_trip(tmp_path: Path) -> None:
     g = tiny_generator()
     latent_avg = g.mean_latent(100)
     path = str(tmp_path / "stylegan2.pt")
-    ck.save_rosinality_generator(g, path, latent_avg)
+    save_rosinality_generator(g, path, latent_avg)
     assert set(torch.load(path, weights_only=True)) == {"g_ema", "latent_avg"}
-    loaded, loaded_avg = ck.load_rosinality_generator(path)
+    loaded, loaded_avg = load_rosinality_generator(path)
     assert loaded.config == g.config  # inferred from the weights' shapes
     assert_same_weights(g, loaded)
     assert torch.equal(loaded_avg, latent_avg)
@@ -83,18 +103,18 @@ def test_generator_config_inference_recovers_tapered_widths(tmp_path: Path) -> N
     # channels min(32, 512 / res): 32 up to 16 px, 16 at 32 px, 8 at 64 px, as rosinality's table tapers.
     g = tiny_generator(size=64, max_channels=32, channel_multiplier=1 / 32)
     assert [g.config.channels(r) for r in (4, 16, 32, 64)] == [32, 32, 16, 8]
-    assert ck.infer_generator_config(g.state_dict()) == g.config
+    assert infer_generator_config(g.state_dict()) == g.config
 
 
 def test_psp_round_trip(tmp_path: Path) -> None:
     g = tiny_generator()
     psp = PSP(randomize_batchnorm(tiny_encoder()), g, g.mean_latent(100), output_size=32).eval()
     path = str(tmp_path / "psp.pt")
-    ck.save_psp(psp, path, opts={"dataset_type": "ffhq_encode"})
+    save_psp(psp, path, opts={"dataset_type": "ffhq_encode"})
     saved = torch.load(path, weights_only=True)
     assert set(saved) == {"state_dict", "opts", "latent_avg"}
     assert {k.split(".", 1)[0] for k in saved["state_dict"]} == {"encoder", "decoder"}
-    loaded = ck.load_psp(path)
+    loaded = load_psp(path)
     assert loaded.encoder.config == psp.encoder.config
     assert loaded.decoder.config == psp.decoder.config
     assert_same_weights(psp, loaded)
@@ -107,8 +127,8 @@ def test_psp_round_trip(tmp_path: Path) -> None:
 def test_irse50_round_trip_and_encoder_body_init(tmp_path: Path) -> None:
     backbone = randomize_batchnorm(tiny_backbone())
     path = str(tmp_path / "model_ir_se50.pth")
-    ck.save_irse50(backbone, path)
-    loaded = ck.load_irse50(path)
+    save_irse50(backbone, path)
+    loaded = load_irse50(path)
     assert loaded.config == backbone.config
     x = images()
     with torch.no_grad():
@@ -118,12 +138,12 @@ def test_irse50_round_trip_and_encoder_body_init(tmp_path: Path) -> None:
     encoder = GradualStyleEncoder(
         EncoderConfig(input_size=32, n_styles=8, style_dim=16, units=(1, 2, 1, 1), widths=(8, 12, 16, 24))
     )
-    ck.init_encoder_from_irse50(encoder, path)
+    init_encoder_from_irse50(encoder, path)
     body = {k: v for k, v in backbone.state_dict().items() if k.startswith(("input_layer.", "body."))}
     for key, value in body.items():
         assert torch.equal(encoder.state_dict()[key], value), key
-    with pytest.raises(ck.CheckpointError) as err:
-        ck.init_encoder_from_irse50(tiny_encoder(), path)  # units (1, 1, 2, 1): body.2 is one stage later
+    with pytest.raises(CheckpointError) as err:
+        init_encoder_from_irse50(tiny_encoder(), path)  # units (1, 1, 2, 1): body.2 is one stage later
     assert path in str(err.value) and "wrong shapes: body.2.res_layer" in str(err.value)
 
 
@@ -140,16 +160,16 @@ def test_facenet_state_dict_loads_with_or_without_classifier(tmp_path: Path) -> 
     with torch.no_grad():
         expected = model(x)
     path = str(tmp_path / "facenet.pt")
-    ck.save_facenet(model, path)
+    save_facenet(model, path)
     with torch.no_grad():
-        assert torch.equal(ck.load_facenet(path)(x), expected)
+        assert torch.equal(load_facenet(path)(x), expected)
     # facenet-pytorch's released vggface2 weights carry an 8631-way classifier: it is dropped.
     released = dict(
         model.state_dict(), **{"logits.weight": torch.zeros(8631, 512), "logits.bias": torch.zeros(8631)}
     )
     torch.save(released, path)
     with torch.no_grad():
-        assert torch.equal(ck.load_facenet(path)(x), expected)
+        assert torch.equal(load_facenet(path)(x), expected)
 
 
 # ---------------------------------------------------------------- our format
@@ -172,35 +192,35 @@ def test_our_format_round_trips_every_kind_with_sha256(tmp_path: Path) -> None:
     }
     for kind, module in modules.items():
         uri = str(tmp_path / f"{kind}.pt")
-        sha = ck.save_module(module, uri)
-        ckpt = ck.read_checkpoint(uri, kind)
+        sha = save_module(module, uri)
+        ckpt = read_checkpoint(uri, kind)
         assert (ckpt.kind, ckpt.sha256) == (kind, sha)
         raw = torch.load(uri, weights_only=True)
-        assert raw["format"] == ck.FORMAT and raw["sha256"] == sha
-        loaded = ck.load_module(uri, kind)
+        assert raw["format"] == FORMAT and raw["sha256"] == sha
+        loaded = load_module(uri, kind)
         assert type(loaded) is type(module)
         with torch.no_grad():
             assert torch.equal(loaded(inputs[kind]), module(inputs[kind])), kind
-    assert torch.equal(ck.load_module(str(tmp_path / "encoder.pt")).latent_avg, f.latent_avg)
+    assert torch.equal(load_module(str(tmp_path / "encoder.pt")).latent_avg, f.latent_avg)
 
 
 def test_sha256_is_deterministic_and_sensitive() -> None:
     g = tiny_generator()
     sd = g.state_dict()
-    sha = ck.state_dict_sha256(sd)
-    assert sha == ck.state_dict_sha256(dict(reversed(list(sd.items()))))  # key order does not matter
-    assert sha == ck.state_dict_sha256(tiny_generator().state_dict())
+    sha = state_dict_sha256(sd)
+    assert sha == state_dict_sha256(dict(reversed(list(sd.items()))))  # key order does not matter
+    assert sha == state_dict_sha256(tiny_generator().state_dict())
     changed = dict(sd)
     changed["conv1.noise.weight"] = sd["conv1.noise.weight"] + 1e-6
-    assert ck.state_dict_sha256(changed) != sha
+    assert state_dict_sha256(changed) != sha
     retyped = dict(sd, **{"conv1.noise.weight": sd["conv1.noise.weight"].double()})
-    assert ck.state_dict_sha256(retyped) != sha
+    assert state_dict_sha256(retyped) != sha
 
 
 def test_encoder_sha256_covers_latent_avg(tmp_path: Path) -> None:
     encoder = tiny_encoder()
-    a = ck.save_module(LatentEncoder(encoder, torch.zeros(16)), str(tmp_path / "a.pt"))
-    b = ck.save_module(LatentEncoder(encoder, torch.ones(16)), str(tmp_path / "b.pt"))
+    a = save_module(LatentEncoder(encoder, torch.zeros(16)), str(tmp_path / "a.pt"))
+    b = save_module(LatentEncoder(encoder, torch.ones(16)), str(tmp_path / "b.pt"))
     assert a != b
 
 
@@ -210,7 +230,7 @@ def test_encoder_sha256_covers_latent_avg(tmp_path: Path) -> None:
 @pytest.fixture
 def generator_file(tmp_path: Path) -> str:
     uri = str(tmp_path / "generator.pt")
-    ck.save_module(tiny_generator(), uri)
+    save_module(tiny_generator(), uri)
     return uri
 
 
@@ -229,20 +249,20 @@ class CodeNotWeights:
 def test_truncated_file_is_a_checkpoint_error(generator_file: str) -> None:
     data = Path(generator_file).read_bytes()
     Path(generator_file).write_bytes(data[: len(data) // 2])
-    with pytest.raises(ck.CheckpointError, match="truncated or corrupt") as err:
-        ck.load_module(generator_file)
+    with pytest.raises(CheckpointError, match="truncated or corrupt") as err:
+        load_module(generator_file)
     assert generator_file in str(err.value)
     Path(generator_file).write_bytes(b"not a checkpoint at all")
-    with pytest.raises(ck.CheckpointError, match="truncated or corrupt"):
-        ck.load_rosinality_generator(generator_file)
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_rosinality_generator(generator_file)
 
 
 def test_pickle_that_is_not_weights_is_refused_without_running_it(tmp_path: Path) -> None:
     flag = tmp_path / "code-ran"
     path = str(tmp_path / "evil.pt")
     torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": CodeNotWeights(str(flag))}, path)
-    for load in (ck.load_module, ck.load_irse50, ck.load_facenet, ck.load_psp):
-        with pytest.raises(ck.CheckpointError, match="not weights") as err:
+    for load in (load_module, load_irse50, load_facenet, load_psp):
+        with pytest.raises(CheckpointError, match="not weights") as err:
             load(path)
         assert path in str(err.value) and "_touch" in str(err.value)
     assert not flag.exists()
@@ -253,9 +273,9 @@ def test_missing_and_unexpected_keys_are_named(tmp_path: Path) -> None:
     sd = g.state_dict()
     sd["style.1.weight_renamed"] = sd.pop("style.1.weight")
     uri = str(tmp_path / "renamed.pt")
-    ck.save_checkpoint(uri, "generator", asdict(g.config), sd)
-    with pytest.raises(ck.CheckpointError) as err:
-        ck.load_module(uri)
+    save_checkpoint(uri, "generator", asdict(g.config), sd)
+    with pytest.raises(CheckpointError) as err:
+        load_module(uri)
     message = str(err.value)
     assert uri in message and "missing keys: style.1.weight" in message
     assert "unexpected keys: style.1.weight_renamed" in message
@@ -265,22 +285,22 @@ def test_missing_and_unexpected_keys_are_named(tmp_path: Path) -> None:
     sd = g.state_dict()
     del sd["to_rgbs.1.bias"]
     torch.save({"g_ema": sd}, rosinality)
-    with pytest.raises(ck.CheckpointError, match="missing keys: to_rgbs.1.bias") as err:
-        ck.load_rosinality_generator(rosinality)
+    with pytest.raises(CheckpointError, match="missing keys: to_rgbs.1.bias") as err:
+        load_rosinality_generator(rosinality)
     assert rosinality in str(err.value)
 
 
 def test_wrong_shapes_are_named(tmp_path: Path) -> None:
     g = tiny_generator()
     uri = str(tmp_path / "generator.pt")
-    ck.save_checkpoint(
+    save_checkpoint(
         uri,
         "generator",
         asdict(GeneratorConfig(size=32, style_dim=16, n_mlp=2, max_channels=8)),
         g.state_dict(),
     )
-    with pytest.raises(ck.CheckpointError, match="wrong shapes: ") as err:
-        ck.load_module(uri)
+    with pytest.raises(CheckpointError, match="wrong shapes: ") as err:
+        load_module(uri)
     assert uri in str(err.value) and "input.input [1, 16, 4, 4] (model [1, 8, 4, 4])" in str(err.value)
 
     backbone = tiny_backbone()
@@ -288,32 +308,32 @@ def test_wrong_shapes_are_named(tmp_path: Path) -> None:
     sd["output_layer.3.bias"] = torch.zeros(5)
     path = str(tmp_path / "model_ir_se50.pth")
     torch.save(sd, path)
-    with pytest.raises(ck.CheckpointError, match=r"output_layer.3.bias \[5\] \(model \[32\]\)"):
-        ck.load_irse50(path)
+    with pytest.raises(CheckpointError, match=r"output_layer.3.bias \[5\] \(model \[32\]\)"):
+        load_irse50(path)
 
 
 def test_sha256_mismatch_is_detected(generator_file: str) -> None:
     payload = torch.load(generator_file, weights_only=True)
     payload["state_dict"]["input.input"].add_(1e-3)
     torch.save(payload, generator_file)
-    with pytest.raises(ck.CheckpointError, match="sha256 mismatch") as err:
-        ck.read_checkpoint(generator_file)
+    with pytest.raises(CheckpointError, match="sha256 mismatch") as err:
+        read_checkpoint(generator_file)
     assert generator_file in str(err.value)
 
 
 def test_wrong_format_kind_and_missing_file(generator_file: str, tmp_path: Path) -> None:
-    with pytest.raises(ck.CheckpointError, match="holds a 'generator' model, expected 'encoder'"):
-        ck.read_checkpoint(generator_file, "encoder")
+    with pytest.raises(CheckpointError, match="holds a 'generator' model, expected 'encoder'"):
+        read_checkpoint(generator_file, "encoder")
     raw = str(tmp_path / "raw.pt")
     torch.save(tiny_generator().state_dict(), raw)
-    with pytest.raises(ck.CheckpointError, match="not an unmask checkpoint") as err:
-        ck.load_module(raw)
+    with pytest.raises(CheckpointError, match="not an unmask checkpoint") as err:
+        load_module(raw)
     assert raw in str(err.value)
-    with pytest.raises(ck.CheckpointError, match="needs keys \\['g_ema'\\]"):
-        ck.load_rosinality_generator(raw)
-    with pytest.raises(ck.CheckpointError, match="no such file"):
-        ck.load_module(str(tmp_path / "absent.pt"))
-    assert issubclass(ck.CheckpointError, UserError)
+    with pytest.raises(CheckpointError, match="needs keys \\['g_ema'\\]"):
+        load_rosinality_generator(raw)
+    with pytest.raises(CheckpointError, match="no such file"):
+        load_module(str(tmp_path / "absent.pt"))
+    assert issubclass(CheckpointError, UserError)
 
 
 # ---------------------------------------------------------------- LPIPS
@@ -329,7 +349,7 @@ def alexnet_file(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def test_lpips_uses_alexnet_weights_from_the_file(alexnet_file: str) -> None:
     features = torch.load(alexnet_file, weights_only=True)
-    model = ck.load_lpips(alexnet_file)
+    model = load_lpips(alexnet_file)
     for index, slice_index in ((0, 1), (3, 2), (6, 3), (8, 4), (10, 5)):
         layer = getattr(getattr(model.net, f"slice{slice_index}"), str(index))
         assert torch.equal(layer.weight, features[f"features.{index}.weight"])
@@ -338,34 +358,29 @@ def test_lpips_uses_alexnet_weights_from_the_file(alexnet_file: str) -> None:
     with torch.no_grad():
         assert model(x, x).abs().max() == 0
         assert (model(x, y) > 0).all()
-        assert ck.load_lpips(alexnet_file, spatial=True)(x, y).shape == (2, 1, 64, 64)
+        assert load_lpips(alexnet_file, spatial=True)(x, y).shape == (2, 1, 64, 64)
     assert not any(p.requires_grad for p in model.parameters())
 
 
 def test_lpips_random_backbone_only_when_asked_and_bad_file_named(alexnet_file: str, tmp_path: Path) -> None:
-    random_model = ck.load_lpips(None)
-    file_model = ck.load_lpips(alexnet_file)
+    random_model = load_lpips(None)
+    file_model = load_lpips(alexnet_file)
     assert not torch.equal(random_model.net.slice1[0].weight, file_model.net.slice1[0].weight)
     features = torch.load(alexnet_file, weights_only=True)
     del features["features.10.weight"]
     broken = str(tmp_path / "broken.pth")
     torch.save(features, broken)
-    with pytest.raises(ck.CheckpointError, match="missing keys: features.10.weight") as err:
-        ck.load_lpips(broken)
+    with pytest.raises(CheckpointError, match="missing keys: features.10.weight") as err:
+        load_lpips(broken)
     assert broken in str(err.value)
 
 
 # ---------------------------------------------------------------- model sets
 
 
-@pytest.fixture(scope="module")
-def tiny_set(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, dict]:
-    uri = str(tmp_path_factory.mktemp("models") / "set64")
-    return uri, ck.init_model_set(64, uri, seed=7)
-
-
-def test_init_model_set_writes_the_documented_layout(tiny_set: tuple[str, dict]) -> None:
-    uri, manifest = tiny_set
+def test_init_model_set_writes_the_documented_layout(tiny_model_set: str) -> None:
+    uri = tiny_model_set
+    manifest = json.loads((Path(uri) / "model_set.json").read_text())
     files = {p.name for p in Path(uri).iterdir()}
     assert files == {
         "generator.pt",
@@ -375,19 +390,18 @@ def test_init_model_set_writes_the_documented_layout(tiny_set: tuple[str, dict])
         "facenet.pt",
         "model_set.json",
     }
-    on_disk = json.loads((Path(uri) / "model_set.json").read_text())
-    assert on_disk == json.loads(json.dumps(manifest))
     assert (manifest["size"], manifest["image_size"], manifest["n_latent"]) == (64, 64, 10)
     for name, filename in manifest["files"].items():
-        assert ck.read_checkpoint(str(Path(uri) / filename)).sha256 == manifest["sha256"][name]
+        assert read_checkpoint(str(Path(uri) / filename)).sha256 == manifest["sha256"][name]
     assert manifest["sha256"]["unmask"] == manifest["sha256"]["baseline"]  # f starts as f0
     with pytest.raises(UserError, match="already holds a model set"):
-        ck.init_model_set(64, uri)
+        init_model_set(64, uri)
 
 
-def test_model_set_accessors(tiny_set: tuple[str, dict]) -> None:
-    uri, manifest = tiny_set
-    models = ck.ModelSet(uri)
+def test_model_set_accessors(tiny_model_set: str) -> None:
+    uri = tiny_model_set
+    models = ModelSet(uri)
+    manifest = models.manifest
     assert (models.size, models.image_size, models.n_latent) == (64, 64, 10)
     g = models.generator()
     assert g is models.generator() and not any(p.requires_grad for p in g.parameters())
@@ -409,14 +423,14 @@ def test_model_set_accessors(tiny_set: tuple[str, dict]) -> None:
     assert models.has("facenet") and models.has("encoder") and not models.has("arcface_onnx")
     with pytest.raises(KeyError):
         models.encoder("generator")
-    with pytest.raises(ck.CheckpointError, match="not a model set"):
-        ck.ModelSet(str(Path(uri).parent / "nowhere"))
+    with pytest.raises(CheckpointError, match="not a model set"):
+        ModelSet(str(Path(uri).parent / "nowhere"))
 
 
-def test_tiny_set_is_cheap_enough_for_cpu_tests(tiny_set: tuple[str, dict]) -> None:
+def test_tiny_set_is_cheap_enough_for_cpu_tests(tiny_model_set: str) -> None:
     from torch.utils.flop_counter import FlopCounterMode
 
-    models = ck.ModelSet(tiny_set[0])
+    models = ModelSet(tiny_model_set)
     g, f = models.generator(), models.encoder()
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         assert g(f(images(8, 64))).shape == (8, 3, 64, 64)
@@ -425,9 +439,10 @@ def test_tiny_set_is_cheap_enough_for_cpu_tests(tiny_set: tuple[str, dict]) -> N
     assert counter.get_total_flops() < 8e9
 
 
-def test_save_encoder_to_a_new_folder_then_in_place(tiny_set: tuple[str, dict], tmp_path: Path) -> None:
-    source_uri, manifest = tiny_set
-    models = ck.ModelSet(source_uri)
+def test_save_encoder_to_a_new_folder_then_in_place(tiny_model_set: str, tmp_path: Path) -> None:
+    source_uri = tiny_model_set
+    models = ModelSet(source_uri)
+    manifest = models.manifest
     f0 = models.encoder("baseline")
     with torch.no_grad():
         for p in f0.parameters():
@@ -437,11 +452,11 @@ def test_save_encoder_to_a_new_folder_then_in_place(tiny_set: tuple[str, dict], 
     assert trained.sha256("baseline") != manifest["sha256"]["baseline"]
     for name in ("generator", "unmask", "arcface", "facenet"):
         assert trained.sha256(name) == manifest["sha256"][name]
-        assert (Path(out) / ck.REQUIRED_FILES[name]).read_bytes() == (
-            Path(source_uri) / ck.REQUIRED_FILES[name]
+        assert (Path(out) / REQUIRED_FILES[name]).read_bytes() == (
+            Path(source_uri) / REQUIRED_FILES[name]
         ).read_bytes()
     assert "baseline" not in trained.manifest["random_init"]
-    assert ck.ModelSet(source_uri).sha256("baseline") == manifest["sha256"]["baseline"]  # source untouched
+    assert ModelSet(source_uri).sha256("baseline") == manifest["sha256"]["baseline"]  # source untouched
     x = images(2, 64)
     with torch.no_grad():
         assert torch.equal(trained.encoder("baseline")(x), f0(x))
@@ -458,27 +473,26 @@ def test_save_encoder_to_a_new_folder_then_in_place(tiny_set: tuple[str, dict], 
         again.save_encoder("unmask", LatentEncoder(tiny_encoder(n_styles=8), torch.zeros(16)), out)
 
 
-def test_model_set_rejects_a_file_replaced_behind_its_back(
-    tiny_set: tuple[str, dict], tmp_path: Path
-) -> None:
+def test_model_set_rejects_a_file_replaced_behind_its_back(tiny_model_set: str, tmp_path: Path) -> None:
     uri = str(tmp_path / "copy")
-    shutil.copytree(tiny_set[0], uri)
-    models = ck.ModelSet(uri)
+    shutil.copytree(tiny_model_set, uri)
+    models = ModelSet(uri)
     other = models.encoder("baseline")
     with torch.no_grad():
         other.encoder.latlayer1.bias.add_(1.0)
-    ck.save_module(other, str(Path(uri) / "encoder.pt"))  # a valid checkpoint, but not the recorded one
-    with pytest.raises(ck.CheckpointError, match="model_set.json") as err:
+    save_module(other, str(Path(uri) / "encoder.pt"))  # a valid checkpoint, but not the recorded one
+    with pytest.raises(CheckpointError, match="model_set.json") as err:
         models.encoder("unmask")
     assert "encoder.pt" in str(err.value)
 
 
-def test_model_set_on_s3_is_deterministic_per_seed(tiny_set: tuple[str, dict], bucket: str) -> None:
-    local_uri, local_manifest = tiny_set
+def test_model_set_on_s3_is_deterministic_per_seed(tiny_model_set: str, bucket: str) -> None:
+    local_uri, local_manifest = tiny_model_set, ModelSet(tiny_model_set).manifest
     uri = f"{bucket}/models/set64"
-    manifest = ck.init_model_set(64, uri, seed=7)
+    manifest = init_model_set(64, uri, seed=TINY_MODEL_SET_SEED)
+    assert json.loads(json.dumps(manifest)) == ModelSet(uri).manifest  # init returns what it wrote
     assert manifest["sha256"] == local_manifest["sha256"]
-    remote, local = ck.ModelSet(uri), ck.ModelSet(local_uri)
+    remote, local = ModelSet(uri), ModelSet(local_uri)
     w = torch.randn(2, 10, 128)
     with torch.no_grad():
         assert torch.equal(remote.generator()(w), local.generator()(w))
@@ -486,17 +500,17 @@ def test_model_set_on_s3_is_deterministic_per_seed(tiny_set: tuple[str, dict], b
     with torch.no_grad():
         f.encoder.latlayer2.bias.add_(0.5)
     saved = remote.save_encoder("unmask", f, uri)  # in place, on S3
-    assert ck.ModelSet(uri).sha256("unmask") == saved.sha256("unmask") != local_manifest["sha256"]["unmask"]
+    assert ModelSet(uri).sha256("unmask") == saved.sha256("unmask") != local_manifest["sha256"]["unmask"]
     x = images(2, 64)
     with torch.no_grad():
-        assert torch.equal(ck.ModelSet(uri).encoder("unmask")(x), f(x))
+        assert torch.equal(ModelSet(uri).encoder("unmask")(x), f(x))
 
 
 def test_reference_size_configs() -> None:
     for size, n_latent in ((256, 14), (1024, 18)):
-        generator, encoder, arcface = ck.model_set_configs(size)
+        generator, encoder, arcface = model_set_configs(size)
         assert (generator.size, generator.n_latent, generator.style_dim) == (size, n_latent, 512)
         assert (encoder.input_size, encoder.n_styles, encoder.widths) == (256, n_latent, (64, 128, 256, 512))
         assert arcface == BackboneConfig()
     with pytest.raises(UserError):
-        ck.model_set_configs(128)
+        model_set_configs(128)

@@ -16,22 +16,15 @@ from torch import nn
 
 from unmask_core.errors import UserError
 from unmask_core.matchers import build_matcher
-from unmask_core.models.checkpoints import ModelSet, init_model_set
-
-
-@pytest.fixture(scope="module")
-def tiny_set(tmp_path_factory: pytest.TempPathFactory) -> str:
-    uri = str(tmp_path_factory.mktemp("matchers") / "set64")
-    init_model_set(64, uri, seed=3)
-    return uri
+from unmask_core.models.model_set import ModelSet
 
 
 def faces(n: int, size: int, seed: int = 0) -> torch.Tensor:
     return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
-def test_arcface_falls_back_to_the_sets_irse_backbone(tiny_set: str) -> None:
-    models = ModelSet(tiny_set)
+def test_arcface_falls_back_to_the_sets_irse_backbone(tiny_model_set: str) -> None:
+    models = ModelSet(tiny_model_set)
     matcher = build_matcher("arcface", models)
     assert (matcher.name, matcher.backend, matcher.dim, matcher.normalized) == ("arcface", "irse", 512, True)
     assert matcher.model_sha256 == models.sha256("arcface")
@@ -50,10 +43,10 @@ def test_arcface_falls_back_to_the_sets_irse_backbone(tiny_set: str) -> None:
         )
 
 
-def test_facenet_uses_facenet_pytorch_standardization(tiny_set: str) -> None:
+def test_facenet_uses_facenet_pytorch_standardization(tiny_model_set: str) -> None:
     from facenet_pytorch import fixed_image_standardization
 
-    models = ModelSet(tiny_set)
+    models = ModelSet(tiny_model_set)
     matcher = build_matcher("facenet", models)
     assert (matcher.name, matcher.dim, matcher.normalized) == ("facenet", 512, True)
     x = faces(2, 112)
@@ -99,14 +92,14 @@ def export_onnx(path: Path, normalise_inside: bool, dynamic_batch: bool) -> None
 
 @pytest.mark.parametrize("normalise_inside,dynamic_batch", [(False, True), (True, False)])
 def test_onnx_arcface_matches_insightface_preprocessing(
-    tiny_set: str, tmp_path: Path, normalise_inside: bool, dynamic_batch: bool
+    tiny_model_set: str, tmp_path: Path, normalise_inside: bool, dynamic_batch: bool
 ) -> None:
     import cv2
     from insightface.model_zoo.arcface_onnx import ArcFaceONNX
 
     folder = tmp_path / "set_with_onnx"
     folder.mkdir()
-    shutil.copy(Path(tiny_set) / "model_set.json", folder)
+    shutil.copy(Path(tiny_model_set) / "model_set.json", folder)
     onnx_path = folder / "arcface.onnx"
     export_onnx(onnx_path, normalise_inside, dynamic_batch)
 
@@ -127,6 +120,6 @@ def test_onnx_arcface_matches_insightface_preprocessing(
     assert np.abs(swapped - expected).max() > 1e-2  # the check above can tell RGB from BGR
 
 
-def test_unknown_matcher_is_a_user_error(tiny_set: str) -> None:
+def test_unknown_matcher_is_a_user_error(tiny_model_set: str) -> None:
     with pytest.raises(UserError, match="unknown matcher 'vggface'"):
-        build_matcher("vggface", ModelSet(tiny_set))
+        build_matcher("vggface", ModelSet(tiny_model_set))

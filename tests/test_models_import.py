@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.support.public_formats import save_facenet, save_irse50, save_psp, save_rosinality_generator
 from unmask_core import cli
-from unmask_core.models import checkpoints as ck
 from unmask_core.models.encoder import GradualStyleEncoder
+from unmask_core.models.format import new_facenet
 from unmask_core.models.irse import Backbone
+from unmask_core.models.model_set import ModelSet, model_set_configs
 from unmask_core.models.psp import PSP
 from unmask_core.models.stylegan2 import Generator
 
@@ -17,13 +19,13 @@ from unmask_core.models.stylegan2 import Generator
 def public_files(tmp_path_factory) -> dict:
     folder = tmp_path_factory.mktemp("public")
     torch.manual_seed(11)
-    gen_cfg, enc_cfg, arc_cfg = ck.model_set_configs(64)
+    gen_cfg, enc_cfg, arc_cfg = model_set_configs(64)
     generator = Generator(gen_cfg).eval()
     latent_avg = generator.mean_latent(1000)
     psp = PSP(GradualStyleEncoder(enc_cfg), generator, latent_avg, output_size=64).eval()
     other = Generator(gen_cfg).eval()
     arcface = Backbone(arc_cfg).eval()
-    facenet = ck._new_facenet().eval()
+    facenet = new_facenet().eval()
     files = {
         k: str(folder / name)
         for k, name in [
@@ -33,10 +35,10 @@ def public_files(tmp_path_factory) -> dict:
             ("facenet", "facenet.pt"),
         ]
     }
-    ck.save_psp(psp, files["psp"])
-    ck.save_rosinality_generator(other, files["generator"], latent_avg)
-    ck.save_irse50(arcface, files["irse50"])
-    ck.save_facenet(facenet, files["facenet"])
+    save_psp(psp, files["psp"])
+    save_rosinality_generator(other, files["generator"], latent_avg)
+    save_irse50(arcface, files["irse50"])
+    save_facenet(facenet, files["facenet"])
     return {"files": files, "psp": psp, "other": other, "arcface": arcface, "facenet": facenet}
 
 
@@ -55,7 +57,7 @@ def test_import_from_psp_reproduces_its_outputs(public_files, tmp_path) -> None:
         files["facenet"],
     ]
     assert cli.main(argv) == 0
-    models = ck.ModelSet(out)
+    models = ModelSet(out)
     x = torch.rand(2, 3, 64, 64) * 2 - 1
     with torch.no_grad():
         psp = public_files["psp"]
@@ -87,7 +89,7 @@ def test_a_rosinality_generator_overrides_the_psp_decoder(public_files, tmp_path
     assert cli.main(argv) == 0
     codes = torch.randn(1, public_files["other"].n_latent, public_files["other"].style_dim)
     with torch.no_grad():
-        assert torch.allclose(ck.ModelSet(out).generator()(codes), public_files["other"](codes), atol=1e-5)
+        assert torch.allclose(ModelSet(out).generator()(codes), public_files["other"](codes), atol=1e-5)
 
 
 def test_a_wrong_file_is_one_clear_error(public_files, tmp_path, capsys) -> None:

@@ -11,20 +11,21 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
-from bench.latent_optimisation import known_latent_setup, run
+from tests.support.synthetic import smooth_image
 from unmask_core import cli, data, shards, storage
 from unmask_core.data import png_to_tensor
 from unmask_core.faces.align import template
 from unmask_core.faces.detect import build_detector
 from unmask_core.faces.masks import apply_mask
 from unmask_core.faces.samples import load_rgb, sample_photo
-from unmask_core.models.checkpoints import ModelSet, init_model_set
+from unmask_core.models.model_set import ModelSet
+from unmask_core.periorbital import periorbital_weight
 from unmask_core.prepare.rmfrd import MAX_REFERENCE_CANDIDATES, add_reference_candidates
-from unmask_core.synthetic import smooth_image
 from unmask_core.training.config import TrainConfig
-from unmask_core.training.t_hat import compute_t_hat, ensure_t_hat_codes, t_hat_settings
+from unmask_core.training.t_hat import compute_t_hat, ensure_t_hat_codes, optimise_t_hat, t_hat_settings
 
 
 def _item(identity: str, name: str, masked: bool) -> dict:
@@ -61,24 +62,42 @@ def test_reference_candidates_are_unmasked_photos_of_the_same_person_in_seeded_o
     ]
 
 
-def test_t_hat_optimisation_matches_the_eyes_and_moves_towards_the_true_latent(tmp_path) -> None:
+def test_t_hat_optimisation_matches_the_eyes_and_moves_towards_the_true_latent(tiny_model_set: str) -> None:
     """The fast version of bench/latent_optimisation.py: frozen random 64 px g, M = g(w) with the
     lower face covered, T-hat's optimisation from the average latent on the periorbital L2."""
-    init_model_set(64, str(tmp_path), seed=0)
-    setup = known_latent_setup(str(tmp_path), n=2, seed=100)
-    trajectory = run(setup, steps=24, lr=0.01, shared_offset=True)
-    loss = trajectory.loss
+    models = ModelSet(tiny_model_set)
+    generator = models.generator()
+    n, size = 2, generator.size
+    with torch.no_grad():
+        z = torch.randn(n, generator.style_dim, generator=torch.Generator().manual_seed(100))
+        w = generator.mapping(z)[:, None].repeat(1, generator.n_latent, 1)
+        T = generator(w)
+    covered = torch.zeros(1, 1, size, size)
+    covered[..., int(0.55 * size) :, int(0.2 * size) : int(0.8 * size)] = 1  # where a mask sits
+    mask_color = torch.tensor([0.55, 0.75, 0.95]).view(1, 3, 1, 1) * 2 - 1
+    M = T * (1 - covered) + mask_color * covered
+    region = torch.from_numpy(periorbital_weight(template(size)[:2], size))[None, None].repeat(n, 1, 1, 1)
+    start = models.encoder("baseline").latent_avg[None].repeat(n, 1, 1)
+
+    result = optimise_t_hat(generator, M, region, start, steps=24, lr=0.01)
+    loss = result.history
     assert len(loss) == 25 and loss[-1] < 0.5 * loss[0], loss
     assert (np.diff(loss) < 0).mean() >= 0.8, loss  # falls on (almost) every step
     assert loss[8] > loss[16] > loss[24]
-    assert (trajectory.per_latent_distance[-1] < trajectory.per_latent_distance[0]).all()
-    assert trajectory.cosine[-1] > 0.05  # the move points at w, not just anywhere
-    assert trajectory.image_l2[-1] < trajectory.image_l2[0]  # and the covered face follows
+    codes = result.codes
+    distance_to_w = (codes - w).norm(dim=-1).mean(dim=-1), (start - w).norm(dim=-1).mean(dim=-1)
+    assert (distance_to_w[0] < distance_to_w[1]).all()
+    towards_w = F.cosine_similarity((codes - start).flatten(1), (w - start).flatten(1), dim=1)
+    assert towards_w.mean() > 0.05  # the move points at w, not just anywhere
+    with torch.no_grad():
+        image_l2 = [float((generator(c) - T).pow(2).mean()) for c in (start, codes)]
+    assert image_l2[1] < image_l2[0]  # and the covered face follows
 
 
-def test_t_hat_starts_from_a_trained_f0_and_its_settings_name_the_cache(tmp_path) -> None:
-    models, trained = str(tmp_path / "models"), str(tmp_path / "trained")
-    init_model_set(64, models, seed=0)
+def test_t_hat_starts_from_a_trained_f0_and_its_settings_name_the_cache(
+    tiny_model_set: str, tmp_path
+) -> None:
+    models, trained = tiny_model_set, str(tmp_path / "trained")
     cfg = TrainConfig(stage="real", pairs=str(tmp_path / "pairs"), models=models, out="", t_hat_steps=4)
     fresh = t_hat_settings(cfg)
     assert fresh.start == "latent_avg"  # f0 is untrained: f0(M) would be noise

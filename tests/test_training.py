@@ -15,21 +15,13 @@ import pytest
 import torch
 
 from tests.processes import pids_with_title
+from tests.support.synthetic import write_synthetic_pairs
 from unmask_core import storage
 from unmask_core.losses import LossWeights
-from unmask_core.models.checkpoints import init_model_set
-from unmask_core.synthetic import write_synthetic_pairs
 from unmask_core.training.batches import decode_batch
 from unmask_core.training.config import TrainConfig
 from unmask_core.training.loop import build_training_models, training_step
 from unmask_core.training.run import run_training
-
-
-@pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory) -> str:
-    folder = str(tmp_path_factory.mktemp("models"))
-    init_model_set(64, folder, seed=1)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +54,9 @@ def _config(models: str, pairs: str, out: str, **overrides) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def test_overfitting_a_fixed_batch_halves_the_loss(tiny_models: str, tiny_pairs: str, tmp_path) -> None:
+def test_overfitting_a_fixed_batch_halves_the_loss(tiny_model_set: str, tiny_pairs: str, tmp_path) -> None:
     torch.manual_seed(0)
-    cfg = _config(tiny_models, tiny_pairs, str(tmp_path), lr=1e-3)
+    cfg = _config(tiny_model_set, tiny_pairs, str(tmp_path), lr=1e-3)
     parts = build_training_models(cfg, "cpu")
     batch = _fixed_batch(tiny_pairs, n=2)
     optimizer = torch.optim.Adam(parts.encoder.parameters(), lr=cfg.lr)
@@ -94,16 +86,16 @@ def _gradient(cfg: TrainConfig, batch) -> tuple[torch.Tensor, dict[str, float]]:
 
 @pytest.mark.parametrize("term", ["l2", "lpips", "id", "latent"])
 def test_each_ablation_switch_removes_its_term(
-    term: str, tiny_models: str, tiny_pairs: str, tmp_path
+    term: str, tiny_model_set: str, tiny_pairs: str, tmp_path
 ) -> None:
     batch = _fixed_batch(tiny_pairs, n=2)
     weights = {"l2": "l2_weight", "lpips": "lpips_weight", "id": "id_weight", "latent": "latent_weight"}
-    full_grad, full_terms = _gradient(_config(tiny_models, tiny_pairs, str(tmp_path)), batch)
+    full_grad, full_terms = _gradient(_config(tiny_model_set, tiny_pairs, str(tmp_path)), batch)
     without_grad, without_terms = _gradient(
-        _config(tiny_models, tiny_pairs, str(tmp_path), **{weights[term]: 0}), batch
+        _config(tiny_model_set, tiny_pairs, str(tmp_path), **{weights[term]: 0}), batch
     )
     others_off = {weights[t]: 0 for t in weights if t != term}
-    only_grad, only_terms = _gradient(_config(tiny_models, tiny_pairs, str(tmp_path), **others_off), batch)
+    only_grad, only_terms = _gradient(_config(tiny_model_set, tiny_pairs, str(tmp_path), **others_off), batch)
     assert term in full_terms and term not in without_terms and set(only_terms) == {term}
     assert full_terms[term] > 0
     # The gradient is linear in the terms: switching one off removes exactly its contribution.
@@ -142,10 +134,10 @@ def _kill_a_worker_after_a_committed_checkpoint(out: str, run: threading.Thread)
 
 @pytest.mark.slow
 def test_two_workers_survive_a_killed_worker_checkpoint_to_s3_and_resume(
-    tiny_models: str, run_pairs: str, bucket: str, ray_local
+    tiny_model_set: str, run_pairs: str, bucket: str, ray_local
 ) -> None:
     out = f"{bucket}/runs"
-    cfg = _config(tiny_models, run_pairs, out, workers=2, steps=24, checkpoint_every=4, max_failures=2)
+    cfg = _config(tiny_model_set, run_pairs, out, workers=2, steps=24, checkpoint_every=4, max_failures=2)
     result: dict = {}
     run = threading.Thread(target=lambda: result.update(first=run_training(cfg)))
     run.start()
@@ -164,7 +156,7 @@ def test_two_workers_survive_a_killed_worker_checkpoint_to_s3_and_resume(
     assert storage.exists(storage.join(out, "models", "encoder.pt"))
 
     # Rerunning the same command with more steps resumes from the newest checkpoint.
-    second = run_training(_config(tiny_models, run_pairs, out, workers=2, steps=26, checkpoint_every=4))
+    second = run_training(_config(tiny_model_set, run_pairs, out, workers=2, steps=26, checkpoint_every=4))
     assert second["step"] == 26
     resumed = _metrics(out, "unmask")
     assert [row["step"] for row in resumed] == list(range(1, 27))

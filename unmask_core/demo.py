@@ -121,7 +121,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from unmask_core.bulk.run import format_summary, run_bulk
     from unmask_core.evaluation import EvaluateConfig, run_evaluation
     from unmask_core.faces.samples import sample_photo
-    from unmask_core.models.checkpoints import init_model_set
+    from unmask_core.models.model_set import init_model_set
     from unmask_core.prepare.config import PrepareConfig
     from unmask_core.prepare.run import format_summary as prepare_summary
     from unmask_core.prepare.run import run_prepare

@@ -49,7 +49,7 @@ class Unmasker:
 
     def __init__(self, models_uri: str, matchers: list[str], device: str = "cpu", bf16: bool = False) -> None:
         from unmask_core.matchers import build_matcher
-        from unmask_core.models.checkpoints import ModelSet
+        from unmask_core.models.model_set import ModelSet
 
         self.device = torch.device(device)
         model_set = ModelSet(models_uri, device=self.device)
@@ -102,7 +102,7 @@ class Unmasker:
 def describe_model_set(models_uri: str, matchers: list[str]) -> ModelInfo:
     """What every output row records about the models, and the embedding sizes, without a GPU."""
     from unmask_core.matchers import build_matcher
-    from unmask_core.models.checkpoints import ModelSet
+    from unmask_core.models.model_set import ModelSet
 
     model_set = ModelSet(models_uri, device="cpu")
     built = {name: build_matcher(name, model_set, "cpu") for name in matchers}

@@ -4,9 +4,13 @@
 - encoder.py: f0 / f, pSp's GradualStyleEncoder; `GradualStyleEncoder(EncoderConfig)`.
 - irse.py: the IR-SE backbone (ArcFace for the ID loss, and the encoder's body); `id_preprocess`.
 - psp.py: `LatentEncoder` (codes = encoder(x) + latent_avg) and `PSP` (encoder + latent_avg + g).
-- checkpoints.py: public formats in, our format out, model sets (`ModelSet`, `init_model_set`).
+- format.py: our checkpoint file (config + sha256 per model); `save_module`, `load_module`.
+- public.py: the public formats in (rosinality g_ema, pSp, IR-SE50, facenet, LPIPS AlexNet), with
+  configs inferred from the weights' shapes.
+- model_set.py: a folder of g, f0, f, ArcFace and FaceNet (`ModelSet`, `init_model_set`).
+- importer.py: public checkpoints into a model set (`unmask models import`).
 
-Architecture code never knows where weights come from; checkpoints.py is the only loader.
+Architecture code never knows where weights come from; format.py and public.py are the only loaders.
 """
 
 from unmask_core.models.encoder import EncoderConfig, GradualStyleEncoder

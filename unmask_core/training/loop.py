@@ -25,7 +25,7 @@ from unmask_core.training.history import write_metrics
 def build_lpips(cfg: TrainConfig, models_uri: str, spatial: bool) -> torch.nn.Module | None:
     if not cfg.lpips_weight:
         return None
-    from unmask_core.models.checkpoints import load_lpips
+    from unmask_core.models.public import load_lpips
 
     backbone = cfg.lpips_backbone
     if backbone == "auto":
@@ -54,7 +54,7 @@ class TrainingModels:
 
 def build_training_models(cfg: TrainConfig, device: torch.device | str) -> TrainingModels:
     """The trained encoder, the frozen networks and the loss for a stage; no Ray involved."""
-    from unmask_core.models.checkpoints import ModelSet
+    from unmask_core.models.model_set import ModelSet
 
     models = ModelSet(cfg.models, device=device)
     generator = models.generator().eval().requires_grad_(False)

@@ -38,7 +38,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from unmask_core.models.checkpoints import ModelSet
+    from unmask_core.models.model_set import ModelSet
 
     storage.check_readable(cfg.models)
     if cfg.init_from:
@@ -72,7 +72,7 @@ def _worker_resources(cfg: TrainConfig) -> dict[str, float]:
 
 def finish_run(cfg: TrainConfig, result) -> dict[str, Any]:
     """Write the metrics a user can plot and the trained encoder as a model set next to the run."""
-    from unmask_core.models.checkpoints import ModelSet
+    from unmask_core.models.model_set import ModelSet
 
     if result.checkpoint is None:
         raise RuntimeError(f"training {cfg.run_name} ended without a checkpoint: {result.error}")

@@ -53,7 +53,7 @@ class THatSettings:
 def t_hat_settings(cfg: TrainConfig) -> THatSettings:
     """The T-hat settings of a `real` stage run: g from --models, f0 from the encoders' model set
     (--init-from when given, as for the encoder being trained)."""
-    from unmask_core.models.checkpoints import ModelSet
+    from unmask_core.models.model_set import ModelSet
 
     models = ModelSet(cfg.models)
     encoders = ModelSet(cfg.init_from) if cfg.init_from else models
@@ -162,7 +162,8 @@ def compute_t_hat(
     between g(w) and M (plus LPIPS when its weight is set) with `optimise_t_hat`, g frozen, images
     compared at the size the encoder sees."""
     from unmask_core.losses import reconstruction_loss
-    from unmask_core.models.checkpoints import ModelSet, load_lpips
+    from unmask_core.models.model_set import ModelSet
+    from unmask_core.models.public import load_lpips
 
     size = settings.image_size
     models = ModelSet(models_uri, device=device)
@@ -257,7 +258,7 @@ def real_stage_dataset(cfg: TrainConfig, size: int):
     import ray
     from ray.data.extensions import ArrowTensorArray
 
-    from unmask_core.models.checkpoints import ModelSet
+    from unmask_core.models.model_set import ModelSet
 
     cache = ensure_t_hat_codes(cfg)
     models = ModelSet(cfg.models)

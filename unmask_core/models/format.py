@@ -1,0 +1,251 @@
+"""Our checkpoint format: one file per model, read with `torch.load(weights_only=True)`.
+
+`{'format': 'unmask-checkpoint/1', 'kind': 'generator'|'encoder'|'arcface'|'facenet', 'config': dict,
+'state_dict': {...}, 'extra': {...}, 'sha256': hex}`. The sha256 covers every tensor of the state dict
+and of `extra` (an encoder's latent_avg changes its output, so it belongs in its identity).
+
+Also the file primitives every loader shares (`torch_load`, `torch_save`, `check_fit`, `load_strict`).
+Every failure to read or fit weights raises `CheckpointError` (a `UserError`) whose one-line message
+names the file and the offending keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from unmask_core import storage
+from unmask_core.errors import UserError
+from unmask_core.models.encoder import EncoderConfig, GradualStyleEncoder
+from unmask_core.models.irse import Backbone, BackboneConfig
+from unmask_core.models.psp import LatentEncoder
+from unmask_core.models.stylegan2 import Generator, GeneratorConfig
+
+FORMAT = "unmask-checkpoint/1"
+KINDS = ("generator", "encoder", "arcface", "facenet")
+
+
+class CheckpointError(UserError):
+    """A weights file that cannot be read, is not weights, or does not fit the model."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def torch_load(uri: str) -> Any:
+    """`torch.load(weights_only=True)` of a local or s3:// file, with one-line errors."""
+    try:
+        data = storage.read_bytes(uri)
+    except UserError as exc:
+        raise CheckpointError(str(exc)) from None
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        refused = [line.strip() for line in text.splitlines() if "Unsupported global" in line]
+        if refused:  # a well-formed pickle that would import and call code: weights_only refuses it
+            raise CheckpointError(
+                f"{uri}: refused to load: the file holds objects that are not weights "
+                f"(torch.load weights_only=True): {refused[0]}"
+            ) from None
+        detail = next((line.strip() for line in text.splitlines() if "Unsupported" in line), _first_line(exc))
+        raise CheckpointError(
+            f"{uri}: not a readable PyTorch file (truncated or corrupt): {detail}"
+        ) from None
+    except Exception as exc:  # zip reader, EOF and unpickling errors come in many types
+        raise CheckpointError(
+            f"{uri}: not a readable PyTorch file (truncated or corrupt): {_first_line(exc)}"
+        ) from None
+
+
+def torch_save(obj: Any, uri: str) -> None:
+    """torch.save to a local or s3:// file, atomically (readers see the old file or the new one)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    storage.write_bytes_atomic(uri, buffer.getvalue())
+
+
+def key_list(keys: list[str], limit: int = 8) -> str:
+    """The first `limit` keys for an error message, and how many more there are."""
+    shown = ", ".join(keys[:limit])
+    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def check_fit(uri: str, what: str, expected: Mapping[str, Tensor], found: Mapping[str, Any]) -> None:
+    """Raise CheckpointError unless `found` has exactly the keys and shapes of `expected`."""
+    not_tensors = sorted(k for k, v in found.items() if not isinstance(v, Tensor))
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = [
+        f"{k} {list(found[k].shape)} (model {list(expected[k].shape)})"
+        for k in expected
+        if k in found and isinstance(found[k], Tensor) and found[k].shape != expected[k].shape
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {key_list(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {key_list(unexpected)}")
+    if wrong:
+        problems.append(f"wrong shapes: {key_list(wrong, 4)}")
+    if not_tensors:
+        problems.append(f"not tensors: {key_list(not_tensors)}")
+    if problems:
+        raise CheckpointError(f"{uri}: weights do not fit {what}: " + "; ".join(problems))
+
+
+def load_strict(module: nn.Module, state_dict: Mapping[str, Any], uri: str, what: str) -> None:
+    check_fit(uri, what, module.state_dict(), state_dict)
+    module.load_state_dict(dict(state_dict), strict=True)
+
+
+def state_dict_sha256(state_dict: Mapping[str, Tensor]) -> str:
+    """Deterministic hash of tensors: sorted keys, each with its dtype, shape and raw bytes."""
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        tensor = state_dict[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|{tensor.nbytes}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _hashed_tensors(state_dict: Mapping[str, Tensor], extra: Mapping[str, Any]) -> dict[str, Tensor]:
+    tensors = dict(state_dict)
+    tensors.update({f"extra.{k}": v for k, v in extra.items() if isinstance(v, Tensor)})
+    return tensors
+
+
+@dataclass
+class Checkpoint:
+    """One model file in our format, verified against its sha256."""
+
+    uri: str
+    kind: str
+    config: dict[str, Any]
+    state_dict: dict[str, Tensor]
+    extra: dict[str, Any] = field(default_factory=dict)
+    sha256: str = ""
+
+
+def save_checkpoint(
+    uri: str, kind: str, config: dict[str, Any], state_dict: Mapping[str, Tensor], extra: dict | None = None
+) -> str:
+    """Write one model in our format; returns its sha256."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    cpu = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    extra = {
+        k: v.detach().cpu().contiguous() if isinstance(v, Tensor) else v for k, v in (extra or {}).items()
+    }
+    sha = state_dict_sha256(_hashed_tensors(cpu, extra))
+    payload = {
+        "format": FORMAT,
+        "kind": kind,
+        "config": config,
+        "state_dict": cpu,
+        "extra": extra,
+        "sha256": sha,
+    }
+    torch_save(payload, uri)
+    return sha
+
+
+def read_checkpoint(uri: str, kind: str | None = None) -> Checkpoint:
+    """Read and verify one file in our format (format tag, kind, sha256)."""
+    obj = torch_load(uri)
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        keys = key_list(sorted(map(str, obj))) if isinstance(obj, dict) else type(obj).__name__
+        raise CheckpointError(
+            f"{uri}: not an unmask checkpoint (no format {FORMAT!r}; top-level keys: {keys}); "
+            "public formats load with load_rosinality_generator, load_psp, load_irse50 or load_facenet"
+        )
+    missing = [k for k in ("kind", "config", "state_dict", "extra", "sha256") if k not in obj]
+    if missing:
+        raise CheckpointError(f"{uri}: unmask checkpoint lacks {', '.join(missing)}")
+    if kind is not None and obj["kind"] != kind:
+        raise CheckpointError(f"{uri}: holds a {obj['kind']!r} model, expected {kind!r}")
+    state_dict, extra = obj["state_dict"], obj["extra"]
+    bad = sorted(k for k, v in state_dict.items() if not isinstance(v, Tensor))
+    if bad:
+        raise CheckpointError(f"{uri}: state_dict entries that are not tensors: {key_list(bad)}")
+    actual = state_dict_sha256(_hashed_tensors(state_dict, extra))
+    if actual != obj["sha256"]:
+        raise CheckpointError(
+            f"{uri}: sha256 mismatch: the file records {obj['sha256'][:16]}..., its weights hash to "
+            f"{actual[:16]}... (altered or corrupted)"
+        )
+    return Checkpoint(uri, obj["kind"], dict(obj["config"]), state_dict, dict(extra), actual)
+
+
+def new_facenet() -> nn.Module:
+    """facenet-pytorch's InceptionResnetV1 (embeddings only), randomly initialised."""
+    from facenet_pytorch import InceptionResnetV1
+
+    # pretrained=None: facenet-pytorch would otherwise download weights.
+    return InceptionResnetV1(pretrained=None, classify=False)
+
+
+def build_config(cls: type, config: dict[str, Any], uri: str) -> Any:
+    """`cls(**config)`, or a CheckpointError naming the file when the config does not fit `cls`."""
+    try:
+        return cls(**config)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{uri}: config {config} is not a valid {cls.__name__}: {exc}") from None
+
+
+def module_from_checkpoint(ckpt: Checkpoint) -> nn.Module:
+    """Build the module a checkpoint describes and load its weights strictly (on CPU)."""
+    if ckpt.kind == "generator":
+        module: nn.Module = Generator(build_config(GeneratorConfig, ckpt.config, ckpt.uri))
+        load_strict(module, ckpt.state_dict, ckpt.uri, "Generator")
+    elif ckpt.kind == "encoder":
+        encoder = GradualStyleEncoder(build_config(EncoderConfig, ckpt.config, ckpt.uri))
+        load_strict(encoder, ckpt.state_dict, ckpt.uri, "GradualStyleEncoder")
+        if not isinstance(ckpt.extra.get("latent_avg"), Tensor):
+            raise CheckpointError(f"{ckpt.uri}: encoder checkpoint lacks extra['latent_avg']")
+        try:
+            module = LatentEncoder(encoder, ckpt.extra["latent_avg"])
+        except ValueError as exc:
+            raise CheckpointError(f"{ckpt.uri}: extra['latent_avg']: {exc}") from None
+    elif ckpt.kind == "arcface":
+        module = Backbone(build_config(BackboneConfig, ckpt.config, ckpt.uri))
+        load_strict(module, ckpt.state_dict, ckpt.uri, "IR-SE Backbone")
+    elif ckpt.kind == "facenet":
+        module = new_facenet()
+        load_strict(module, ckpt.state_dict, ckpt.uri, "facenet-pytorch InceptionResnetV1")
+    else:
+        raise CheckpointError(f"{ckpt.uri}: unknown model kind {ckpt.kind!r} (known: {', '.join(KINDS)})")
+    return module.eval()
+
+
+def load_module(uri: str, kind: str | None = None, device: str | torch.device = "cpu") -> nn.Module:
+    """Read one model file in our format and return the module, in eval mode, on `device`."""
+    return module_from_checkpoint(read_checkpoint(uri, kind)).to(device)
+
+
+def save_module(module: nn.Module, uri: str) -> str:
+    """Save a Generator, LatentEncoder, IR-SE Backbone or InceptionResnetV1 in our format; returns sha256."""
+    module = getattr(module, "module", module)  # DistributedDataParallel wraps the model
+    if isinstance(module, Generator):
+        return save_checkpoint(uri, "generator", asdict(module.config), module.state_dict())
+    if isinstance(module, LatentEncoder):
+        extra = {"latent_avg": module.latent_avg}
+        return save_checkpoint(uri, "encoder", asdict(module.config), module.encoder.state_dict(), extra)
+    if isinstance(module, Backbone):
+        return save_checkpoint(uri, "arcface", asdict(module.config), module.state_dict())
+    if type(module).__name__ == "InceptionResnetV1":
+        if getattr(module, "logits", None) is not None:
+            raise ValueError("save a FaceNet built with classify=False (embeddings only)")
+        return save_checkpoint(uri, "facenet", {}, module.state_dict())
+    if isinstance(module, GradualStyleEncoder):
+        raise TypeError("wrap the encoder as LatentEncoder(encoder, latent_avg): f(x) needs its latent_avg")
+    raise TypeError(f"cannot save a {type(module).__name__} as an unmask checkpoint")

@@ -1,0 +1,300 @@
+"""Model sets: a folder (local or s3://) holding g, f0, f, ArcFace and FaceNet in our format plus
+`model_set.json`; see `ModelSet`. `init_model_set` writes a randomly initialised one (`unmask models
+init`), `write_model_set` one from modules (`unmask models import`, in importer.py)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import torch
+from torch import nn
+
+from unmask_core import storage
+from unmask_core.errors import UserError
+from unmask_core.models.encoder import EncoderConfig, GradualStyleEncoder
+from unmask_core.models.format import (
+    CheckpointError,
+    module_from_checkpoint,
+    new_facenet,
+    read_checkpoint,
+    save_module,
+)
+from unmask_core.models.irse import Backbone, BackboneConfig
+from unmask_core.models.psp import PSP, LatentEncoder
+from unmask_core.models.stylegan2 import Generator, GeneratorConfig
+
+MODEL_SET_FORMAT = "unmask-model-set/1"
+MEAN_LATENT_SAMPLES = 10_000
+
+REQUIRED_FILES = {
+    "generator": "generator.pt",
+    "baseline": "baseline_encoder.pt",  # f0
+    "unmask": "encoder.pt",  # f
+    "arcface": "arcface_irse.pt",
+    "facenet": "facenet.pt",
+}
+KIND_OF = {
+    "generator": "generator",
+    "baseline": "encoder",
+    "unmask": "encoder",
+    "arcface": "arcface",
+    "facenet": "facenet",
+}
+OPTIONAL_FILES = {"arcface_onnx": "arcface.onnx", "lpips_alexnet": "lpips_alexnet.pth"}
+# File-stem names, as output columns such as encoder_sha256 use them.
+ALIASES = {"encoder": "unmask", "baseline_encoder": "baseline"}
+MANIFEST = "model_set.json"
+ENCODER_NAMES = ("baseline", "unmask")
+
+
+def model_set_configs(size: int) -> tuple[GeneratorConfig, EncoderConfig, BackboneConfig]:
+    """Architectures of `init_model_set`: tiny at 64 px (fast on CPU), the references at 256 and 1024."""
+    if size == 64:
+        generator = GeneratorConfig(size=64, style_dim=128, max_channels=64)
+        encoder = EncoderConfig(
+            input_size=64,
+            n_styles=generator.n_latent,
+            style_dim=128,
+            units=(1, 2, 2, 1),
+            widths=(16, 32, 48, 64),
+        )
+        return generator, encoder, BackboneConfig(units=(1, 1, 1, 1), widths=(16, 32, 48, 64))
+    if size in (256, 1024):
+        generator = GeneratorConfig(size=size)
+        # pSp encodes 256 px inputs for every generator size and pools outputs to 256.
+        return generator, EncoderConfig(input_size=256, n_styles=generator.n_latent), BackboneConfig()
+    raise UserError(f"model set size must be 64, 256 or 1024, got {size}")
+
+
+def _manifest_bytes(manifest: dict) -> bytes:
+    return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+
+
+def write_model_set(
+    out_uri: str,
+    generator: Generator,
+    baseline_encoder: LatentEncoder,
+    encoder: LatentEncoder,
+    arcface: Backbone,
+    facenet: nn.Module,
+    notes: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write a model set folder from modules (e.g. public weights loaded with the functions above).
+
+    Returns the manifest, which is written last so that a half-written folder has no model_set.json.
+    """
+    for name, f in (("baseline_encoder", baseline_encoder), ("encoder", encoder)):
+        if (f.config.n_styles, f.config.style_dim) != (generator.n_latent, generator.style_dim):
+            raise UserError(
+                f"{name} makes [{f.config.n_styles}, {f.config.style_dim}] codes; "
+                f"the generator takes [{generator.n_latent}, {generator.style_dim}]"
+            )
+    modules = {
+        "generator": generator,
+        "baseline": baseline_encoder,
+        "unmask": encoder,
+        "arcface": arcface,
+        "facenet": facenet,
+    }
+    shas = {
+        name: save_module(module, storage.join(out_uri, REQUIRED_FILES[name]))
+        for name, module in modules.items()
+    }
+    manifest = {
+        "format": MODEL_SET_FORMAT,
+        "size": generator.size,
+        "image_size": encoder.config.input_size,
+        "n_latent": generator.n_latent,
+        "style_dim": generator.style_dim,
+        "files": dict(REQUIRED_FILES),
+        "sha256": shas,
+        **(notes or {}),
+    }
+    storage.write_bytes_atomic(storage.join(out_uri, MANIFEST), _manifest_bytes(manifest))
+    return manifest
+
+
+def init_model_set(size: int, out_uri: str, seed: int = 0, overwrite: bool = False) -> dict[str, Any]:
+    """Write a randomly initialised model set (`unmask models init`); returns its manifest.
+
+    64 px: tiny widths for CPU tests and the demo; 256 / 1024: the reference architectures. f starts
+    equal to f0, as training initialises f from f0. The same seed gives the same sha256s.
+    """
+    gen_config, enc_config, arc_config = model_set_configs(size)
+    if not overwrite and storage.exists(storage.join(out_uri, MANIFEST)):
+        raise UserError(f"{out_uri}: already holds a model set ({MANIFEST}); choose another folder")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        generator = Generator(gen_config).eval()
+        latent_avg = generator.mean_latent(MEAN_LATENT_SAMPLES, torch.Generator().manual_seed(seed + 1))
+        torch.manual_seed(seed + 2)
+        baseline = LatentEncoder(GradualStyleEncoder(enc_config), latent_avg).eval()
+        torch.manual_seed(seed + 3)
+        arcface = Backbone(arc_config).eval()
+        torch.manual_seed(seed + 4)
+        facenet = new_facenet().eval()
+    notes = {"random_init": list(REQUIRED_FILES), "seed": seed}
+    return write_model_set(out_uri, generator, baseline, copy.deepcopy(baseline), arcface, facenet, notes)
+
+
+class ModelSet:
+    """A model set folder (local or s3://): g, f0, f, ArcFace (IR-SE) and FaceNet in our format.
+
+    Layout: generator.pt, baseline_encoder.pt (f0), encoder.pt (f), arcface_irse.pt, facenet.pt,
+    model_set.json (format, size, image_size, n_latent, style_dim, files, sha256 per model), and
+    optionally arcface.onnx (insightface ArcFace) and lpips_alexnet.pth (torchvision AlexNet).
+
+    Names: 'generator', 'baseline' (f0), 'unmask' (f), 'arcface', 'facenet'; `sha256`, `file_uri`
+    and `has` also take the file stems 'encoder' (f) and 'baseline_encoder' (f0). Every file is checked
+    against its sha256 in model_set.json when loaded. Frozen models (generator, arcface, facenet) are
+    loaded once, in eval mode with requires_grad off, and shared; `encoder()` returns a fresh copy
+    on every call because training changes it.
+    """
+
+    def __init__(self, uri: str, device: str | torch.device = "cpu") -> None:
+        self.uri = uri
+        self.device = torch.device(device)
+        manifest_uri = storage.join(uri, MANIFEST)
+        try:
+            self.manifest: dict[str, Any] = json.loads(storage.read_bytes(manifest_uri))
+        except UserError as exc:
+            raise CheckpointError(
+                f"{uri}: not a model set ({exc}); make one with `unmask models init`"
+            ) from None
+        except ValueError as exc:
+            raise CheckpointError(f"{manifest_uri}: not valid JSON: {exc}") from None
+        if self.manifest.get("format") != MODEL_SET_FORMAT:
+            raise CheckpointError(
+                f"{manifest_uri}: format is {self.manifest.get('format')!r}, expected {MODEL_SET_FORMAT!r}"
+            )
+        missing = [n for n in REQUIRED_FILES if n not in self.manifest.get("sha256", {})]
+        if missing:
+            raise CheckpointError(f"{manifest_uri}: no sha256 for {', '.join(missing)}")
+        self._frozen: dict[str, nn.Module] = {}
+
+    @property
+    def size(self) -> int:
+        """The generator's output resolution (64, 256, 1024)."""
+        return int(self.manifest["size"])
+
+    @property
+    def image_size(self) -> int:
+        """The face size the set works on: encoder input and pSp output (pooled) resolution."""
+        return int(self.manifest["image_size"])
+
+    @property
+    def n_latent(self) -> int:
+        return int(self.manifest["n_latent"])
+
+    def file_uri(self, name: str) -> str:
+        name = ALIASES.get(name, name)
+        if name in OPTIONAL_FILES:
+            return storage.join(self.uri, OPTIONAL_FILES[name])
+        if name not in REQUIRED_FILES:
+            raise KeyError(f"unknown model {name!r}; known: {', '.join([*REQUIRED_FILES, *OPTIONAL_FILES])}")
+        return storage.join(self.uri, self.manifest.get("files", {}).get(name, REQUIRED_FILES[name]))
+
+    def optional_file(self, name: str) -> str | None:
+        """URI of 'arcface_onnx' or 'lpips_alexnet' when the folder holds it, else None."""
+        uri = self.file_uri(name)
+        return uri if storage.exists(uri) else None
+
+    def has(self, name: str) -> bool:
+        """Whether the set holds a model: always for the required five, on disk for optional files."""
+        name = ALIASES.get(name, name)
+        return name in REQUIRED_FILES or (name in OPTIONAL_FILES and self.optional_file(name) is not None)
+
+    def sha256(self, name: str) -> str:
+        """sha256 of a model's weights (as recorded in model_set.json; verified whenever it is loaded)."""
+        name = ALIASES.get(name, name)
+        if name not in REQUIRED_FILES:
+            raise KeyError(f"unknown model {name!r}; known: {', '.join(REQUIRED_FILES)}")
+        return self.manifest["sha256"][name]
+
+    def _load(self, name: str) -> nn.Module:
+        uri = self.file_uri(name)
+        ckpt = read_checkpoint(uri, KIND_OF[name])
+        if ckpt.sha256 != self.sha256(name):
+            raise CheckpointError(
+                f"{uri}: sha256 {ckpt.sha256[:16]}... differs from {MANIFEST}'s {self.sha256(name)[:16]}... "
+                "(the file was replaced without updating the model set)"
+            )
+        return module_from_checkpoint(ckpt).to(self.device)
+
+    def _frozen_model(self, name: str) -> nn.Module:
+        if name not in self._frozen:
+            self._frozen[name] = self._load(name).eval().requires_grad_(False)
+        return self._frozen[name]
+
+    def generator(self) -> Generator:
+        """g, frozen."""
+        return self._frozen_model("generator")
+
+    def encoder(self, name: str = "unmask") -> LatentEncoder:
+        """f ('unmask') or f0 ('baseline'): x -> W+ codes including latent_avg, in eval mode, trainable."""
+        if name not in ENCODER_NAMES:
+            raise KeyError(f"encoder name must be one of {ENCODER_NAMES}, got {name!r}")
+        return self._load(name)
+
+    def psp(self, name: str = "unmask", bf16: bool = False, channels_last: bool = False) -> PSP:
+        """U = g(f(M)) as one module, outputs pooled to image_size; shares the frozen generator."""
+        f = self.encoder(name)
+        return PSP(f.encoder, self.generator(), f.latent_avg, self.image_size, bf16, channels_last).eval()
+
+    def arcface(self) -> Backbone:
+        """The IR-SE ArcFace used by the ID loss, frozen."""
+        return self._frozen_model("arcface")
+
+    def facenet(self) -> nn.Module:
+        """facenet-pytorch InceptionResnetV1 (embeddings), frozen."""
+        return self._frozen_model("facenet")
+
+    def save_encoder(self, name: str, encoder: nn.Module, out_uri: str) -> ModelSet:
+        """Write a trained f0 ('baseline') or f ('unmask') into the model set at `out_uri`.
+
+        `encoder` is a LatentEncoder (or a bare GradualStyleEncoder, which keeps this set's
+        latent_avg). When out_uri is another folder, the other models and optional files are copied
+        there (unless already present with the same sha256). The manifest is written last.
+        """
+        if name not in ENCODER_NAMES:
+            raise KeyError(f"encoder name must be one of {ENCODER_NAMES}, got {name!r}")
+        module = getattr(encoder, "module", encoder)
+        if isinstance(module, GradualStyleEncoder):
+            module = LatentEncoder(module, self.encoder(name).latent_avg)
+        if not isinstance(module, LatentEncoder):
+            raise TypeError(f"expected a LatentEncoder or GradualStyleEncoder, got {type(module).__name__}")
+        if (module.config.n_styles, module.config.style_dim) != (self.n_latent, self.manifest["style_dim"]):
+            raise UserError(
+                f"{name} encoder makes [{module.config.n_styles}, {module.config.style_dim}] codes; "
+                f"{self.uri} has a generator for [{self.n_latent}, {self.manifest['style_dim']}]"
+            )
+        manifest = copy.deepcopy(self.manifest)
+        if not _same_folder(self.uri, out_uri):
+            self._copy_files(out_uri, skip=name)
+        manifest["files"] = dict(REQUIRED_FILES)
+        manifest["sha256"][name] = save_module(module, storage.join(out_uri, REQUIRED_FILES[name]))
+        manifest["random_init"] = [n for n in manifest.get("random_init", []) if n != name]
+        storage.write_bytes_atomic(storage.join(out_uri, MANIFEST), _manifest_bytes(manifest))
+        return ModelSet(out_uri, device=self.device)
+
+    def _copy_files(self, out_uri: str, skip: str) -> None:
+        try:
+            existing = json.loads(storage.read_bytes(storage.join(out_uri, MANIFEST))).get("sha256", {})
+        except (UserError, ValueError):
+            existing = {}
+        for name in REQUIRED_FILES:
+            target = storage.join(out_uri, REQUIRED_FILES[name])
+            if name == skip or (existing.get(name) == self.sha256(name) and storage.exists(target)):
+                continue
+            storage.write_bytes_atomic(target, storage.read_bytes(self.file_uri(name)))
+        for name, filename in OPTIONAL_FILES.items():
+            source = self.optional_file(name)
+            if source is not None:
+                storage.write_bytes_atomic(storage.join(out_uri, filename), storage.read_bytes(source))
+
+
+def _same_folder(a: str, b: str) -> bool:
+    path_a, path_b = storage.fsspec_filesystem(a)[1], storage.fsspec_filesystem(b)[1]
+    return storage.is_s3(a) == storage.is_s3(b) and path_a.rstrip("/") == path_b.rstrip("/")
