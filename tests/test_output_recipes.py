@@ -91,6 +91,7 @@ def test_every_recipe_in_the_doc_is_tested() -> None:
     assert DOC.read_text().count("```python") == len(tested)  # no untested python block
 
 
+@pytest.mark.slow  # shares one bulk run (about 2 minutes on 2 CPU cores)
 def test_the_layout_is_as_documented(output: Path) -> None:
     assert {p.name for p in output.iterdir()} == {
         "rows",
@@ -108,6 +109,7 @@ def test_the_layout_is_as_documented(output: Path) -> None:
     }
 
 
+@pytest.mark.slow  # shares one bulk run (about 2 minutes on 2 CPU cores)
 def test_read_with_pyarrow_checks_the_version(output: Path) -> None:
     found = run_recipe("read_pyarrow", output)
     table = found["table"]
@@ -116,12 +118,14 @@ def test_read_with_pyarrow_checks_the_version(output: Path) -> None:
     assert found["ok"].num_rows == _summary(output)["faces_unmasked"]
 
 
+@pytest.mark.slow  # shares one bulk run (about 2 minutes on 2 CPU cores)
 def test_read_with_pandas(output: Path) -> None:
     found = run_recipe("read_pandas", output)
     assert found["vectors"].shape == (_summary(output)["faces_unmasked"], 512)
     assert found["vectors"].dtype == np.float32
 
 
+@pytest.mark.slow  # shares one bulk run (about 2 minutes on 2 CPU cores)
 def test_read_with_duckdb(output: Path) -> None:
     first = run_recipe("read_duckdb", output)["first"].fetchall()
     assert [row[0] for row in first] == [
@@ -131,10 +135,12 @@ def test_read_with_duckdb(output: Path) -> None:
     ]
 
 
+@pytest.mark.slow  # shares one bulk run (about 2 minutes on 2 CPU cores)
 def test_read_with_ray_data(output: Path) -> None:
     assert run_recipe("read_ray", output)["ok_count"] == _summary(output)["faces_unmasked"]
 
 
+@pytest.mark.slow  # shares one bulk run (about 2 minutes on 2 CPU cores)
 def test_filter_ok_and_count_statuses(output: Path) -> None:
     found = run_recipe("statuses", output)
     summary = _summary(output)
@@ -146,6 +152,7 @@ def test_filter_ok_and_count_statuses(output: Path) -> None:
     assert summary["status_counts"]["decode_error"] == 1 and summary["status_counts"]["no_face"] >= 1
 
 
+@pytest.mark.slow  # shares one bulk run (about 2 minutes on 2 CPU cores)
 def test_identification_duckdb_and_numpy_agree(output: Path) -> None:
     by_sql = run_recipe("identify_duckdb", output)["top5"]
     by_numpy = run_recipe("identify_numpy", output)["top5_numpy"]
@@ -164,6 +171,7 @@ def test_identification_duckdb_and_numpy_agree(output: Path) -> None:
             assert identity not in numpy_scores or abs(numpy_scores[identity] - score) < 1e-5
 
 
+@pytest.mark.slow  # shares one bulk run (about 2 minutes on 2 CPU cores)
 def test_verification_of_a_pair(output: Path) -> None:
     found = run_recipe("verify", output)
     assert set(found["row"]) == {found["PROBE"], found["ENROLLED"]}, "the doc's example faces must be ok"
@@ -171,6 +179,7 @@ def test_verification_of_a_pair(output: Path) -> None:
     assert found["same_person"] == (found["score"] >= found["THRESHOLD"])
 
 
+@pytest.mark.slow  # shares one bulk run (about 2 minutes on 2 CPU cores)
 def test_join_a_row_to_its_image(output: Path) -> None:
     found = run_recipe("join_image", output)
     assert sorted(found["images"]) == list(range(6))  # --faces all: the group photo's 6 faces
@@ -178,6 +187,7 @@ def test_join_a_row_to_its_image(output: Path) -> None:
     assert (output / "images" / "group" / "t1-1382f80433-face2.png").is_file()  # the doc's example name
 
 
+@pytest.mark.slow  # shares one bulk run (about 2 minutes on 2 CPU cores)
 def test_rows_files_carry_version_and_meanings(output: Path) -> None:
     for path in (output / "rows").iterdir():
         schema = pq.read_schema(path)
