@@ -19,6 +19,8 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageOps
 
+from unmask_core.output_schema import with_meanings
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 # 40 Mpx is above any camera photo in a gallery and far below a decompression bomb.
@@ -175,7 +177,7 @@ def identity_split(identities: Sequence[str], test_fraction: float, seed: int) -
 LANDMARKS_TYPE = pa.list_(pa.float32(), 10)  # 5 (x, y) points, flattened
 REAL_MASK_KIND = "real"  # the `mask_kind` of an RMFRD photo with a real mask (it has no pixel-aligned T)
 
-PAIRS_SCHEMA = pa.schema(
+_PAIRS_FIELDS = pa.schema(
     [
         ("id", pa.string()),
         ("identity", pa.string()),
@@ -193,6 +195,7 @@ PAIRS_SCHEMA = pa.schema(
         ("eyes", pa.list_(pa.float32(), 4)),  # RMFRD: (x, y) of both eyes in the aligned frame
     ]
 )
+PAIRS_SCHEMA = with_meanings(_PAIRS_FIELDS, "pairs")  # version and column meanings in the file metadata
 
 
 # ---------------------------------------------------------------- pairs -> model input

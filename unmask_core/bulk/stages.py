@@ -15,7 +15,7 @@ from collections import Counter
 import numpy as np
 import pyarrow as pa
 
-from unmask_core import data, shards, storage
+from unmask_core import data, output_schema, shards, storage
 from unmask_core.bulk.config import BulkConfig
 from unmask_core.errors import UserError
 
@@ -177,7 +177,7 @@ def row_schema(embedding_dims: dict[str, int]) -> pa.Schema:
             (f"embedding_unmasked_{name}", pa.list_(pa.float32(), dim)),
         ]
     fields += [("matchers", pa.string()), ("encoder_sha256", pa.string()), ("generator_sha256", pa.string())]
-    return pa.schema(fields)
+    return output_schema.with_meanings(pa.schema(fields), "rows")
 
 
 class ShardWriter:
