@@ -15,6 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run_demo(cfg)
     print(NEXT_STEPS.format(UNTRAINED_NOTE=UNTRAINED_NOTE, **result))
     print(f"demo finished in {result['seconds']:.0f}s")
+    print(ray_session.log_line())
     return 0
 
 

@@ -8,12 +8,15 @@ from unmask_core.evaluation import EvaluateConfig
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(EvaluateConfig, argv, "unmask evaluate", __doc__.split(":", 1)[1].strip())
+    from unmask_core import ray_session
     from unmask_core.evaluation import format_table, run_evaluation
 
+    ray_session.quiet_output()
     save_config(cfg, cfg.out)
     summary = run_evaluation(cfg)
     print(format_table(summary))
     print(f"report: {summary['files']['report.html']}")
+    print(ray_session.log_line())
     return 0
 
 

@@ -8,7 +8,7 @@ from unmask_core.prepare.config import PrepareConfig
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(PrepareConfig, argv, "unmask prepare", __doc__.split(":", 1)[1].strip())
-    from unmask_core import shards, storage
+    from unmask_core import ray_session, shards, storage
     from unmask_core.prepare.run import format_summary, run_prepare
 
     for uri in (cfg.input,):  # a missing input fails in a second, before Ray starts
@@ -16,6 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = run_prepare(cfg)
     print(format_summary(summary))
     print(f"pairs: {cfg.output}/pairs/  summary: {cfg.output}/summary.json")
+    print(ray_session.log_line())
     return 0 if shards.succeeded(summary) else 1
 
 

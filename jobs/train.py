@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run_training(cfg)
     print(json.dumps(result, indent=2))
     print(f"trained model set: {result['models']}  (use it as --models or --init-from for the next stage)")
+    print(ray_session.log_line())
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import types
 import typing
 from typing import Any, TypeVar
@@ -162,10 +163,25 @@ def build_config(cls: type[C], namespace: argparse.Namespace) -> C:
     return cls(**values)
 
 
+def add_verbose_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--verbose", action="store_true", help="also show Ray's, torch's and the workers' own messages"
+    )
+
+
+def apply_verbose(namespace: argparse.Namespace) -> None:
+    # An environment variable, so that Ray workers started later see it too.
+    if getattr(namespace, "verbose", False):
+        os.environ["UNMASK_VERBOSE"] = "1"
+
+
 def parse_config(cls: type[C], argv: list[str] | None, prog: str, description: str) -> C:
     parser = argparse.ArgumentParser(prog=prog, description=description)
     add_config_arguments(parser, cls)
-    return build_config(cls, parser.parse_args(argv))
+    add_verbose_argument(parser)
+    namespace = parser.parse_args(argv)
+    apply_verbose(namespace)
+    return build_config(cls, namespace)
 
 
 def save_config(cfg: Any, out_uri: str, name: str = "config.yaml") -> str:

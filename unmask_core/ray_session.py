@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
+import time
 
 import ray
+import ray.data  # noqa: F401  (it sets up its loggers on import: quiet_output comes after)
 
 # Forwarded to workers so that S3-compatible endpoints work everywhere; credentials are never put in
 # a runtime_env (it is stored in the cluster's metadata): nodes get them from their own environment or
@@ -19,10 +22,53 @@ _FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_REGION", "UNMASK_S3_INSTANCE_PROFILE"
 LOCAL_LOGICAL_CPUS = max(8, 2 * (os.cpu_count() or 2))
 
 
+def verbose() -> bool:
+    """`--verbose` (or UNMASK_RAY_WORKER_LOGS=1): show Ray's, torch's and the workers' own messages."""
+    return os.environ.get("UNMASK_VERBOSE") == "1" or os.environ.get("UNMASK_RAY_WORKER_LOGS") == "1"
+
+
+def log_file() -> str:
+    """Where the messages of Ray, torch and Python warnings go when they are not shown: one file per
+    job process, named in the job's summary."""
+    folder = os.path.join(tempfile.gettempdir(), "unmask-logs")
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
+
+
+_LOG_FILE: str | None = None
+
+
+def quiet_output() -> str | None:
+    """Unless verbose: Ray's Python loggers and Python warnings go to `log_file()` (returned), so that
+    a job prints our progress lines, summaries and one-line errors only. Idempotent."""
+    global _LOG_FILE
+    if verbose():
+        return None
+    if _LOG_FILE is None:
+        _LOG_FILE = log_file()
+        handler = logging.FileHandler(_LOG_FILE)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.captureWarnings(True)
+        for name in ("ray", "ray.data", "ray.train", "ray.tune", "py.warnings"):
+            logger = logging.getLogger(name)
+            for old in [h for h in logger.handlers if not isinstance(h, logging.FileHandler)]:
+                logger.removeHandler(old)
+            logger.addHandler(handler)
+            logger.propagate = False
+    return _LOG_FILE
+
+
+def log_line() -> str:
+    """The line a job's summary ends with: where the messages it did not show went."""
+    path = quiet_output()
+    return f"Ray's and torch's own messages: {path} (--verbose shows them)" if path else ""
+
+
 def connect(num_cpus: int | None = None) -> None:
     """Idempotently make sure this process is connected to Ray."""
     if ray.is_initialized():
         return
+    quiet_output()
     # Under `ray job submit` the job's runtime_env already reaches every worker, and Ray refuses a
     # driver runtime_env whose env_vars overlap it: forward only what the job did not set.
     job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
@@ -39,8 +85,9 @@ def connect(num_cpus: int | None = None) -> None:
             # Worker logs stay in Ray's session folder (/tmp/ray/session_latest/logs): on a local Ray
             # without a dashboard, Ray Train's monitors would print a warning every second. Errors
             # still reach the driver as exceptions.
-            log_to_driver=os.environ.get("UNMASK_RAY_WORKER_LOGS", "") == "1",
+            log_to_driver=verbose(),
         )
+    quiet_output()  # ray.init configures its loggers again
     configure_data_context()
 
 
@@ -53,6 +100,16 @@ def configure_data_context() -> None:
     ctx.max_errored_blocks = 0
     ctx.enable_progress_bars = False  # we draw one readable bar of our own (rows done / total, rate)
     ctx.print_on_execution_start = False
+
+
+def retry_args() -> dict:
+    """Fault tolerance of our actor stages, finite everywhere (Ray Data's default is infinite restarts
+    and retries: an input that kills its worker, by memory, would be retried forever). On a cluster a
+    lost node is survived a few times; on the local Ray a dead actor is a bug or an out-of-memory
+    input, so the job stops and a rerun resumes from the finished shards."""
+    if os.environ.get("RAY_ADDRESS"):
+        return {"max_restarts": 3, "max_task_retries": 3}
+    return {"max_restarts": 0}
 
 
 def actor_pool(low: int, high: int, n_tasks: int):

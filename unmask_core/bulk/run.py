@@ -74,6 +74,7 @@ def run_bulk(cfg: BulkConfig) -> dict[str, Any]:
                 batch_format="numpy",
                 compute=ray_session.actor_pool(cpu_low, cpu_high, len(todo)),
                 num_cpus=1,
+                **ray_session.retry_args(),
             )
             .map_batches(
                 UnmaskingStage,
@@ -83,6 +84,7 @@ def run_bulk(cfg: BulkConfig) -> dict[str, Any]:
                 compute=ray_session.actor_pool(*pool_range(cfg.actors, "--actors"), len(todo)),
                 num_gpus=gpus,
                 num_cpus=0.5 if gpus else 1,
+                **ray_session.retry_args(),
             )
             .map_batches(
                 ShardWriter,
@@ -91,6 +93,7 @@ def run_bulk(cfg: BulkConfig) -> dict[str, Any]:
                 batch_format="pyarrow",
                 compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
                 num_cpus=0.25,
+                **ray_session.retry_args(),
             )
         )
         for row in ds.iter_rows():

@@ -80,6 +80,7 @@ def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
             batch_size=1,
             compute=ray_session.actor_pool(1, cfg.workers or ray_session.half_the_cpus(), len(todo)),
             num_cpus=1,
+            **ray_session.retry_args(),
         )
         for row in ds.iter_rows():
             bar.update(json.loads(row["summary"])["rows"])
