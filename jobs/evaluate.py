@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from unmask_core.config import parse_config, save_config
+from unmask_core.config import parse_config
 from unmask_core.evaluation import EvaluateConfig
 
 
@@ -12,7 +12,6 @@ def main(argv: list[str] | None = None) -> int:
     from unmask_core.evaluation import format_table, run_evaluation
 
     ray_session.quiet_output()
-    save_config(cfg, cfg.out)
     summary = run_evaluation(cfg)
     print(format_table(summary))
     print(f"report: {summary['files']['report.html']}")

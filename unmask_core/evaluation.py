@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow.dataset as pads
 
 from unmask_core import data, storage
-from unmask_core.config import JobConfig, option
+from unmask_core.config import JobConfig, option, save_config
 from unmask_core.errors import UserError
 from unmask_core.matchers.registry import MATCHERS
 
@@ -143,6 +143,7 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
     storage.check_writable(cfg.out)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     unmasker = Unmasker(cfg.models, cfg.matchers, device=device, bf16=False)
+    save_config(cfg, cfg.out)  # only once the model set has loaded and fits together
     faces = embed_test_split(cfg, unmasker)
     pairs = build_pairs(cfg, faces)
     if pairs.genuine.all() or not pairs.genuine.any():

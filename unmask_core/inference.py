@@ -53,6 +53,7 @@ class Unmasker:
 
         self.device = torch.device(device)
         model_set = ModelSet(models_uri, device=self.device)
+        model_set.validate(encoders=("unmask",))
         self.image_size = model_set.image_size
         self.encoder = model_set.encoder("unmask").eval().requires_grad_(False)
         self.generator = model_set.generator().eval().requires_grad_(False)
@@ -105,6 +106,7 @@ def describe_model_set(models_uri: str, matchers: list[str]) -> ModelInfo:
     from unmask_core.models.model_set import ModelSet
 
     model_set = ModelSet(models_uri, device="cpu")
+    model_set.validate(encoders=("unmask",))
     built = {name: build_matcher(name, model_set, "cpu") for name in matchers}
     provenance = {
         "matchers": ",".join(f"{name}:{m.model_sha256}" for name, m in built.items()),

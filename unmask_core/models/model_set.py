@@ -243,6 +243,24 @@ class ModelSet:
         f = self.encoder(name)
         return PSP(f.encoder, self.generator(), f.latent_avg, self.image_size, bf16, channels_last).eval()
 
+    def validate(self, encoders: tuple[str, ...] = ENCODER_NAMES) -> None:
+        """Load g and the named encoders (each checked against its sha256) and check that they fit
+        each other and the manifest: one line naming the file otherwise. Jobs call it before Ray starts,
+        so a broken set fails in the driver, not inside an actor."""
+        generator = self.generator()
+        if (generator.size, generator.n_latent) != (self.size, self.n_latent):
+            raise CheckpointError(
+                f"{self.file_uri('generator')}: a {generator.size} px generator with {generator.n_latent} "
+                f"styles; {MANIFEST} says {self.size} px and {self.n_latent} styles"
+            )
+        for name in encoders:
+            config = self.encoder(name).config
+            if (config.n_styles, config.style_dim) != (generator.n_latent, generator.style_dim):
+                raise CheckpointError(
+                    f"{self.file_uri(name)}: makes [{config.n_styles}, {config.style_dim}] codes; the "
+                    f"generator takes [{generator.n_latent}, {generator.style_dim}]"
+                )
+
     def arcface(self) -> Backbone:
         """The IR-SE ArcFace used by the ID loss, frozen."""
         return self._frozen_model("arcface")
