@@ -55,7 +55,26 @@ def quiet_output() -> str | None:
                 logger.removeHandler(old)
             logger.addHandler(handler)
             logger.propagate = False
+        _route_raylet_messages(logging.getLogger("ray.raylet_messages"))
     return _LOG_FILE
+
+
+def _route_raylet_messages(logger: logging.Logger) -> None:
+    """The raylet's messages to the driver (such as its warning about many worker processes, which a
+    2-core machine running a demo always sees) are printed by a thread of Ray's that has no logger:
+    send the raylet's lines to `logger` and let the workers' lines through as Ray prints them."""
+    from ray._private import worker
+
+    print_to_stdstream = worker.print_to_stdstream
+
+    def routed(data, ignore_prefix: bool) -> None:
+        if data.get("pid") == "raylet":
+            for line in data.get("lines", []):
+                logger.warning(line)
+            return
+        print_to_stdstream(data, ignore_prefix)
+
+    worker.print_to_stdstream = routed
 
 
 def log_line() -> str:
