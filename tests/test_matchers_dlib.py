@@ -120,9 +120,7 @@ def test_every_same_person_pair_scores_above_every_different_person_pair(matcher
 
 def test_masks_cost_a_real_matcher_verification_auc(matcher, demo_corpus) -> None:
     identities = [face["identity"] for face in demo_corpus]
-    embeddings = {
-        kind: matcher.embed(to_tensor([face[kind] for face in demo_corpus])) for kind in ("T", "M")
-    }
+    embeddings = {kind: matcher.embed(to_tensor([face[kind] for face in demo_corpus])) for kind in ("T", "M")}
     pairs = metrics.verification_pairs(identities, seed=0)
     aucs, _ = metrics.protocol_aucs(embeddings, pairs)
     # Measured on this corpus: TT 1.000, MT ~0.99, MM ~0.97 (see README).
