@@ -53,6 +53,36 @@ def variety_sheet(
     return np.vstack(rows)
 
 
+def fits_sheet(faces: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], seed: int = 0) -> np.ndarray:
+    """One row per aligned face (image, 5 landmarks, dlib's 68 landmarks): the face with its 68
+    points (jaw line in green), then every kind placed by the 5-point fit and by the dlib68 fit."""
+    rows = []
+    for index, (image, landmarks, points68) in enumerate(faces):
+        marked = image.copy()
+        for number, (x, y) in enumerate(np.round(points68).astype(int)):
+            colour = (40, 200, 60) if number < 17 else (230, 60, 40)
+            cv2.circle(marked, (int(x), int(y)), 2, colour, -1, cv2.LINE_AA)
+        tiles = [_label(marked, "dlib 68 points")]
+        for kind in MASK_KINDS:
+            for fit, points in (("five_point", None), ("dlib68", points68)):
+                result = apply_mask(
+                    image, landmarks, kind, seed=seed, image_id=f"fits-{index}", fit=fit, landmarks68=points
+                )
+                tiles.append(_label(result.masked, f"{kind} {fit}"))
+        rows.append(np.hstack(tiles))
+    return np.vstack(rows)
+
+
+def with_landmarks68(
+    faces: Sequence[tuple[np.ndarray, np.ndarray]],
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Each aligned face with dlib's 68 landmarks, found in the box MTCNN gives on the aligned face."""
+    from unmask_core.faces.dlib_models import landmarks68
+
+    detector = MTCNNDetector()
+    return [(image, points, landmarks68(image, detector.detect(image)[0].box)) for image, points in faces]
+
+
 def sample_faces() -> list[tuple[np.ndarray, np.ndarray]]:
     """Aligned faces from insightface's sample photos: three from the group photo (frontal,
     looking down, turned away) and Tom Hanks."""
@@ -84,7 +114,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     faces = sample_faces()
-    for name, sheet in (("kinds.png", contact_sheet(faces)), ("variety.png", variety_sheet(faces))):
+    sheets = (
+        ("kinds.png", contact_sheet(faces)),
+        ("variety.png", variety_sheet(faces)),
+        ("fits.png", fits_sheet(with_landmarks68(faces))),
+    )
+    for name, sheet in sheets:
         cv2.imwrite(str(out / name), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9])
         print(out / name)
 

@@ -41,7 +41,8 @@ def test_readme_demo_command_produces_report_metrics_and_parquet(tmp_path: Path)
     for name in ("report.html", "metrics.json", "table.md", "roc.png"):
         assert (report / name).stat().st_size > 0, name
     metrics = json.loads((report / "metrics.json").read_text())
-    assert set(metrics["matchers"]) == {"arcface", "facenet"}
+    assert set(metrics["matchers"]) == {"arcface", "facenet", "dlib"}
+    assert metrics["weights"]["dlib"]["pretrained"] and not metrics["weights"]["facenet"]["pretrained"]
     assert set(metrics["matchers"]["facenet"]) == {"MM", "MT", "UU", "UT", "TT"}
     assert metrics["n_pairs"] > 0
     pairs = pq.read_table(out / "pairs" / "pairs")

@@ -1,4 +1,5 @@
-"""dlib's 68-point landmarks (the `dlib` extra) and the mask fit that follows the jaw line."""
+"""dlib's 68-point landmarks (the `dlib` extra, which setup and CI install) and the mask fit that
+follows the jaw line."""
 
 from __future__ import annotations
 
@@ -6,12 +7,10 @@ import cv2
 import numpy as np
 import pytest
 
-pytest.importorskip("dlib", reason="the dlib extra is not installed: pip install 'unmask[dlib]'")
-
-from tests.test_faces_masks import EYE_MARGIN, SAMPLE_LANDMARKS, covers, distance_to_eyes, sample_photos  # noqa: E402
-from unmask_core.faces.align import align_face, transform_points  # noqa: E402
-from unmask_core.faces.dlib_models import SHAPE_PREDICTOR_68, landmarks68, model_path  # noqa: E402
-from unmask_core.faces.masks import MASK_KINDS, MaskError, apply_mask  # noqa: E402
+from tests.test_faces_masks import EYE_MARGIN, SAMPLE_LANDMARKS, covers, distance_to_eyes, sample_photos
+from unmask_core.faces.align import align_face, transform_points
+from unmask_core.faces.dlib_models import SHAPE_PREDICTOR_68, landmarks68, model_path
+from unmask_core.faces.masks import MASK_KINDS, MaskError, apply_mask
 
 
 def test_model_files_are_found_without_pkg_resources() -> None:

@@ -140,3 +140,29 @@ def test_a_bug_becomes_an_internal_error_row_and_the_job_exits_non_zero(
     assert summary["reconciled"] and summary["internal_errors"] == 2
     assert summary["first_internal_error"] == "a/0.png: KeyError: 'planted'"
     assert "INTERNAL ERRORS: 2" in capsys.readouterr().out
+
+
+def test_mask_fit_dlib68_places_the_mask_from_dlibs_68_landmarks_in_the_detector_box() -> None:
+    from unmask_core.errors import UserError
+    from unmask_core.faces.dlib_models import landmarks68
+    from unmask_core.faces.masks import apply_mask, choose_mask
+    from unmask_core.prepare.config import PrepareConfig
+    from unmask_core.prepare.pairs import SyntheticPairMaker, masked_pair_columns
+
+    five = PrepareConfig(input="in", output="out")
+    fitted = PrepareConfig(input="in", output="out", mask_fit="dlib68")
+    with pytest.raises(UserError, match="mask_fit|mask-fit"):
+        PrepareConfig(input="in", output="out", mask_fit="dlib81")
+    group = load_rgb(sample_photo("t1.jpg"))
+    aligned, landmarks, box = SyntheticPairMaker(five).aligned_face(group)
+    # The box, carried into the aligned frame, frames the face there as the detector would.
+    again = build_detector("mtcnn").detect(aligned)[0].box
+    assert np.abs(box - again).max() < 0.08 * (again[2] - again[0])
+    plain = masked_pair_columns(aligned, landmarks, box, five, "t1")
+    columns = masked_pair_columns(aligned, landmarks, box, fitted, "t1")
+    assert columns["T"] == plain["T"] and columns["M"] != plain["M"]
+    kind, color = choose_mask(fitted.mask_kinds, fitted.seed, "t1")
+    expected = apply_mask(
+        aligned, landmarks, kind, color, 0, "t1", fit="dlib68", landmarks68=landmarks68(aligned, box)
+    )
+    np.testing.assert_array_equal(data.decode_png(columns["M"]), expected.masked)

@@ -302,3 +302,27 @@ def test_report_opens_in_headless_chromium(sample, written, tmp_path):
     assert pixels[:40].mean() < 110 and pixels[-200:].mean() > 180
     if os.environ.get("UNMASK_REPORT_SCREENSHOT"):  # to refresh docs/report.png by hand
         shutil.copy(shot, os.environ["UNMASK_REPORT_SCREENSHOT"])
+
+
+def test_table_and_page_name_each_matchers_weights_as_pretrained_or_random():
+    summary = {
+        "matchers": {
+            "facenet": {"MM": 0.5, "TT": 0.52},
+            "dlib": {"MM": 0.971, "MT": 0.99, "TT": 1.0},
+        },
+        "weights": {
+            "facenet": {"pretrained": False, "sha256": "f" * 64},
+            "dlib": {"pretrained": True, "sha256": "d" * 64},
+        },
+    }
+    lines = report.table_markdown(summary).strip().splitlines()
+    assert lines[-3:] == [
+        "Matcher weights:",
+        f"- FaceNet: random, sha256 {'f' * 64}",
+        f"- dlib ResNet: pretrained, sha256 {'d' * 64}",
+    ]
+    page = report.render_report(summary, {}, [], {}, {})["report.html"].decode()
+    random_note = "random weights: these AUCs say nothing about faces"
+    assert f'<span class="weights random">{random_note} <span class="hash">sha256 {"f" * 64}' in page
+    assert f'<span class="weights pretrained">pretrained weights <span class="hash">sha256 {"d" * 64}' in page
+    assert report.weights_label(None) == "unknown"

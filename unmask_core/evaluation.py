@@ -170,6 +170,7 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
         "n_pairs": int(len(pairs.genuine)),
         "n_genuine": int(pairs.genuine.sum()),
         "checkpoints": unmasker.checkpoints,
+        "weights": matcher_weights(unmasker.matchers),
     }
     triplets = _triplets(cfg, faces, unmasker)
     written = report.write_report(
@@ -183,6 +184,11 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
     )
     summary["files"] = written
     return summary
+
+
+def matcher_weights(matchers: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per matcher: whether its weights are pretrained or random, and their sha256 (for the report)."""
+    return {name: {"pretrained": m.pretrained, "sha256": m.model_sha256} for name, m in matchers.items()}
 
 
 def _triplets(cfg: EvaluateConfig, faces: TestFaces, unmasker) -> list:

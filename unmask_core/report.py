@@ -15,7 +15,12 @@ The metrics dict it expects (the one `unmask_core.evaluation` builds; every key 
 optional):
     {"matchers": {"arcface": {"MM": auc, "MT": .., "UU": .., "UT": .., "TT": ..}, "facenet": {..}},
      "psnr": mean dB, "ssim": mean, "masked_region_psnr": mean dB, "n_images": .., "n_identities": ..,
-     "n_pairs": .., "n_genuine": .., "checkpoints": {name: sha256}}
+     "n_pairs": .., "n_genuine": .., "checkpoints": {name: sha256},
+     "weights": {"arcface": {"pretrained": bool, "sha256": ..}, ..}}
+
+`weights` says per matcher whether its network was trained or randomly initialised (as `models init`
+makes them): the table names each as pretrained or random, with the weights' sha256, because a
+random network's AUCs say nothing about faces.
 """
 
 from __future__ import annotations
@@ -116,8 +121,16 @@ def _matcher_name(name: str) -> str:
     return MATCHER_NAMES.get(name, name)
 
 
+def weights_label(weights: Mapping[str, Any] | None) -> str:
+    """'pretrained', 'random' or 'unknown' for one matcher's entry in the metrics' `weights`."""
+    if not weights or weights.get("pretrained") is None:
+        return "unknown"
+    return "pretrained" if weights["pretrained"] else "random"
+
+
 def table_markdown(metrics: Mapping[str, Any]) -> str:
-    """The paper's Table 3/4 as Markdown: a row per matcher; AUC for MM, MT, UU, UT, TT; SSIM; PSNR.
+    """The paper's Table 3/4 as Markdown: a row per matcher; AUC for MM, MT, UU, UT, TT; SSIM; PSNR;
+    then, when the metrics name them, each matcher's weights: pretrained or random, and their sha256.
 
     Image quality does not depend on the matcher, so SSIM and PSNR repeat on every row, as in the
     paper. Missing values show as '—'.
@@ -132,6 +145,14 @@ def table_markdown(metrics: Mapping[str, Any]) -> str:
         rows.append(f"| {_matcher_name(name)} | " + " | ".join(cells + quality) + " |")
     if not matchers:
         rows.append("| — | " + " | ".join(["—"] * len(SETTING_ORDER) + quality) + " |")
+    weights = metrics.get("weights") or {}
+    if weights:
+        rows += ["", "Matcher weights:"]
+        rows += [
+            f"- {_matcher_name(name)}: {weights_label(weights.get(name))}, "
+            f"sha256 {(weights.get(name) or {}).get('sha256') or '—'}"
+            for name in matchers
+        ]
     return "\n".join(rows) + "\n"
 
 
@@ -300,6 +321,11 @@ td.ours { background: #f1f4ff; font-weight: 600; }
 td.upper { color: var(--good); }
 td .matcher { font-weight: 600; }
 td .why { display: block; font-size: 12px; color: var(--muted); font-weight: 400; }
+td .weights { display: block; font-size: 12px; font-weight: 600; color: #2b8a3e; max-width: 260px;
+  white-space: normal; }
+td .weights.random, td .weights.unknown { color: #c92a2a; }
+td .weights .hash { display: block; font-weight: 400; color: var(--muted); word-break: break-all;
+  font-family: ui-monospace, Menlo, Consolas, monospace; font-size: 10.5px; }
 .legend { display: flex; flex-wrap: wrap; gap: 6px 18px; margin-top: 12px; font-size: 12.5px;
           color: var(--muted); }
 .legend b { color: var(--ink); font-family: ui-monospace, Menlo, Consolas, monospace; margin-right: 4px; }
@@ -387,8 +413,10 @@ def _table_html(metrics: Mapping[str, Any]) -> str:
     quality = f"<td>{_fmt(metrics.get('ssim'))}</td><td>{_fmt(metrics.get('psnr'))}</td>"
     rows = []
     matchers = metrics.get("matchers") or {}
+    weights = metrics.get("weights") or {}
     for name, aucs in matchers.items():
         why = f'<span class="why">{_e(MATCHER_NOTES[name])}</span>' if name in MATCHER_NOTES else ""
+        why += _weights_html(weights.get(name)) if weights else ""
         cells = []
         for setting in SETTING_ORDER:
             css = "ours" if setting in ("UU", "UT") else "upper" if setting == "TT" else ""
@@ -404,6 +432,18 @@ def _table_html(metrics: Mapping[str, Any]) -> str:
         f"<table><thead>{groups}{head}</thead><tbody>{''.join(rows)}</tbody></table>"
         f'<div class="legend">{legend}</div>'
     )
+
+
+def _weights_html(weights: Mapping[str, Any] | None) -> str:
+    label = weights_label(weights)
+    digest = (weights or {}).get("sha256") or ""
+    meaning = {
+        "pretrained": "pretrained weights",
+        "random": "random weights: these AUCs say nothing about faces",
+        "unknown": "weights of unknown origin",
+    }[label]
+    hash_html = f' <span class="hash">sha256 {_e(digest)}</span>' if digest else ""
+    return f'<span class="weights {label}">{_e(meaning)}{hash_html}</span>'
 
 
 def _triplets_html(triplets: Sequence[Triplet]) -> str:

@@ -36,7 +36,8 @@ class Matcher(ABC):
     """`embed(faces [N, 3, H, W] in [-1, 1] RGB) -> float32 [N, dim]`.
 
     `normalized` says whether the rows come L2-normalised; compare with cosine similarity either way.
-    `model_sha256` names the weights, for provenance in output rows.
+    `model_sha256` names the weights, for provenance in output rows; `pretrained` says whether they
+    were learnt (False: a randomly initialised network, whose scores say nothing about faces).
     """
 
     name: str
@@ -44,6 +45,7 @@ class Matcher(ABC):
     dim: int
     normalized: bool
     model_sha256: str
+    pretrained: bool
 
     @abstractmethod
     def embed(self, faces: Tensor) -> np.ndarray: ...
@@ -64,11 +66,12 @@ class TorchMatcher(Matcher):
         dim: int,
         normalized: bool,
         model_sha256: str,
+        pretrained: bool,
         device: str | torch.device = "cpu",
         input_size: int = MATCHER_SIZE,
     ) -> None:
         self.name, self.backend, self.dim, self.normalized = name, backend, dim, normalized
-        self.model_sha256 = model_sha256
+        self.model_sha256, self.pretrained = model_sha256, pretrained
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.scale = scale
@@ -92,9 +95,10 @@ def _insightface_mean_std(model_bytes: bytes) -> tuple[float, float]:
 
 
 class OnnxArcFaceMatcher(Matcher):
-    """insightface ArcFace ONNX model (e.g. buffalo_l's w600k_r50.onnx) run with onnxruntime."""
+    """insightface ArcFace ONNX model (e.g. buffalo_l's w600k_r50.onnx) run with onnxruntime. Only
+    ever imported from a user's file, never made by `models init`: taken as pretrained."""
 
-    name, backend, normalized = "arcface", "insightface-onnx", False
+    name, backend, normalized, pretrained = "arcface", "insightface-onnx", False, True
 
     def __init__(self, onnx_uri: str, device: str | torch.device = "cpu") -> None:
         import onnxruntime as ort

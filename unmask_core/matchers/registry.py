@@ -3,10 +3,17 @@
 - 'arcface': insightface's ArcFace ONNX model (via onnxruntime) when the model set holds
   `arcface.onnx`; otherwise the set's IR-SE ArcFace (the one the ID loss uses, so it is biased
   towards our outputs, as the paper notes).
-- 'facenet': facenet-pytorch's InceptionResnetV1, never used in training: the fair check.
+- 'facenet': facenet-pytorch's InceptionResnetV1, never used in training: a fair check.
+- 'dlib': dlib's ResNet face descriptor from the `face_recognition_models` package (the `dlib`
+  extra): pretrained whatever the model set holds, never used in training, so the fair check that
+  also works on a set made by `models init` (whose ArcFace and FaceNet are random).
+
+A matcher built from a model set is pretrained unless the set's manifest lists it under
+`random_init` (what `models init` writes).
 
 This module imports no torch (the report and the configs read it); builders import their networks.
-Adding a matcher: an entry here, a builder beside it, and its network in networks.py (docs/extending.md).
+Adding a matcher: an entry here, a builder beside it, and its network in networks.py or a module of its
+own (docs/extending.md).
 """
 
 from __future__ import annotations
@@ -23,6 +30,10 @@ class MatcherSpec:
     build: Callable[[Any, Any], Any]  # (ModelSet, device) -> Matcher
 
 
+def _pretrained(model_set, name: str) -> bool:
+    return name not in model_set.manifest.get("random_init", [])
+
+
 def _build_arcface(model_set, device):
     from unmask_core.matchers.networks import OnnxArcFaceMatcher, TorchMatcher
 
@@ -32,7 +43,7 @@ def _build_arcface(model_set, device):
     arcface = model_set.arcface()
     return TorchMatcher(
         "arcface", "irse", arcface, 1.0, arcface.config.embedding_dim, True,
-        model_set.sha256("arcface"), device, arcface.input_size,
+        model_set.sha256("arcface"), _pretrained(model_set, "arcface"), device, arcface.input_size,
     )  # fmt: skip
 
 
@@ -41,11 +52,18 @@ def _build_facenet(model_set, device):
 
     return TorchMatcher(
         "facenet", "facenet-pytorch", model_set.facenet(), 127.5 / 128.0, 512, True,
-        model_set.sha256("facenet"), device,
+        model_set.sha256("facenet"), _pretrained(model_set, "facenet"), device,
     )  # fmt: skip
+
+
+def _build_dlib(model_set, device):
+    from unmask_core.matchers.dlib_resnet import DlibResNetMatcher
+
+    return DlibResNetMatcher()  # dlib runs on the CPU, and needs nothing from the model set
 
 
 MATCHERS: dict[str, MatcherSpec] = {
     "arcface": MatcherSpec("ArcFace", "used in training (biased)", _build_arcface),
     "facenet": MatcherSpec("FaceNet", "not used in training (fair check)", _build_facenet),
+    "dlib": MatcherSpec("dlib ResNet", "pretrained, not used in training (fair check)", _build_dlib),
 }

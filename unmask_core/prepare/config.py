@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from unmask_core import corpora, data
 from unmask_core.config import JobConfig, option
 from unmask_core.errors import UserError
-from unmask_core.faces.masks import MASK_KINDS
+from unmask_core.faces.masks import FITS, MASK_KINDS
 
 
 @dataclass
@@ -17,6 +17,12 @@ class PrepareConfig(JobConfig):
     output: str = option("", "output folder for pairs Parquet (local path or s3://)", required=True)
     mask_kinds: list[str] = option(
         list(MASK_KINDS), "synthetic mask kinds to draw", item_choices=list(MASK_KINDS)
+    )
+    mask_fit: str = option(
+        "five_point",
+        "how masks are placed: from the 5 landmarks, or also from dlib's 68 (jaw line, nose bridge; "
+        "MaskTheFace's way; needs the dlib extra)",
+        choices=list(FITS),
     )
     test_fraction: float = option(0.2, "fraction of identities in the test split")
     seed: int = option(0, "seed for masks and the identity split")

@@ -44,14 +44,26 @@ def read_image(uri: str, cfg) -> np.ndarray:  # cfg: PrepareConfig
 
 
 def masked_pair_columns(
-    aligned: np.ndarray, landmarks: np.ndarray, mask_kinds: list[str], seed: int, image_id: str
+    aligned: np.ndarray,
+    landmarks: np.ndarray,
+    box: np.ndarray,
+    cfg,  # PrepareConfig: mask_kinds, mask_fit, seed
+    image_id: str,
 ) -> dict[str, Any]:
-    """T, M and the mask's columns for an aligned face whose 5 landmarks are known."""
+    """T, M and the mask's columns for an aligned face whose 5 landmarks and detector box (x0, y0, x1,
+    y1) are known, in the aligned frame. The 'dlib68' fit finds dlib's 68 landmarks in that box."""
     from unmask_core.faces.masks import MaskError, apply_mask, choose_mask
 
-    kind, color = choose_mask(mask_kinds, seed, image_id)
+    kind, color = choose_mask(cfg.mask_kinds, cfg.seed, image_id)
+    landmarks68 = None
+    if cfg.mask_fit == "dlib68":
+        from unmask_core.faces.dlib_models import landmarks68 as find_landmarks68
+
+        landmarks68 = find_landmarks68(aligned, tuple(box))
     try:
-        mask = apply_mask(aligned, landmarks, kind, color, seed, image_id)
+        mask = apply_mask(
+            aligned, landmarks, kind, color, cfg.seed, image_id, fit=cfg.mask_fit, landmarks68=landmarks68
+        )
     except MaskError as exc:
         raise RowError("mask_failed", str(exc)) from exc
     return {
@@ -64,6 +76,18 @@ def masked_pair_columns(
     }
 
 
+def box_in_aligned(box: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """A detector box (x0, y0, x1, y1) carried by the 2x3 similarity `matrix` into the aligned frame:
+    its centre mapped, its sides scaled. The face is upright there, so the box stays a square-on box
+    (the bounding box of its turned corners would grow with the face's roll)."""
+    from unmask_core.faces.align import transform_points
+
+    box = np.asarray(box, dtype=np.float64)
+    centre = transform_points((box[:2] + box[2:]) / 2, matrix)
+    half = (box[2:] - box[:2]) / 2 * float(np.sqrt(abs(np.linalg.det(np.asarray(matrix)[:, :2]))))
+    return np.concatenate([centre - half, centre + half])
+
+
 class SyntheticPairMaker:
     """Turns one listed image into a pair row with a synthetic mask (or an error row). Holds the detector."""
 
@@ -74,8 +98,9 @@ class SyntheticPairMaker:
         self.layout = corpora.layout(cfg.corpus)
         self.detector = build_detector(cfg.detector, "cpu")
 
-    def aligned_face(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(aligned face, its 5 landmarks in the aligned frame) by the layout's recipe."""
+    def aligned_face(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(aligned face, its 5 landmarks and its detector box in the aligned frame) by the layout's
+        recipe."""
         import cv2
 
         from unmask_core.faces.align import align_face, transform_points
@@ -86,7 +111,7 @@ class SyntheticPairMaker:
             if not faces:
                 raise RowError("no_face", "no face detected")
             aligned, matrix = align_face(image, faces[0].landmarks, size=size)
-            return aligned, transform_points(faces[0].landmarks, matrix)
+            return aligned, transform_points(faces[0].landmarks, matrix), box_in_aligned(faces[0].box, matrix)
         # Pre-aligned corpora keep their geometry; we only look for landmarks to fit the mask.
         aligned = self.layout.crop(image) if self.layout.crop else image
         if aligned.shape[:2] != (size, size):
@@ -94,13 +119,13 @@ class SyntheticPairMaker:
         faces = self.detector.detect(aligned)
         if not faces:
             raise RowError("no_face", "no face detected in the aligned image")
-        return aligned, faces[0].landmarks
+        return aligned, faces[0].landmarks, faces[0].box
 
     def make(self, record: data.ImageRecord, split: str, item: dict | None = None) -> dict[str, Any]:
         row = empty_pairs_row(record, split)
         try:
-            aligned, landmarks = self.aligned_face(read_image(record.uri, self.cfg))
-            row.update(masked_pair_columns(aligned, landmarks, self.cfg.mask_kinds, self.cfg.seed, record.id))
+            aligned, landmarks, box = self.aligned_face(read_image(record.uri, self.cfg))
+            row.update(masked_pair_columns(aligned, landmarks, box, self.cfg, record.id))
         except RowError as exc:
             row.update(status=exc.status, error=exc.reason)
         except Exception as exc:  # a bug must not lose the row: record it, and the job exits non-zero

@@ -90,7 +90,7 @@ class RMFRDPairMaker:
         if not faces:
             raise RowError("no_face", "no face detected in the eye-aligned image")
         columns = masked_pair_columns(
-            alignment.aligned, faces[0].landmarks, self.cfg.mask_kinds, self.cfg.seed, record.id
+            alignment.aligned, faces[0].landmarks, faces[0].box, self.cfg, record.id
         )
         return {**columns, "eyes": _flat_eyes(alignment.eyes)}
 
