@@ -151,10 +151,10 @@ def test_manifest_parquet_with_ids(tmp_path) -> None:
         corpora.read_manifest(str(path))
 
 
-def _progressive_jpeg_with_repeated_scans(repeats: int) -> bytes:
+def _progressive_jpeg_with_repeated_scans(repeats: int, size: int = 128) -> bytes:
     rng = np.random.default_rng(0)
     buffer = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (128, 128, 3), dtype=np.uint8)).save(
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(
         buffer, "JPEG", progressive=True, quality=90
     )
     raw = buffer.getvalue()
@@ -175,6 +175,7 @@ def test_a_decode_over_its_time_limit_is_a_timeout(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(data, "MAX_JPEG_SCANS", 10**9)  # let the slow file through to the decoder
     started = time.perf_counter()
     with pytest.raises(data.ImageDecodeError) as error:
-        data.decode_image(_progressive_jpeg_with_repeated_scans(3000), seconds=0.2)
+        # 512 px and 1,000 scans: over a second of decoding even on a fast core
+        data.decode_image(_progressive_jpeg_with_repeated_scans(1000, size=512), seconds=0.2)
     assert error.value.status == "timeout"
     assert time.perf_counter() - started < 5
