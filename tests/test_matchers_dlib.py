@@ -20,7 +20,7 @@ from unmask_core.faces.dlib_models import FACE_DESCRIPTOR, model_path
 from unmask_core.faces.samples import load_rgb
 from unmask_core.matchers import build_matcher
 from unmask_core.matchers.dlib_resnet import dlib_points_on_template
-from unmask_core.models.checkpoints import ModelSet, init_model_set
+from unmask_core.models.model_set import ModelSet, init_model_set
 from unmask_core.prepare.config import PrepareConfig
 from unmask_core.prepare.pairs import SyntheticPairMaker, masked_pair_columns
 

@@ -59,7 +59,7 @@ def _build_gallery(folder: Path) -> None:
 
 @pytest.fixture(scope="module")
 def output(tmp_path_factory, ray_local) -> Path:
-    from unmask_core.models.checkpoints import init_model_set
+    from unmask_core.models.model_set import init_model_set
 
     root = tmp_path_factory.mktemp("output_doc")
     _build_gallery(root / "gallery")
