@@ -21,6 +21,8 @@ def test_readme_demo_command_produces_report_metrics_and_parquet(tmp_path: Path)
     assert command == "bash scripts/demo.sh"
     out = tmp_path / "demo_out"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # The set-up is pip's business (a fresh clone installs first); then demo.sh's own set-up is a no-op.
+    subprocess.run(["bash", "scripts/setup.sh"], cwd=REPO_ROOT, env=env, check=True, capture_output=True)
     proc = subprocess.run(
         [*command.split(), "--out", str(out), "--steps", "2"],
         cwd=REPO_ROOT,

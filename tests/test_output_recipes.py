@@ -106,6 +106,7 @@ def test_the_layout_is_as_documented(output: Path) -> None:
         "shard_size",
         "first_id",
         "last_id",
+        "pins",
     }
 
 

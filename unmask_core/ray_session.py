@@ -122,13 +122,11 @@ def configure_data_context() -> None:
 
 
 def retry_args() -> dict:
-    """Fault tolerance of our actor stages, finite everywhere (Ray Data's default is infinite restarts
-    and retries: an input that kills its worker, by memory, would be retried forever). On a cluster a
-    lost node is survived a few times; on the local Ray a dead actor is a bug or an out-of-memory
-    input, so the job stops and a rerun resumes from the finished shards."""
-    if os.environ.get("RAY_ADDRESS"):
-        return {"max_restarts": 3, "max_task_retries": 3}
-    return {"max_restarts": 0}
+    """Fault tolerance of our actor stages: a lost actor (a spot node gone, a killed worker) is restarted
+    and its task retried, but a few times only. Ray Data's default is infinite restarts and retries,
+    so an input that kills its worker by memory would be retried forever; now the job stops, and a
+    rerun resumes from the finished shards."""
+    return {"max_restarts": 3, "max_task_retries": 3}
 
 
 def actor_pool(low: int, high: int, n_tasks: int):
