@@ -188,14 +188,16 @@ class ModulatedConv2d(nn.Module):
         self.modulation = EqualLinear(style_dim, in_channels, bias_init=1)
 
     def coefficients(self, style: Tensor) -> tuple[Tensor, Tensor | None]:
-        """fp32 styles s [B, in] (times the equalised-lr scale) and demodulation d [B, out] or None."""
+        """Styles s [B, in] (times the equalised-lr scale) and demodulation d [B, out] or None, in fp32
+        (or the style's dtype when wider)."""
+        dtype = torch.promote_types(style.dtype, torch.float32)
         with _fp32(style.device.type):
             modulation = self.modulation
-            s = F.linear(style.float(), modulation.weight.float()) * modulation.scale
-            s = (s + modulation.bias.float() * modulation.lr_mul) * self.scale
+            s = F.linear(style.to(dtype), modulation.weight.to(dtype)) * modulation.scale
+            s = (s + modulation.bias.to(dtype) * modulation.lr_mul) * self.scale
             if not self.demodulate:
                 return s, None
-            weight_energy = self.weight[0].float().pow(2).sum((2, 3))  # [out, in], once per batch
+            weight_energy = self.weight[0].to(dtype).pow(2).sum((2, 3))  # [out, in], once per batch
             return s, torch.rsqrt(s.pow(2) @ weight_energy.t() + 1e-8)
 
     def forward(self, x: Tensor, style: Tensor) -> Tensor:
