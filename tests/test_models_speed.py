@@ -337,6 +337,8 @@ def test_compile_for_inference_off_is_the_module_itself() -> None:
     assert compile_for_inference(g, enabled=False) is g
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # inductor builds C++ kernels: minutes on 2 busy cores
 @pytest.mark.skipif(COMPILER is None, reason="no C++ compiler (cc or g++): inductor cannot build CPU kernels")
 def test_compiled_64px_g_and_f_equal_eager() -> None:
     g, f = tiny_models()

@@ -205,7 +205,8 @@ class ModulatedConv2d(nn.Module):
         x = x * s.to(x.dtype)[:, :, None, None]
         weight = self.weight[0]
         if self.upsample:
-            out = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)
+            # A contiguous [in, out, k, k] copy (once per batch): CPU transposed convs are slow on the view.
+            out = F.conv_transpose2d(x, weight.transpose(0, 1).contiguous(), stride=2)
         else:
             out = F.conv2d(x, weight, padding=self.padding)
         if demod is not None:
