@@ -464,7 +464,7 @@ def test_save_encoder_to_a_new_folder_then_in_place(tiny_model_set: str, tmp_pat
     # A bare GradualStyleEncoder keeps the set's latent_avg; saving in place rewrites only that file.
     f = trained.encoder("unmask")
     with torch.no_grad():
-        f.encoder.styles[0].linear.bias.add_(1.0)
+        f.encoder.styles.coarse_linear_bias.add_(1.0)  # style 0 is a coarse head
     again = trained.save_encoder("unmask", f.encoder, out)
     assert again.sha256("unmask") != manifest["sha256"]["unmask"]
     assert again.sha256("baseline") == trained.sha256("baseline")

@@ -9,6 +9,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from unmask_core.models.psp import PSP
+from unmask_core.models.runtime import configure_backends, prepare_for_inference
+
 OUTPUT_SIZE = 256  # unmasked faces are delivered at the reference size, whatever the generator's
 
 
@@ -45,22 +48,26 @@ def to_uint8(images: torch.Tensor, size: int = OUTPUT_SIZE) -> np.ndarray:
 
 
 class Unmasker:
-    """Loads a model set once (g, f and the matchers) and unmasks batches of aligned faces."""
+    """Loads a model set once (g∘f as one PSP module, and the matchers) and unmasks batches of aligned
+    faces. On CUDA: backend flags set, NHWC weights, and with bf16 the weights cast once."""
 
     def __init__(self, models_uri: str, matchers: list[str], device: str = "cpu", bf16: bool = False) -> None:
         from unmask_core.matchers import build_matcher
         from unmask_core.models.model_set import ModelSet
 
         self.device = torch.device(device)
+        configure_backends(self.device)
         model_set = ModelSet(models_uri, device=self.device)
         model_set.validate(encoders=("unmask",))
         self.image_size = model_set.image_size
-        self.encoder = model_set.encoder("unmask").eval().requires_grad_(False)
-        self.generator = model_set.generator().eval().requires_grad_(False)
-        if self.device.type == "cuda":
-            self.encoder = self.encoder.to(memory_format=torch.channels_last)
-            self.generator = self.generator.to(memory_format=torch.channels_last)
         self.bf16 = bf16 and self.device.type == "cuda"
+        on_cuda = self.device.type == "cuda"
+        generator = model_set.generator()
+        # U at the generator's size: to_uint8 delivers OUTPUT_SIZE, and matchers resize for themselves.
+        self.model = PSP.compose(
+            model_set.encoder("unmask"), generator, generator.size, self.bf16, channels_last=on_cuda
+        )
+        prepare_for_inference(self.model, self.device, bf16=self.bf16)
         self.matchers = {name: build_matcher(name, model_set, self.device) for name in matchers}
         self.embedding_dims = {name: m.dim for name, m in self.matchers.items()}
         self.checkpoints = {"encoder": model_set.sha256("unmask"), "generator": model_set.sha256("generator")}
@@ -68,9 +75,8 @@ class Unmasker:
 
     @torch.inference_mode()
     def unmask(self, faces: torch.Tensor) -> torch.Tensor:
-        """faces [N, 3, S, S] in [-1, 1] at the encoder's size -> U at the generator's size."""
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
-            return self.generator(self.encoder(faces)).float()
+        """faces [N, 3, S, S] in [-1, 1] at the encoder's size -> U (fp32) at the generator's size."""
+        return self.model(faces)
 
     @torch.inference_mode()
     def run(

@@ -5,6 +5,8 @@ An IR-SE body gives three feature maps: c1, c2, c3 at the ends of stages 2, 3 an
 one map2style head per W+ layer turns a map into a style vector: coarse styles [0, coarse_ind)
 from c3, middle [coarse_ind, middle_ind) from p2, fine [middle_ind, n_styles) from p1. With pSp's
 coarse_ind=3, middle_ind=7 this covers 10 styles (64 px generator), 14 (256 px) and 18 (1024 px).
+The heads of one pyramid level run together (`StyleHeads`: grouped convolutions, one call per
+layer and level) and still load and save pSp's per-head keys `styles.<i>.convs.*`, `styles.<i>.linear.*`.
 The output does not include the generator's average latent; see psp.LatentEncoder for f(x).
 """
 
@@ -52,7 +54,8 @@ class EncoderConfig:
 
 
 class GradualStyleBlock(nn.Module):
-    """map2style: stride-2 3x3 convs (LeakyReLU 0.01) down to 1x1, then an EqualLinear."""
+    """map2style for one style, as pSp defines it: stride-2 3x3 convs (LeakyReLU 0.01) down to 1x1,
+    then an EqualLinear. Its keys are a head's checkpoint layout; `StyleHeads` runs the heads together."""
 
     def __init__(self, in_channels: int, out_channels: int, spatial: int) -> None:
         super().__init__()
@@ -68,6 +71,124 @@ class GradualStyleBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.linear(self.convs(x).view(-1, self.out_channels))
+
+
+@dataclass(frozen=True)
+class HeadLevel:
+    """The heads that read pyramid map `source`: styles [first, first + count), each `depth` convs deep."""
+
+    name: str
+    source: int
+    first: int
+    count: int
+    depth: int
+
+
+class StyleHeads(nn.Module):
+    """Every map2style head, batched per pyramid level: the first conv of a level is one convolution
+    with count x out channels, the next ones are grouped (one group per head), and the EqualLinears
+    run as one batched matmul. Parameters are stored stacked per level (`<level>_conv<j>_weight`,
+    `<level>_linear_weight` ...); state dicts hold pSp's per-head keys, converted on save and load.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, levels: list[tuple[str, int, int]]) -> None:
+        super().__init__()
+        self.out_channels = out_channels
+        self.linear_scale = 1 / math.sqrt(out_channels)  # EqualLinear with lr_mul 1
+        self.levels: list[HeadLevel] = []
+        first = 0
+        for source, (name, count, spatial) in enumerate(levels):
+            level = HeadLevel(name, source, first, count, int(math.log2(spatial)))
+            first += count
+            if count == 0:
+                continue
+            self.levels.append(level)
+            # pSp's per-head modules give the initialisation (same values, in the same order).
+            heads = [GradualStyleBlock(in_channels, out_channels, spatial) for _ in range(count)]
+            for key, _ in heads[0].named_parameters():
+                stacked = self._stack(key, [head.get_parameter(key).detach() for head in heads])
+                self.register_parameter(self._name(level, key), nn.Parameter(stacked))
+
+    @staticmethod
+    def _stack(head_key: str, values: list[Tensor]) -> Tensor:
+        """Per-head tensors -> the stored one: convs [count * out, ...], linears [count, ...]."""
+        stacked = torch.stack(values)
+        return stacked.flatten(0, 1) if head_key.startswith("convs.") else stacked
+
+    @staticmethod
+    def _per_head(level: HeadLevel, head_key: str, stored: Tensor) -> Tensor:
+        """The stored tensor -> [count, <one head's shape>] (views, no copy)."""
+        return stored.unflatten(0, (level.count, -1)) if head_key.startswith("convs.") else stored
+
+    @staticmethod
+    def _name(level: HeadLevel, head_key: str) -> str:
+        """'convs.2.weight' -> '<level>_conv1_weight'; 'linear.bias' -> '<level>_linear_bias'."""
+        module, *index, kind = head_key.split(".")
+        if module == "convs":
+            return f"{level.name}_conv{int(index[0]) // 2}_{kind}"
+        return f"{level.name}_{module}_{kind}"
+
+    def _head_keys(self, level: HeadLevel) -> list[str]:
+        convs = [f"convs.{2 * j}.{kind}" for j in range(level.depth) for kind in ("weight", "bias")]
+        return [*convs, "linear.weight", "linear.bias"]
+
+    def forward(self, maps: tuple[Tensor, ...]) -> Tensor:
+        """maps (one per level, in the constructor's order) -> styles [B, n_styles, out_channels]."""
+        styles = []
+        for level in self.levels:
+            x = maps[level.source]
+            for j in range(level.depth):
+                weight = getattr(self, f"{level.name}_conv{j}_weight")
+                bias = getattr(self, f"{level.name}_conv{j}_bias")
+                x = F.conv2d(x, weight, bias, stride=2, padding=1, groups=1 if j == 0 else level.count)
+                x = F.leaky_relu(x, 0.01)
+            x = x.reshape(x.shape[0], level.count, self.out_channels)
+            weight = getattr(self, f"{level.name}_linear_weight")  # [count, out, out]
+            bias = getattr(self, f"{level.name}_linear_bias")
+            out = torch.einsum("bhc,hoc->bho", x, weight) * self.linear_scale
+            styles.append(out + bias.to(out.dtype))
+        return torch.cat(styles, dim=1)
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        for level in self.levels:
+            for key in self._head_keys(level):
+                value = getattr(self, self._name(level, key))
+                per_head = self._per_head(level, key, value if keep_vars else value.detach())
+                for h in range(level.count):
+                    destination[f"{prefix}{level.first + h}.{key}"] = per_head[h]
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        stacked, used = {}, set()
+        for level in self.levels:
+            for key in self._head_keys(level):
+                name = self._name(level, key)
+                keys = [f"{prefix}{level.first + h}.{key}" for h in range(level.count)]
+                absent = [k for k in keys if k not in state_dict]
+                missing_keys.extend(absent)
+                expected = self._per_head(level, key, getattr(self, name)).shape[1:]
+                wrong = [k for k in keys if k in state_dict and state_dict[k].shape != expected]
+                error_msgs.extend(
+                    f"size mismatch for {k}: copying a param with shape {tuple(state_dict[k].shape)}, "
+                    f"the shape in current model is {tuple(expected)}."
+                    for k in wrong
+                )
+                used.update(keys)
+                if not absent and not wrong:
+                    stacked[prefix + name] = self._stack(key, [state_dict[k] for k in keys])
+        if strict:
+            unexpected_keys.extend(k for k in state_dict if k.startswith(prefix) and k not in used)
+        # Stored names left out of `stacked` are already reported under their per-head keys.
+        args = (local_metadata, strict, [], unexpected_keys, error_msgs)
+        super()._load_from_state_dict(stacked, prefix, *args)
 
 
 def upsample_add(x: Tensor, y: Tensor) -> Tensor:
@@ -87,12 +208,13 @@ class GradualStyleEncoder(nn.Module):
         ends = [sum(config.stage_units[: i + 1]) - 1 for i in range(4)]
         self.taps = (ends[1], ends[2], ends[3])  # c1, c2, c3: body[6], body[20], body[23] for IR-SE50
         c3_size = config.input_size // 16
-        self.styles = nn.ModuleList()
-        for i in range(config.n_styles):
-            spatial = (
-                c3_size if i < config.coarse_ind else 2 * c3_size if i < config.middle_ind else 4 * c3_size
-            )
-            self.styles.append(GradualStyleBlock(widths[3], config.style_dim, spatial))
+        coarse, middle = config.coarse_ind, config.middle_ind
+        levels = [
+            ("coarse", coarse, c3_size),
+            ("middle", middle - coarse, 2 * c3_size),
+            ("fine", config.n_styles - middle, 4 * c3_size),
+        ]
+        self.styles = StyleHeads(widths[3], config.style_dim, levels)
         self.latlayer1 = nn.Conv2d(widths[2], widths[3], 1)
         self.latlayer2 = nn.Conv2d(widths[1], widths[3], 1)
 
@@ -114,8 +236,4 @@ class GradualStyleEncoder(nn.Module):
         c1, c2, c3 = self.features(x)
         p2 = upsample_add(c3, self.latlayer1(c2))
         p1 = upsample_add(p2, self.latlayer2(c1))
-        coarse, middle = self.config.coarse_ind, self.config.middle_ind
-        latents = [head(c3) for head in self.styles[:coarse]]
-        latents += [head(p2) for head in self.styles[coarse:middle]]
-        latents += [head(p1) for head in self.styles[middle:]]
-        return torch.stack(latents, dim=1)
+        return self.styles((c3, p2, p1))

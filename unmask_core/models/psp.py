@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unmask_core.models.encoder import EncoderConfig, GradualStyleEncoder
+from unmask_core.models.runtime import to_channels_last
 from unmask_core.models.stylegan2 import Generator
 
 
@@ -40,7 +41,8 @@ class LatentEncoder(nn.Module):
         return self.encoder.config
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.encoder(x) + self.latent_avg.to(x.dtype)
+        # Type promotion keeps latent_avg's fp32 precision when the encoder ran in bf16.
+        return self.encoder(x) + self.latent_avg
 
 
 def _autocast(enabled: bool, device_type: str) -> contextlib.AbstractContextManager:
@@ -50,13 +52,14 @@ def _autocast(enabled: bool, device_type: str) -> contextlib.AbstractContextMana
 
 
 class PSP(nn.Module):
-    """pSp: encoder + latent_avg + generator (`decoder`, pSp's name and key prefix).
+    """U = g(f(x)), the one g∘f module: pSp's encoder + latent_avg + generator (`decoder`, pSp's name
+    and key prefix), used wherever f and g run together (inference, evaluation, training's decode).
 
-    `encode(x)` -> codes [B, n_styles, style_dim]; `decode(codes)` -> image pooled to `output_size`;
-    `forward(x)` -> decode(encode(x)). fp32 is the reference path. For inference, `bf16=True` runs
-    both networks under bfloat16 autocast (outputs are returned as float32) and `channels_last=True`
-    keeps the encoder's activations in NHWC, which cuDNN prefers; the generator's per-image grouped
-    convolutions gain nothing from NHWC and stay NCHW.
+    `encode(x)` -> codes [B, n_styles, style_dim] (fp32, latent_avg included); `decode(codes, size)` ->
+    image (fp32) pooled to `size` (default `output_size`) as pSp pools; `forward(x)` ->
+    decode(encode(x)). fp32 is the reference path. `bf16=True` runs both networks under bfloat16
+    autocast (weights may be cast once beforehand: runtime.prepare_for_inference); `channels_last=True`
+    makes the weights of both networks and the input NHWC, which cuDNN prefers.
     """
 
     def __init__(
@@ -81,7 +84,19 @@ class PSP(nn.Module):
         self.bf16 = bf16
         self.channels_last = channels_last
         if channels_last:
-            self.encoder.to(memory_format=torch.channels_last)
+            to_channels_last(self)
+
+    @classmethod
+    def compose(
+        cls,
+        f: LatentEncoder,
+        g: Generator,
+        output_size: int = 256,
+        bf16: bool = False,
+        channels_last: bool = False,
+    ) -> PSP:
+        """g∘f from f (a LatentEncoder, which carries latent_avg) and g; shares their modules."""
+        return cls(f.encoder, g, f.latent_avg, output_size, bf16, channels_last)
 
     def encode(self, x: Tensor) -> Tensor:
         if self.channels_last:
@@ -90,12 +105,13 @@ class PSP(nn.Module):
             codes = self.encoder(x)
         return codes.float() + self.latent_avg
 
-    def decode(self, codes: Tensor) -> Tensor:
+    def decode(self, codes: Tensor, size: int | None = None) -> Tensor:
+        size = size or self.output_size
         with _autocast(self.bf16, codes.device.type):
             image = self.decoder(codes)
         image = image.float()
-        if image.shape[-1] != self.output_size:
-            image = F.adaptive_avg_pool2d(image, (self.output_size, self.output_size))
+        if image.shape[-1] != size:
+            image = F.adaptive_avg_pool2d(image, (size, size))
         return image
 
     def forward(self, x: Tensor) -> Tensor:

@@ -2,11 +2,20 @@
 
 Keys and shapes equal rosinality's `model.py: Generator` (`style.*`, `input.input`, `conv1`, `to_rgb1`,
 `convs.*`, `to_rgbs.*`, `noises.noise_i`, blur `kernel` buffers), so its `g_ema` weights load strictly.
-Everything is plain PyTorch: the modulated convolutions run as one grouped convolution per layer
-(one group per image), and the skip path's upsample + blur (upfirdn2d with up=2) is a single
-depthwise transposed convolution. The blur after the upsampling modulated convolution stays a
-separate depthwise convolution: folding it into the transposed convolution would give a 6x6 kernel
-and four times the multiply-adds of the 3x3 one.
+Everything is plain PyTorch. The modulated convolutions run in their shared-weight form: the input
+is scaled by the style, one ordinary convolution with the shared weight serves the whole batch, and
+the output is demodulated; the per-sample form of the paper (`modulated_conv2d_per_sample`) is the
+same maths and is kept as the reference the tests compare against. The skip path's upsample + blur
+(upfirdn2d with up=2) is a single depthwise transposed convolution. The blur after the upsampling
+modulated convolution stays a separate depthwise convolution: folding it into the transposed
+convolution would give a 6x6 kernel and four times the multiply-adds of the 3x3 one.
+
+Precision under bf16 autocast: activations stay in the compute dtype from layer to layer (noise,
+noise weight and biases are cast to it). Three things stay in fp32, where rounding would matter:
+the styles and demodulation coefficients (`ModulatedConv2d.coefficients`), and the RGB skip path
+(ToRGB's output and its upsampling FIR), which accumulates the image over every resolution and is
+only 3 channels wide. The blur after the upsampling convolution runs in the compute dtype: its taps
+(1, 3, 3, 1) x (1, 3, 3, 1) / 16 are exact in bf16.
 
 The generator is always driven by W+ codes and the fixed noise buffers (rosinality's
 `input_is_latent=True, randomize_noise=False`): `g(w_plus) -> image`.
@@ -143,8 +152,17 @@ class Upsample(nn.Module):
         return upsample_fir(x, self.kernel, self.factor)
 
 
+def _fp32(device_type: str) -> torch.autocast:
+    """A region that autocast leaves in fp32 (whatever the caller's autocast state)."""
+    return torch.autocast(device_type=device_type, enabled=False)
+
+
 class ModulatedConv2d(nn.Module):
-    """Convolution whose weights are scaled per input channel by the style, then demodulated."""
+    """Convolution whose weights are scaled per input channel by the style, then demodulated.
+
+    Shared-weight form: conv(x * s, W) * d with d[b, o] = rsqrt(sum_i s[b, i]^2 sum_k W[o, i, k]^2 + eps),
+    which equals the per-sample form conv(x, W * s * d) (the equalised-lr `scale` is folded into s).
+    """
 
     def __init__(
         self,
@@ -165,27 +183,59 @@ class ModulatedConv2d(nn.Module):
             self.blur = Blur(pad=((p + 1) // 2 + factor - 1, p // 2 + 1), upsample_factor=factor)
         self.scale = 1 / math.sqrt(in_channels * kernel_size**2)
         self.padding = kernel_size // 2
+        # [1, out, in, k, k] as in rosinality; weight[0] is the shared 4-D convolution weight.
         self.weight = nn.Parameter(torch.randn(1, out_channels, in_channels, kernel_size, kernel_size))
         self.modulation = EqualLinear(style_dim, in_channels, bias_init=1)
 
+    def coefficients(self, style: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Styles s [B, in] (times the equalised-lr scale) and demodulation d [B, out] or None, in fp32
+        (or the style's dtype when wider)."""
+        dtype = torch.promote_types(style.dtype, torch.float32)
+        with _fp32(style.device.type):
+            modulation = self.modulation
+            s = F.linear(style.to(dtype), modulation.weight.to(dtype)) * modulation.scale
+            s = (s + modulation.bias.to(dtype) * modulation.lr_mul) * self.scale
+            if not self.demodulate:
+                return s, None
+            weight_energy = self.weight[0].to(dtype).pow(2).sum((2, 3))  # [out, in], once per batch
+            return s, torch.rsqrt(s.pow(2) @ weight_energy.t() + 1e-8)
+
     def forward(self, x: Tensor, style: Tensor) -> Tensor:
-        batch, _, height, width = x.shape
-        style = self.modulation(style).view(batch, 1, self.in_channels, 1, 1)
-        weight = self.scale * self.weight * style  # [B, out, in, k, k]
-        if self.demodulate:
-            demod = torch.rsqrt(weight.pow(2).sum([2, 3, 4]) + 1e-8)
-            weight = weight * demod.view(batch, self.out_channels, 1, 1, 1)
-        # One group per image: every image gets its own modulated weights in a single conv call.
-        x = x.reshape(1, batch * self.in_channels, height, width)
-        k = self.kernel_size
+        s, demod = self.coefficients(style)
+        x = x * s.to(x.dtype)[:, :, None, None]
+        weight = self.weight[0]
         if self.upsample:
-            weight = weight.transpose(1, 2).reshape(batch * self.in_channels, self.out_channels, k, k)
-            out = F.conv_transpose2d(x, weight, stride=2, padding=0, groups=batch)
-            out = out.view(batch, self.out_channels, out.shape[-2], out.shape[-1])
-            return self.blur(out)
-        weight = weight.reshape(batch * self.out_channels, self.in_channels, k, k)
-        out = F.conv2d(x, weight, padding=self.padding, groups=batch)
-        return out.view(batch, self.out_channels, out.shape[-2], out.shape[-1])
+            # A contiguous [in, out, k, k] copy (once per batch): CPU transposed convs are slow on the view.
+            out = F.conv_transpose2d(x, weight.transpose(0, 1).contiguous(), stride=2)
+        else:
+            out = F.conv2d(x, weight, padding=self.padding)
+        if demod is not None:
+            out = out * demod.to(out.dtype)[:, :, None, None]
+        return self.blur(out) if self.upsample else out
+
+
+def modulated_conv2d_per_sample(conv: ModulatedConv2d, x: Tensor, style: Tensor) -> Tensor:
+    """The paper's per-sample form of `conv(x, style)`: the reference for tests and benchmarks.
+
+    Every image gets its own modulated (and demodulated) weight tensor, and one grouped convolution
+    (one group per image) applies them all. Same maths as ModulatedConv2d.forward, with B copies
+    of the weights in memory.
+    """
+    batch, _, height, width = x.shape
+    style = conv.modulation(style).view(batch, 1, conv.in_channels, 1, 1)
+    weight = conv.scale * conv.weight * style  # [B, out, in, k, k]
+    if conv.demodulate:
+        demod = torch.rsqrt(weight.pow(2).sum([2, 3, 4]) + 1e-8)
+        weight = weight * demod.view(batch, conv.out_channels, 1, 1, 1)
+    x = x.reshape(1, batch * conv.in_channels, height, width)
+    k = conv.kernel_size
+    if conv.upsample:
+        weight = weight.transpose(1, 2).reshape(batch * conv.in_channels, conv.out_channels, k, k)
+        out = F.conv_transpose2d(x, weight, stride=2, padding=0, groups=batch)
+        return conv.blur(out.view(batch, conv.out_channels, out.shape[-2], out.shape[-1]))
+    weight = weight.reshape(batch * conv.out_channels, conv.in_channels, k, k)
+    out = F.conv2d(x, weight, padding=conv.padding, groups=batch)
+    return out.view(batch, conv.out_channels, out.shape[-2], out.shape[-1])
 
 
 class NoiseInjection(nn.Module):
@@ -194,7 +244,7 @@ class NoiseInjection(nn.Module):
         self.weight = nn.Parameter(torch.zeros(1))
 
     def forward(self, x: Tensor, noise: Tensor) -> Tensor:
-        return x + self.weight * noise
+        return x + self.weight.to(x.dtype) * noise.to(x.dtype)
 
 
 class BiasedActivation(nn.Module):
@@ -205,7 +255,7 @@ class BiasedActivation(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: Tensor) -> Tensor:
-        return scaled_leaky_relu(x + self.bias.view(1, -1, *([1] * (x.ndim - 2))))
+        return scaled_leaky_relu(x + self.bias.to(x.dtype).view(1, -1, *([1] * (x.ndim - 2))))
 
 
 class StyledConv(nn.Module):
@@ -222,6 +272,8 @@ class StyledConv(nn.Module):
 
 
 class ToRGB(nn.Module):
+    """1x1 modulated conv to RGB plus the upsampled skip image; the skip path runs in fp32 (see top)."""
+
     def __init__(self, in_channels: int, style_dim: int, upsample: bool = True) -> None:
         super().__init__()
         if upsample:
@@ -230,9 +282,10 @@ class ToRGB(nn.Module):
         self.bias = nn.Parameter(torch.zeros(1, 3, 1, 1))
 
     def forward(self, x: Tensor, style: Tensor, skip: Tensor | None = None) -> Tensor:
-        out = self.conv(x, style) + self.bias
+        out = self.conv(x, style).float() + self.bias.float()
         if skip is not None:
-            out = out + self.upsample(skip)
+            with _fp32(out.device.type):
+                out = out + self.upsample(skip.float())
         return out
 
 

@@ -1,0 +1,98 @@
+"""How the networks are run fast: backend flags, frozen weights cast once, NHWC, meta-device builds,
+torch.compile. Nothing here changes what a model computes (beyond bf16 rounding when asked for).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TypeVar
+
+import torch
+from torch import Tensor, nn
+
+from unmask_core.models.stylegan2 import ModulatedConv2d
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+# Autocast runs normalisation layers with fp32 parameters; their weights stay fp32 when the rest is cast.
+NORMALISATION_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d)
+
+
+def configure_backends(device: str | torch.device) -> None:
+    """On CUDA: cuDNN picks the fastest algorithm per shape, and fp32 matmuls and convolutions may use
+    TF32 tensor cores. Nothing on other devices."""
+    if torch.device(device).type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    torch.backends.cudnn.conv.fp32_precision = "tf32"
+
+
+def to_channels_last(module: ModuleT) -> ModuleT:
+    """NHWC for every 4-D weight: ordinary convolutions, and the shared weight of each modulated
+    convolution (stored [1, out, in, k, k] for rosinality's keys, so restrided to make weight[0] NHWC).
+    Module.to(memory_format=...) cannot do this: it refuses 5-D tensors."""
+    with torch.no_grad():
+        for layer in module.modules():
+            if isinstance(layer, ModulatedConv2d):
+                weight = layer.weight.data[0].contiguous(memory_format=torch.channels_last)
+                layer.weight.data = weight.unsqueeze(0)
+                continue
+            for param in layer.parameters(recurse=False):
+                if param.ndim == 4:
+                    param.data = param.data.contiguous(memory_format=torch.channels_last)
+    return module
+
+
+def cast_weights(module: ModuleT, dtype: torch.dtype) -> ModuleT:
+    """Floating-point parameters to `dtype`, once, except normalisation layers'; buffers (noise, FIR
+    kernels, running statistics, latent_avg) keep their dtype. Memory formats are kept."""
+    with torch.no_grad():
+        for layer in module.modules():
+            if isinstance(layer, NORMALISATION_LAYERS):
+                continue
+            for param in layer.parameters(recurse=False):
+                if param.is_floating_point():
+                    param.data = param.data.to(dtype)
+    return module
+
+
+def prepare_for_inference(
+    module: ModuleT, device: str | torch.device, bf16: bool = False, channels_last: bool = False
+) -> ModuleT:
+    """A frozen model ready to serve: eval mode, no gradients, on `device`; with bf16, its weights are
+    cast once (autocast would re-cast frozen weights on every forward) and it must then run under
+    bf16 autocast, as PSP(bf16=True) does; with channels_last, NHWC weights (see to_channels_last)."""
+    module = module.eval().requires_grad_(False).to(device)
+    if channels_last:
+        to_channels_last(module)
+    if bf16:
+        cast_weights(module, torch.bfloat16)
+    return module
+
+
+def build_on_meta(
+    factory: Callable[[], ModuleT], state_dict: Mapping[str, Tensor], strict: bool = True
+) -> ModuleT:
+    """`factory()` built on the meta device (no random initialisation), then its state dict assigned.
+
+    Parameters and persistent buffers (StyleGAN2's blur kernels and noise, BatchNorm statistics) take
+    the state dict's tensors. Non-persistent buffers come from the factory: they are real when made
+    from real tensors the factory is given (latent_avg), and any left on the meta device, because
+    only the constructor could compute them, are an error rather than a silently empty tensor.
+    """
+    with torch.device("meta"):
+        module = factory()
+    module.load_state_dict(state_dict, strict=strict, assign=True)
+    empty = [name for name, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    if empty:
+        raise RuntimeError(f"still on the meta device after loading: {', '.join(empty)}")
+    return module
+
+
+def compile_for_inference(module: ModuleT, enabled: bool) -> ModuleT | Callable[..., Tensor]:
+    """torch.compile for a fixed input shape (the caller pads batches to one size: every new shape
+    would compile again); the module itself when not enabled."""
+    if not enabled:
+        return module
+    return torch.compile(module, dynamic=False)
