@@ -21,8 +21,8 @@ import torch
 from torch import Tensor, nn
 
 from bench.benchmarks_md import machine_description, update_section
-from unmask_core.models.checkpoints import model_set_configs
 from unmask_core.models.encoder import GradualStyleBlock, GradualStyleEncoder, upsample_add
+from unmask_core.models.model_set import model_set_configs
 from unmask_core.models.stylegan2 import Generator, ModulatedConv2d, modulated_conv2d_per_sample
 
 

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from unmask_core.models.checkpoints import init_model_set, model_set_configs
 from unmask_core.models.encoder import EncoderConfig, GradualStyleBlock, GradualStyleEncoder, upsample_add
 from unmask_core.models.irse import Backbone, id_preprocess
+from unmask_core.models.model_set import init_model_set, model_set_configs
 from unmask_core.models.psp import PSP, LatentEncoder
 from unmask_core.models.runtime import (
     build_on_meta,

@@ -30,7 +30,12 @@ class UnmaskResult:
 
 def to_tensor(faces: np.ndarray, size: int, device: torch.device | str) -> torch.Tensor:
     """uint8 [N, H, W, 3] -> float [N, 3, size, size] in [-1, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(faces)).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    # A writable array: faces often come from np.frombuffer (read-only), which torch warns about.
+    x = (
+        torch.from_numpy(np.require(faces, requirements=["C", "W"])).to(device).permute(0, 3, 1, 2).float()
+        / 127.5
+        - 1.0
+    )
     if x.shape[-1] != size:
         x = F.interpolate(
             x, size=(size, size), mode="area" if x.shape[-1] > size else "bilinear", antialias=False
