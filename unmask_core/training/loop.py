@@ -105,6 +105,7 @@ def optimizer_step(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     loss_of: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor]]],
+    defer_allreduce: bool = True,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimizer step on the mean loss of the micro-batches (--accumulate); returns the loss and its
     terms as device tensors, so nothing here waits for the GPU.
@@ -112,14 +113,16 @@ def optimizer_step(
     Each micro-batch's loss is a mean over its samples, so with equal micro-batches the mean of their
     losses is the loss of their union: the step equals one on a batch N times larger (up to BatchNorm,
     whose statistics are per micro-batch). Under DDP the first N-1 backward passes run in `no_sync`, so
-    gradients are all-reduced once per step."""
+    gradients are all-reduced once per step; `defer_allreduce=False` all-reduces after each one (the
+    same sum, more traffic), which DDP's static graph needs in a process's first step: it records that
+    iteration, and one under no_sync fails inside DDP's reducer."""
     optimizer.zero_grad(set_to_none=True)
     n = len(micro_batches)
     total: torch.Tensor | None = None
     terms: dict[str, torch.Tensor] = {}
     for i, batch in enumerate(micro_batches):
-        defer_allreduce = i < n - 1 and isinstance(model, DistributedDataParallel)
-        with model.no_sync() if defer_allreduce else contextlib.nullcontext():
+        skip = defer_allreduce and i < n - 1 and isinstance(model, DistributedDataParallel)
+        with model.no_sync() if skip else contextlib.nullcontext():
             loss, micro_terms = loss_of(batch)
             (loss / n).backward()
         total = loss.detach() / n if total is None else total + loss.detach() / n
@@ -262,7 +265,8 @@ def train_loop(config: dict[str, Any]) -> None:
             if len(micro_batches) < cfg.accumulate:
                 continue
             started = time.perf_counter()
-            loss, terms = optimizer_step(micro_batches, model, optimizer, loss_of)
+            first = step == resumed_from_step
+            loss, terms = optimizer_step(micro_batches, model, optimizer, loss_of, defer_allreduce=not first)
             micro_batches = []
             step += 1
             host = {
