@@ -28,6 +28,11 @@ class TrainConfig:
     workers: int = option(2, "data-parallel training workers (one GPU each with --gpu)")
     gpu: bool = option(False, "train on GPUs (NCCL, bf16 autocast)")
     cpus_per_worker: int = option(1, "CPUs reserved per worker (on CPU: torch's thread count)")
+    node_resource: str = option(
+        "",
+        "a custom Ray resource each worker also asks for, one unit each (cluster.yaml: nvlink_gpu puts "
+        "the workers on its 8-GPU NVLink nodes)",
+    )
     steps: int = option(1000, "optimizer steps in total (a resumed run continues to this number)")
     batch_size: int = option(8, "pairs per worker per forward pass (pSp: 8)")
     accumulate: int = option(

@@ -67,7 +67,11 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _worker_resources(cfg: TrainConfig) -> dict[str, float]:
-    return {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.gpu else {})}
+    return {
+        "CPU": cfg.cpus_per_worker,
+        **({"GPU": 1} if cfg.gpu else {}),
+        **({cfg.node_resource: 1} if cfg.node_resource else {}),
+    }
 
 
 def finish_run(cfg: TrainConfig, result) -> dict[str, Any]:
