@@ -87,10 +87,13 @@ class TrainingLoss(nn.Module):
         target_codes: torch.Tensor | None = None,
         region: torch.Tensor | None = None,
         id_target: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """target, output: images in [-1, 1]; codes / target_codes: W+ codes of f(M) and f0(T);
         region: [B, 1, H, W] weights for L_R and LPIPS; id_target: the image whose identity U should
-        carry (T itself unless the RMFRD fine-tune supplies another image of the same person)."""
+        carry (T itself unless the RMFRD fine-tune supplies another image of the same person).
+
+        Returns the total and each term, detached but still tensors: reading a value on the host waits
+        for the GPU, so the caller does it only when it reports."""
         w = self.weights
         terms: dict[str, torch.Tensor] = {}
         if w.l2:
@@ -107,4 +110,4 @@ class TrainingLoss(nn.Module):
             raise ValueError("every loss term is switched off")
         scale = {"l2": w.l2, "lpips": w.lpips, "id": w.id, "latent": w.latent}
         total = sum(scale[name] * value for name, value in terms.items())
-        return total, {name: float(value.detach()) for name, value in terms.items()}
+        return total, {name: value.detach() for name, value in terms.items()}

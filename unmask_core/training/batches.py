@@ -1,5 +1,7 @@
 """Training batches: pairs rows -> what the encoder eats, streamed through Ray Data.
 
+Images travel as uint8 [B, 3, H, W] (a quarter of float32's bytes through the object store and the
+host-to-device copy); the training loop turns them into [-1, 1] floats on the device (`IMAGE_COLUMNS`).
 Stage `real` rows have no pixel-aligned T: they bring T_ref (another unmasked photo of the person),
 the eye positions (for the periorbital region) and the cached T-hat codes instead (training/t_hat.py).
 This module imports no torch: Ray Data's decode workers start faster without it.
@@ -9,7 +11,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from unmask_core.data import png_to_tensor
+from unmask_core.data import decode_png
+
+IMAGE_COLUMNS = ("M", "T", "T_ref")  # uint8 in a batch, normalised on the device
+
+
+def png_to_uint8(png: bytes, size: int) -> np.ndarray:
+    """PNG bytes -> uint8 [3, size, size], resized with area averaging when needed (the same pixels as
+    `data.png_to_tensor` before its scaling to [-1, 1])."""
+    import cv2
+
+    image = decode_png(png)
+    if image.shape[0] != size:
+        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    return np.ascontiguousarray(image.transpose(2, 0, 1))
 
 
 def periorbital_regions(eyes: list, size: int) -> np.ndarray:
@@ -23,12 +38,13 @@ def periorbital_regions(eyes: list, size: int) -> np.ndarray:
 
 
 def decode_batch(batch: dict[str, np.ndarray], size: int, stage: str) -> dict[str, np.ndarray]:
-    """PNG columns of a pairs batch -> float32 [B, 3, size, size] in [-1, 1] (what the encoder eats)."""
-    out = {"M": np.stack([png_to_tensor(b, size) for b in batch["M"]])}
+    """PNG columns of a pairs batch -> uint8 [B, 3, size, size] images (plus stage `real`'s region
+    weights and T-hat codes, float32)."""
+    out = {"M": np.stack([png_to_uint8(b, size) for b in batch["M"]])}
     if stage != "real":
-        out["T"] = np.stack([png_to_tensor(b, size) for b in batch["T"]])
+        out["T"] = np.stack([png_to_uint8(b, size) for b in batch["T"]])
     else:
-        out["T_ref"] = np.stack([png_to_tensor(b, size) for b in batch["T_ref"]])
+        out["T_ref"] = np.stack([png_to_uint8(b, size) for b in batch["T_ref"]])
         out["region"] = periorbital_regions(list(batch["eyes"]), size)
         out["target_codes"] = np.stack([np.asarray(c, np.float32) for c in batch["T_hat_codes"]])
     return out

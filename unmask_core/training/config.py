@@ -28,8 +28,21 @@ class TrainConfig(JobConfig):
     workers: int = option(2, "data-parallel training workers (one GPU each with --gpu)")
     gpu: bool = option(False, "train on GPUs (NCCL, bf16 autocast)")
     cpus_per_worker: int = option(1, "CPUs reserved per worker (on CPU: torch's thread count)")
+    node_resource: str = option(
+        "",
+        "a custom Ray resource each worker also asks for, one unit each (cluster.yaml: nvlink_gpu puts "
+        "the workers on its 8-GPU NVLink nodes)",
+    )
     steps: int = option(1000, "optimizer steps in total (a resumed run continues to this number)")
-    batch_size: int = option(8, "pairs per worker per step (pSp: 8)")
+    batch_size: int = option(8, "pairs per worker per forward pass (pSp: 8)")
+    accumulate: int = option(
+        1,
+        "micro-batches of --batch-size per optimizer step: gradients add up locally and are all-reduced "
+        "once per step (a larger batch without more memory)",
+    )
+    bf16_allreduce: bool = option(
+        False, "all-reduce gradients in bf16 (half the bytes; worth it when workers span nodes)"
+    )
     lr: float = option(1e-4, "Adam learning rate (pSp: 1e-4)")
     l2_weight: float = option(1.0, "weight of L_R, eq. 1/5 (0 switches it off)")
     lpips_weight: float = option(0.8, "α: weight of LPIPS, eq. 2/6 (0 switches it off)")
@@ -50,8 +63,8 @@ class TrainConfig(JobConfig):
     checkpoint_every: int = option(100, "steps between checkpoints")
     report_every: int = option(
         10,
-        "steps between metric reports to Ray Train (each one waits for every worker; "
-        "metrics.csv has every step either way)",
+        "steps between metric reports to Ray Train (each one waits for every worker and reads the "
+        "losses back from the GPU; metrics.csv has every step either way)",
     )
     keep_checkpoints: int = option(3, "checkpoints kept on storage")
     max_failures: int = option(3, "worker failures survived (restart from the last checkpoint)")
@@ -66,13 +79,14 @@ class TrainConfig(JobConfig):
             self.cpus_per_worker,
             self.steps,
             self.batch_size,
+            self.accumulate,
             self.checkpoint_every,
             self.report_every,
         )
         if min(counts) < 1:
             raise UserError(
-                "--workers, --cpus-per-worker, --steps, --batch-size, --checkpoint-every and "
-                "--report-every must be positive"
+                "--workers, --cpus-per-worker, --steps, --batch-size, --accumulate, --checkpoint-every "
+                "and --report-every must be positive"
             )
         if not (self.l2_weight or self.lpips_weight or self.id_weight or self.latent_weight):
             raise UserError("every loss term is switched off")

@@ -6,20 +6,33 @@ data shard, the rank, the checkpoint to resume from, and to report metrics and c
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
+import shutil
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from unmask_core import storage
 from unmask_core.errors import UserError
 from unmask_core.losses import TrainingLoss
+from unmask_core.training.batches import IMAGE_COLUMNS
 from unmask_core.training.config import ENCODER_OF_STAGE, TrainConfig
-from unmask_core.training.history import write_metrics
+from unmask_core.training.history import append_metrics, truncate_metrics
+
+# Batches Ray Data decodes ahead of the step: one is being copied to the device while the step runs,
+# one more absorbs a slow decode.
+PREFETCH_BATCHES = 2
+# The encoder's graph is the same every step (no unused parameters, no data-dependent branches), so DDP
+# may plan its buckets once (static_graph), and its gradients may live in the all-reduce buckets
+# themselves instead of being copied into them (gradient_as_bucket_view).
+DDP_OPTIONS = {"gradient_as_bucket_view": True, "static_graph": True}
 
 
 def build_lpips(cfg: TrainConfig, models_uri: str, spatial: bool) -> torch.nn.Module | None:
@@ -70,6 +83,138 @@ def build_training_models(cfg: TrainConfig, device: torch.device | str) -> Train
     return TrainingModels(encoder, generator, teacher, criterion)
 
 
+def make_optimizer(model: torch.nn.Module, lr: float, device: torch.device) -> torch.optim.Adam:
+    """Adam over the trainable parameters; fused (one kernel for all of them) on CUDA."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.Adam(params, lr=lr, fused=device.type == "cuda")
+
+
+def prepare_ddp(encoder: torch.nn.Module, bf16_allreduce: bool) -> torch.nn.Module:
+    """The encoder moved to this worker's device and wrapped in DDP (when there are several workers)."""
+    import ray.train.torch
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import bf16_compress_hook
+
+    model = ray.train.torch.prepare_model(encoder, parallel_strategy_kwargs=DDP_OPTIONS)
+    if bf16_allreduce and isinstance(model, DistributedDataParallel):
+        model.register_comm_hook(None, bf16_compress_hook)  # None: the default process group
+    return model
+
+
+def optimizer_step(
+    micro_batches: list[dict[str, torch.Tensor]],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_of: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, torch.Tensor]]],
+    defer_allreduce: bool = True,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimizer step on the mean loss of the micro-batches (--accumulate); returns the loss and its
+    terms as device tensors, so nothing here waits for the GPU.
+
+    Each micro-batch's loss is a mean over its samples, so with equal micro-batches the mean of their
+    losses is the loss of their union: the step equals one on a batch N times larger (up to BatchNorm,
+    whose statistics are per micro-batch). Under DDP the first N-1 backward passes run in `no_sync`, so
+    gradients are all-reduced once per step; `defer_allreduce=False` all-reduces after each one (the
+    same sum, more traffic), which DDP's static graph needs in a process's first step: it records that
+    iteration, and one under no_sync fails inside DDP's reducer."""
+    optimizer.zero_grad(set_to_none=True)
+    n = len(micro_batches)
+    total: torch.Tensor | None = None
+    terms: dict[str, torch.Tensor] = {}
+    for i, batch in enumerate(micro_batches):
+        skip = defer_allreduce and i < n - 1 and isinstance(model, DistributedDataParallel)
+        with model.no_sync() if skip else contextlib.nullcontext():
+            loss, micro_terms = loss_of(batch)
+            (loss / n).backward()
+        total = loss.detach() / n if total is None else total + loss.detach() / n
+        for name, value in micro_terms.items():
+            terms[name] = value / n if name not in terms else terms[name] + value / n
+    optimizer.step()
+    return total, terms
+
+
+class StepRecords:
+    """Each step's loss terms, kept as device tensors until a report reads them all in one transfer
+    (one host sync per --report-every steps instead of several per step)."""
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[dict[str, float], dict[str, torch.Tensor]]] = []
+
+    def add(self, host_values: dict[str, float], device_values: dict[str, torch.Tensor]) -> None:
+        self._pending.append((host_values, device_values))
+
+    def flush(self) -> list[dict[str, float]]:
+        if not self._pending:
+            return []
+        names = list(self._pending[0][1])
+        stacked = torch.stack([torch.stack([v[n].float() for n in names]) for _, v in self._pending])
+        values = stacked.cpu().tolist()
+        rows = [{**host, **dict(zip(names, row))} for (host, _), row in zip(self._pending, values)]
+        self._pending = []
+        return rows
+
+
+def _host_copy(value: Any) -> Any:
+    """A snapshot of a state dict on the host: the step after this one changes the live tensors."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _host_copy(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_host_copy(v) for v in value)
+    return value
+
+
+class CheckpointWriter:
+    """Rank 0's checkpoints without stalling the step: the state is copied to host memory between two
+    steps, then a background thread saves it to a local folder and appends the metrics rows since the
+    previous checkpoint to metrics.csv.
+
+    Ray Train registers a checkpoint when it is reported, and a report needs the finished folder, so
+    the checkpoint of step N is reported at the next report point (at most min(--report-every,
+    --checkpoint-every) steps later), and uploaded by Ray in its own thread (CheckpointUploadMode.ASYNC).
+    Until it is registered, the previous checkpoint is the one a restart uses. The last step's
+    checkpoint is written and reported at once, so a finished run ends with it."""
+
+    def __init__(self, run_uri: str) -> None:
+        self.run_uri = run_uri
+        self._thread: threading.Thread | None = None
+        self._folder = ""
+        self._error: BaseException | None = None
+
+    def start(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, rows) -> None:
+        state = {
+            "encoder": _host_copy(_unwrap(model).state_dict()),
+            "optimizer": _host_copy(optimizer.state_dict()),
+            "step": step,
+        }
+        self._folder = tempfile.mkdtemp(prefix=f"unmask-checkpoint-{step}-")
+        self._thread = threading.Thread(target=self._write, args=(state, list(rows)), daemon=True)
+        self._thread.start()
+
+    def _write(self, state: dict[str, Any], rows: list[dict[str, float]]) -> None:
+        try:
+            torch.save(state, os.path.join(self._folder, "state.pt"))
+            append_metrics(self.run_uri, rows)
+        except BaseException as exc:  # raised in the training thread by take()
+            self._error = exc
+
+    def take(self) -> str | None:
+        """The folder of the checkpoint being written, once written (None when there is none)."""
+        if self._thread is None:
+            return None
+        self._thread.join()
+        self._thread = None
+        if self._error is not None:
+            raise self._error
+        return self._folder
+
+    def discard(self) -> None:
+        """Finish the pending write (its metrics rows are needed) and drop its folder."""
+        folder = self.take()
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def train_loop(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
     import ray.train
@@ -82,9 +227,10 @@ def train_loop(config: dict[str, Any]) -> None:
         torch.set_num_threads(cfg.cpus_per_worker)  # Ray's default for an actor is one thread
     torch.manual_seed(cfg.seed + rank)
     parts = build_training_models(cfg, device)
-    model = ray.train.torch.prepare_model(parts.encoder)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
-    step, history, resumed_from_step = 0, [], 0
+    model = prepare_ddp(parts.encoder, cfg.bf16_allreduce)
+    optimizer = make_optimizer(model, cfg.lr, device)
+    run_uri = storage.join(cfg.out, cfg.run_name)
+    step = resumed_from_step = 0
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
@@ -92,44 +238,83 @@ def train_loop(config: dict[str, Any]) -> None:
         _unwrap(model).load_state_dict(state["encoder"])
         optimizer.load_state_dict(state["optimizer"])
         step = resumed_from_step = int(state["step"])
-        history = json.loads(state["history"])
+    if rank == 0:
+        truncate_metrics(run_uri, step)  # rows past the checkpoint are done again
 
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.gpu and device.type == "cuda")
+
+    def loss_of(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with autocast:
+            return training_step(cfg.stage, batch, model, parts.generator, parts.teacher, parts.criterion)
+
+    records, writer = StepRecords(), CheckpointWriter(run_uri)
+    rows_since_checkpoint: list[dict[str, float]] = []
     shard = ray.train.get_dataset_shard("train")
+    micro_batches: list[dict[str, torch.Tensor]] = []
     while step < cfg.steps:
         batches = 0
-        for batch in shard.iter_torch_batches(batch_size=cfg.batch_size, device=device, drop_last=True):
+        for batch in shard.iter_torch_batches(
+            batch_size=cfg.batch_size,
+            device=device,
+            drop_last=True,
+            prefetch_batches=PREFETCH_BATCHES,
+            pin_memory=device.type == "cuda",
+        ):
             batches += 1
+            micro_batches.append(batch)
+            if len(micro_batches) < cfg.accumulate:
+                continue
             started = time.perf_counter()
-            with autocast:
-                loss, terms = training_step(
-                    cfg.stage, batch, model, parts.generator, parts.teacher, parts.criterion
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            first = step == resumed_from_step
+            loss, terms = optimizer_step(micro_batches, model, optimizer, loss_of, defer_allreduce=not first)
+            micro_batches = []
             step += 1
-            metrics = {
+            host = {
                 "step": step,
-                "loss": float(loss.detach()),
-                **terms,
+                # Host time of the step: on a GPU the time to queue its work, which runs ahead of it.
                 "step_seconds": time.perf_counter() - started,
                 "wall_time": time.time(),
-                # Adam's own step count continues across a resume only if its state was restored.
-                "adam_step": float(next(iter(optimizer.state.values()))["step"]),
                 "resumed_from_step": resumed_from_step,
             }
-            history.append(metrics)
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-                _report_with_checkpoint(cfg, metrics, rank, model, optimizer, history)
-            elif step % cfg.report_every == 0:
+            records.add(host, {"loss": loss, **terms})
+            last = step >= cfg.steps
+            checkpoint_now = step % cfg.checkpoint_every == 0 or last
+            if checkpoint_now or step % cfg.report_every == 0:
                 # Not every step: Ray Train's report is a barrier across workers (measured on 2 CPU
                 # workers: 2.0 s a step with a report each step, 0.5 s without).
-                ray.train.report(metrics)
-            if step >= cfg.steps:
+                rows = records.flush()
+                # Adam's own step count continues across a resume only if its state was restored.
+                adam_step = float(next(iter(optimizer.state.values()))["step"])
+                for row in rows:
+                    row["adam_step"] = adam_step - (step - row["step"])
+                rows_since_checkpoint += rows
+                _report(rank, rows[-1], writer, model, optimizer, rows_since_checkpoint, checkpoint_now, last)
+                if checkpoint_now:
+                    rows_since_checkpoint = []
+            if last:
                 break
         if not batches:
             raise UserError(f"{cfg.pairs}: a worker's share of the training pairs is smaller than one batch")
+
+
+def _report(rank, metrics, writer, model, optimizer, rows, checkpoint_now: bool, last: bool) -> None:
+    """Every worker reports at the same steps (Ray Train's report is a barrier); rank 0 attaches the
+    checkpoint whose write has finished, and starts writing the next one at a checkpoint step."""
+    import ray.train
+    from ray.train import CheckpointUploadMode
+
+    folder = None
+    if rank == 0:
+        if last:  # the final checkpoint is written now and supersedes one still pending
+            writer.discard()
+            writer.start(int(metrics["step"]), model, optimizer, rows)
+            folder = writer.take()
+        else:
+            folder = writer.take()
+            if checkpoint_now:
+                writer.start(int(metrics["step"]), model, optimizer, rows)
+    checkpoint = ray.train.Checkpoint.from_directory(folder) if folder else None
+    ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_mode=CheckpointUploadMode.ASYNC)
 
 
 def _start_encoder(stage: str) -> str:
@@ -149,10 +334,21 @@ def decode(generator: torch.nn.Module, codes: torch.Tensor, size: int) -> torch.
     return image
 
 
+def normalise_images(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """uint8 image columns -> float in [-1, 1], on whatever device the batch is on (the same values as
+    `data.png_to_tensor`); other columns and float images pass through."""
+    return {
+        k: v.float().div_(127.5).sub_(1.0) if k in IMAGE_COLUMNS and v.dtype == torch.uint8 else v
+        for k, v in batch.items()
+    }
+
+
 def training_step(
     stage, batch, model, generator, teacher, criterion
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """One forward pass and the loss for the stage (eq. 4, 9, or the RMFRD phase-2 variant)."""
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One forward pass and the loss for the stage (eq. 4, 9, or the RMFRD phase-2 variant); the terms
+    are detached device tensors."""
+    batch = normalise_images(batch)
     size = batch["M"].shape[-1]
     if stage == "baseline":
         codes = model(batch["T"])
@@ -175,22 +371,3 @@ def training_step(
         region=batch["region"],
         id_target=batch["T_ref"],
     )
-
-
-def _report_with_checkpoint(cfg: TrainConfig, metrics, rank, model, optimizer, history) -> None:
-    import ray.train
-
-    with tempfile.TemporaryDirectory() as folder:
-        checkpoint = None
-        if rank == 0:
-            state = {
-                "encoder": _unwrap(model).state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "step": metrics["step"],
-                "history": json.dumps(history),
-            }
-            torch.save(state, os.path.join(folder, "state.pt"))
-            checkpoint = ray.train.Checkpoint.from_directory(folder)
-        ray.train.report(metrics, checkpoint=checkpoint)
-    if rank == 0:  # the run's curves so far, to plot while it trains
-        write_metrics(storage.join(cfg.out, cfg.run_name), history)

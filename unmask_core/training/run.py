@@ -3,7 +3,6 @@ checkpoints on the run's storage (local or s3://), resume by rerunning the same 
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict
 from typing import Any
@@ -13,7 +12,7 @@ import torch
 from unmask_core import storage
 from unmask_core.training.batches import decode_batch
 from unmask_core.training.config import ENCODER_OF_STAGE, TrainConfig
-from unmask_core.training.history import write_metrics
+from unmask_core.training.history import plot_metrics, read_metrics
 from unmask_core.training.loop import build_lpips, train_loop
 
 
@@ -30,7 +29,8 @@ def training_dataset(cfg: TrainConfig, size: int):
     fs, path = storage.pyarrow_filesystem(pairs_uri)
     ds = ray.data.read_parquet(path, filesystem=fs, columns=["T", "M", "status", "split"])
     ds = ds.filter(expr="status == 'ok' and split == 'train'")
-    # decode_batch's module imports no torch: each Ray Data worker process starts faster.
+    # decode_batch's module imports no torch: each Ray Data worker process starts faster. It emits
+    # uint8 images; the training loop scales them on the device.
     return ds.map_batches(decode_batch, fn_kwargs={"size": size, "stage": cfg.stage}, batch_format="numpy")
 
 
@@ -67,20 +67,25 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _worker_resources(cfg: TrainConfig) -> dict[str, float]:
-    return {"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.gpu else {})}
+    return {
+        "CPU": cfg.cpus_per_worker,
+        **({"GPU": 1} if cfg.gpu else {}),
+        **({cfg.node_resource: 1} if cfg.node_resource else {}),
+    }
 
 
 def finish_run(cfg: TrainConfig, result) -> dict[str, Any]:
-    """Write the metrics a user can plot and the trained encoder as a model set next to the run."""
+    """The loss plot (from metrics.csv, which the workers wrote) and the trained encoder as a model set
+    next to the run."""
     from unmask_core.models.model_set import ModelSet
 
     if result.checkpoint is None:
         raise RuntimeError(f"training {cfg.run_name} ended without a checkpoint: {result.error}")
     with result.checkpoint.as_directory() as folder:
         state = torch.load(os.path.join(folder, "state.pt"), map_location="cpu", weights_only=True)
-    history = json.loads(state["history"])
     run_uri = storage.join(cfg.out, cfg.run_name)
-    write_metrics(run_uri, history)
+    history = read_metrics(run_uri)
+    plot_metrics(run_uri)
     models_out = storage.join(cfg.out, "models")
     base = ModelSet(cfg.models)
     encoder = base.encoder(ENCODER_OF_STAGE[cfg.stage])
