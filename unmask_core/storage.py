@@ -195,6 +195,25 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
         raise _translate_errors(uri, exc) from exc
 
 
+def append_bytes(uri: str, data: bytes) -> None:
+    """Append to the object at `uri` (on S3, s3fs rewrites it: keep such files small)."""
+    fs, path = fsspec_filesystem(uri)
+    try:
+        with fs.open(path, "ab") as f:
+            f.write(data)
+    except Exception as exc:
+        raise _translate_errors(uri, exc) from exc
+
+
+def first_line(uri: str) -> str:
+    fs, path = fsspec_filesystem(uri)
+    try:
+        with fs.open(path, "rb") as f:
+            return f.readline().decode().rstrip("\r\n")
+    except Exception as exc:
+        raise _translate_errors(uri, exc) from exc
+
+
 def write_json(uri: str, value: object) -> None:
     import json
 

@@ -45,6 +45,13 @@ class LatentEncoder(nn.Module):
         return self.encoder(x) + self.latent_avg
 
 
+def pool_to(image: Tensor, size: int) -> Tensor:
+    """g's output at the working size, average-pooled as pSp does (a 1024 px g trains on 256 px faces)."""
+    if image.shape[-1] != size:
+        image = F.adaptive_avg_pool2d(image, (size, size))
+    return image
+
+
 def _autocast(enabled: bool, device_type: str) -> contextlib.AbstractContextManager:
     if not enabled:
         return contextlib.nullcontext()
@@ -106,13 +113,9 @@ class PSP(nn.Module):
         return codes.float() + self.latent_avg
 
     def decode(self, codes: Tensor, size: int | None = None) -> Tensor:
-        size = size or self.output_size
         with _autocast(self.bf16, codes.device.type):
             image = self.decoder(codes)
-        image = image.float()
-        if image.shape[-1] != size:
-            image = F.adaptive_avg_pool2d(image, (size, size))
-        return image
+        return pool_to(image.float(), size or self.output_size)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.decode(self.encode(x))

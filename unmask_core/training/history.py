@@ -37,10 +37,8 @@ def append_metrics(run_uri: str, rows: list[dict[str, float]]) -> None:
     if not storage.exists(uri):
         storage.write_bytes_atomic(uri, _csv_text(rows, metrics_columns(rows[0]), header=True).encode())
         return
-    with storage.open_uri(uri, "rb") as f:
-        columns = f.readline().decode().strip().split(",")
-    with storage.open_uri(uri, "ab") as f:
-        f.write(_csv_text(rows, columns, header=False).encode())
+    columns = storage.first_line(uri).split(",")
+    storage.append_bytes(uri, _csv_text(rows, columns, header=False).encode())
 
 
 def read_metrics(run_uri: str) -> list[dict[str, float]]:
@@ -58,9 +56,8 @@ def truncate_metrics(run_uri: str, last_step: int) -> None:
     uri = storage.join(run_uri, METRICS_FILE)
     if rows:
         storage.write_bytes_atomic(uri, _csv_text(rows, metrics_columns(rows[0]), header=True).encode())
-    elif storage.exists(uri):
-        fs, path = storage.fsspec_filesystem(uri)
-        fs.rm(path)
+    else:
+        storage.delete(uri)
 
 
 def plot_metrics(run_uri: str) -> None:

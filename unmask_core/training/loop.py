@@ -327,11 +327,11 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def decode(generator: torch.nn.Module, codes: torch.Tensor, size: int) -> torch.Tensor:
-    """g(codes), pooled to the working size as pSp does (a 1024 px generator trains on 256 px faces)."""
-    image = generator(codes)
-    if image.shape[-1] != size:
-        image = torch.nn.functional.adaptive_avg_pool2d(image, (size, size))
-    return image
+    """g(codes) at the working size, as the g∘f module (models/psp.py) decodes; training keeps the
+    caller's autocast dtype instead of PSP's fp32 output."""
+    from unmask_core.models.psp import pool_to
+
+    return pool_to(generator(codes), size)
 
 
 def normalise_images(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
