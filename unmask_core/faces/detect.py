@@ -99,8 +99,31 @@ class MTCNNDetector:
         padded, border = pad_frame(_check_image(image))
         return _shifted(self._detect_with(self._mtcnn_filling, padded), border)
 
-    def _detect_with(self, mtcnn, image: np.ndarray | list[np.ndarray]) -> list[Face]:
+    def _detect_with(self, mtcnn, image: np.ndarray) -> list[Face]:
         boxes, scores, landmarks = mtcnn.detect(image, landmarks=True)
+        return self._faces(boxes, scores, landmarks)
+
+    def detect_batch(self, images: list) -> list[list[Face]]:
+        """`find_faces` for a batch of images already on the detector's device (uint8 torch [H, W, 3]):
+        letterboxed to a few fixed sizes (`LETTERBOX_SIDES`), each size one batched MTCNN pass; the
+        images without a face get the padded second look, batched the same way."""
+        found = _letterboxed(self._mtcnn, images, self._faces)
+        retry = [i for i, faces in enumerate(found) if not faces]
+        if retry:
+            import torch.nn.functional as F
+
+            padded, borders = [], []
+            for i in retry:
+                border = int(round(FRAME_PADDING * max(images[i].shape[:2])))
+                padded.append(F.pad(images[i].permute(2, 0, 1), [border] * 4).permute(1, 2, 0))
+                borders.append(border)
+            for i, border, faces in zip(
+                retry, borders, _letterboxed(self._mtcnn_filling, padded, self._faces)
+            ):
+                found[i] = _shifted(faces, border)
+        return found
+
+    def _faces(self, boxes, scores, landmarks) -> list[Face]:
         if boxes is None:
             return []
         # facenet-pytorch 2.5.3 under numpy 2 hands back object arrays; make them plain floats.
@@ -113,6 +136,48 @@ class MTCNNDetector:
             if score >= self.min_score
         ]
         return _largest_first(faces)
+
+
+#: Square canvas sides a batch of images is letterboxed to (an image goes to the smallest that holds it;
+#: larger ones are shrunk into the largest): a few sizes keep MTCNN's batches of equal-size images full.
+LETTERBOX_SIDES = (320, 640, 1280, 1920)
+
+
+def _letterboxed(mtcnn, images: list, to_faces) -> list[list[Face]]:
+    """Detect in images (uint8 torch [H, W, 3], one device) grouped by letterbox side: each image is put
+    at the top left of a black square canvas (shrunk by area first if it is larger than the largest), and
+    its faces are mapped back to its own pixels."""
+    import torch
+    import torch.nn.functional as F
+
+    found: list[list[Face]] = [[] for _ in images]
+    groups: dict[int, list[int]] = {}
+    for i, image in enumerate(images):
+        longest = max(image.shape[:2])
+        side = next((s for s in LETTERBOX_SIDES if s >= longest), LETTERBOX_SIDES[-1])
+        groups.setdefault(side, []).append(i)
+    for side, members in groups.items():
+        canvas = torch.zeros(
+            (len(members), side, side, 3), dtype=torch.float32, device=images[members[0]].device
+        )
+        scales = []
+        for row, i in enumerate(members):
+            image = images[i].float()
+            scale = min(1.0, side / max(image.shape[:2]))
+            if scale < 1.0:
+                height, width = (max(1, int(d * scale)) for d in image.shape[:2])
+                image = F.interpolate(image.permute(2, 0, 1)[None], size=(height, width), mode="area")
+                image = image[0].permute(1, 2, 0)
+            canvas[row, : image.shape[0], : image.shape[1]] = image
+            scales.append(image.shape[1] / images[i].shape[1])
+        boxes, scores, landmarks = mtcnn.detect(canvas, landmarks=True)
+        for row, i in enumerate(members):
+            faces = to_faces(boxes[row], scores[row], landmarks[row])
+            found[i] = [
+                Face(box=f.box / scales[row], landmarks=f.landmarks / scales[row], score=f.score)
+                for f in faces
+            ]
+    return found
 
 
 def find_detector_onnx(model_dir: str | Path) -> Path:
