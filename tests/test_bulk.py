@@ -221,6 +221,10 @@ def test_killed_driver_rerun_redoes_only_unfinished_shards(bucket: str, models_u
         models_uri,
         "--shard-size",
         "1",
+        # Faces stream to the unmask stage in batches that span shards: batches of one face let shards
+        # finish one by one, so that the driver dies with some of them done and some not.
+        "--batch-size",
+        "1",
         "--actors",
         "1,1",
     ]

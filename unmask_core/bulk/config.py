@@ -23,7 +23,9 @@ class BulkConfig(JobConfig):
         item_choices=list(MATCHERS),
     )
     faces: str = option("largest", "which faces of each image to unmask", choices=["largest", "all"])
-    batch_size: int = option(32, "faces per forward pass in the unmask actors")
+    batch_size: int = option(
+        32, "rows per unmask call, streamed across shards (faces per forward pass; independent of shards)"
+    )
     gpus_per_actor: float = option(-1.0, "GPUs per unmask actor (-1: 1 if the cluster has GPUs, else 0)")
     actors: str = option("1,4", "MIN,MAX size of the unmask actor pool (autoscaling between them)")
     cpu_actors: str = option(
@@ -33,6 +35,9 @@ class BulkConfig(JobConfig):
     shard_size: int = option(64, "images per shard (the unit of exactly-once and resume)")
     max_pixels: int = option(data.DEFAULT_MAX_PIXELS, "larger images become `too_large` rows")
     max_bytes: int = option(data.DEFAULT_MAX_BYTES, "larger files become `read_error` rows, unread")
+    aligned: bool = option(
+        False, "inputs are faces already aligned at the generator's framing (FFHQ recipe): no detection"
+    )
     detector: str = option("mtcnn", "face detector: mtcnn, or a folder with an insightface detector ONNX")
     bf16: bool = option(True, "bf16 autocast for the unmask stage on GPU (CPU stays fp32)")
 

@@ -1,8 +1,9 @@
 """The bulk `unmask` run on Ray Data: list inputs -> deterministic shards -> the stages (stages.py).
 
-One Ray Data block is one shard all the way through, so a shard's rows are written together, once.
-A finished shard's rows file is the commit marker: reruns skip it, and a re-executed task rewrites the
-same image objects under the same names (no duplicates).
+Shards enter the face-finding stage one per call; from there faces stream in fixed-size batches that span
+shards, and the driver commits each shard's rows once all of them came out of the pipeline. A finished
+shard's rows file is the commit marker: reruns skip it, and a re-executed task rewrites the same image
+objects under the same names (no duplicates).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from unmask_core import corpora, data, shards, storage
 from unmask_core.bulk.config import BulkConfig, pool_range
-from unmask_core.bulk.stages import FaceFindingStage, ShardWriter, UnmaskingStage
+from unmask_core.bulk.stages import FaceFindingStage, ImageWriter, ShardCommitter, UnmaskingStage
 from unmask_core.config import save_config
 from unmask_core.errors import UserError
 
@@ -79,7 +80,8 @@ def run_bulk(cfg: BulkConfig) -> dict[str, Any]:
             .map_batches(
                 UnmaskingStage,
                 fn_constructor_args=(cfg,),
-                batch_size=None,  # one block = one shard; micro-batching happens inside
+                # A fixed batch size (Ray requires one for GPU actors): faces of any shards fill it.
+                batch_size=cfg.batch_size,
                 batch_format="pyarrow",
                 compute=ray_session.actor_pool(*pool_range(cfg.actors, "--actors"), len(todo)),
                 num_gpus=gpus,
@@ -87,8 +89,8 @@ def run_bulk(cfg: BulkConfig) -> dict[str, Any]:
                 **ray_session.retry_args(),
             )
             .map_batches(
-                ShardWriter,
-                fn_constructor_args=(cfg.output, model_info.provenance, model_info.embedding_dims),
+                ImageWriter,
+                fn_constructor_args=(cfg.output,),
                 batch_size=None,
                 batch_format="pyarrow",
                 compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
@@ -96,8 +98,13 @@ def run_bulk(cfg: BulkConfig) -> dict[str, Any]:
                 **ray_session.retry_args(),
             )
         )
-        for row in ds.iter_rows():
-            bar.update(json.loads(row["summary"])["inputs"])
+        committer = ShardCommitter(cfg.output, model_info.provenance, model_info.embedding_dims)
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            committer.add(batch)
+            for inputs in committer.committed():
+                bar.update(inputs)
+        for inputs in committer.finish():
+            bar.update(inputs)
     bar.close()
     summary = summarize(cfg.output, records, skipped_shards=len(run.done), processed_shards=len(run.todo))
     storage.write_json(storage.join(cfg.output, "summary.json"), summary)

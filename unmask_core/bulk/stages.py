@@ -1,8 +1,14 @@
-"""The stages of bulk unmasking, each a Ray Data callable class that knows nothing of Ray:
+"""The stages of bulk unmasking, each a Ray Data callable class that knows nothing of Ray, and the
+driver's shard commits:
 
-[FaceFindingStage: read, decode, detect, align]                         (CPU actors)
-[UnmaskingStage: U = g(f(M)) in micro-batches, embed M and U per matcher] (GPU actors)
-[ShardWriter: images, then the shard's rows Parquet in one atomic write] (CPU actors)
+[FaceFindingStage: read, decode, detect, align]                   (CPU actors, a shard per call)
+[UnmaskingStage: U = g(f(M)), embed M and U per matcher]           (GPU actors, `batch_size` rows)
+[ImageWriter: PNG-encode and upload unmasked faces, concurrently]  (CPU actors, any batch)
+[ShardCommitter: a shard's rows Parquet once all its rows arrived] (the driver, a few threads)
+
+Faces stream through the unmask stage in fixed-size batches that span shards, so no stage but the last
+sees a whole shard: every row carries its shard, the shard's input count and its input's row count, and
+the committer writes a shard's rows (the exactly-once marker) when they are all there, after their images.
 """
 
 from __future__ import annotations
@@ -10,7 +16,8 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
-from collections import Counter
+from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
@@ -35,17 +42,18 @@ def unmasked_image_key(record_id: str, face_index: int) -> str:
 
 
 class FaceFindingStage:
-    """Read, decode with limits, detect and align every image of a shard; one row per face or error."""
+    """Read, decode with limits, detect and align every image of a shard; one row per face or error.
+
+    With `aligned`, an input is one face already in the generator's framing: no detection, the whole
+    image is the face."""
 
     def __init__(self, cfg: BulkConfig) -> None:
         from unmask_core.faces.detect import build_detector
 
         self.cfg = cfg
-        self.detector = build_detector(cfg.detector, "cpu")
+        self.detector = None if cfg.aligned else build_detector(cfg.detector, "cpu")
 
     def faces_of(self, record: dict) -> list[dict]:
-        from unmask_core.faces.align import align_face, transform_points
-
         base = {"id": record["id"], "source_uri": record["uri"]}
         try:
             raw = storage.read_bytes(record["uri"], self.cfg.max_bytes)
@@ -54,8 +62,16 @@ class FaceFindingStage:
             return [dict(base, status="read_error", error=str(exc))]
         except data.ImageDecodeError as exc:
             return [dict(base, status=exc.status, error=exc.reason)]
+        if self.detector is None:
+            return [dict(base, **aligned_input_face(image))]
+        return self.detected_faces(base, image)
+
+    def detected_faces(self, base: dict, image: np.ndarray) -> list[dict]:
+        from unmask_core.faces.align import align_face, transform_points
+        from unmask_core.faces.detect import find_faces
+
         try:
-            detected = self.detector.detect(image)
+            detected = find_faces(self.detector, image)
         except Exception as exc:  # a detector failure on one odd image must not lose the shard
             return [dict(base, status="detect_error", error=f"{type(exc).__name__}: {exc}")]
         if not detected:
@@ -90,10 +106,35 @@ class FaceFindingStage:
         for shard_index, payload in zip(batch["shard"], batch["records"]):
             records = json.loads(payload)
             for record in records:
-                for row in self.faces_of(record):
-                    row.update(shard=int(shard_index), shard_inputs=len(records))
+                faces = self.faces_of(record)
+                for row in faces:
+                    row.update(shard=int(shard_index), shard_inputs=len(records), input_rows=len(faces))
                     rows.append(row)
         return pa.Table.from_pylist([_complete(r) for r in rows], schema=STAGE_SCHEMA)
+
+
+def aligned_input_face(image: np.ndarray) -> dict:
+    """The face row of an image that is already an aligned face: resized to FACE_SIZE, its bbox the
+    whole image, its landmarks the template's (no detector ran, so no detection score)."""
+    import cv2
+
+    from unmask_core.faces.align import template
+
+    height, width = image.shape[:2]
+    if (height, width) != (FACE_SIZE, FACE_SIZE):
+        shrink = min(height, width) > FACE_SIZE
+        image = cv2.resize(
+            image, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
+        )
+    return {
+        "status": "ok",
+        "error": "",
+        "face_index": 0,
+        "bbox": [0.0, 0.0, float(width), float(height)],
+        "landmarks": template(FACE_SIZE).astype(np.float32).reshape(-1).tolist(),
+        "detection_score": None,
+        "face": np.ascontiguousarray(image).tobytes(),
+    }
 
 
 # What every output row says about one face (or one failed input), shared by the stages and the output.
@@ -112,6 +153,7 @@ STAGE_SCHEMA = pa.schema(
     [
         ("shard", pa.int64()),
         ("shard_inputs", pa.int64()),
+        ("input_rows", pa.int64()),  # rows of this row's input (faces, or 1 for an error)
         *FACE_FIELDS,
         ("face", pa.binary()),  # aligned RGB uint8 FACE_SIZE x FACE_SIZE x 3, raw
     ]
@@ -126,7 +168,9 @@ def _complete(row: dict) -> dict:
 
 
 class UnmaskingStage:
-    """Holds g, f and the matchers on one device; U = g(f(M)) for every face of a shard."""
+    """Holds g, f and the matchers on one device; U = g(f(M)) and the embeddings for a batch of rows
+    (faces and error rows of any shards). The unmasked faces leave as raw pixels: PNG encoding is
+    host work for the writers, off the accelerator's critical path."""
 
     def __init__(self, cfg: BulkConfig) -> None:
         import torch
@@ -140,33 +184,72 @@ class UnmaskingStage:
     def __call__(self, table: pa.Table) -> pa.Table:
         ok = [i for i, s in enumerate(table.column("status").to_pylist()) if s == "ok"]
         faces = table.column("face").to_pylist()
-        masked = (
-            np.stack([np.frombuffer(faces[i], np.uint8).reshape(FACE_SIZE, FACE_SIZE, 3) for i in ok])
-            if ok
-            else None
-        )
-        result = self.unmasker.run(masked, self.cfg.batch_size) if ok else None
+        result = None
+        if ok:
+            masked = np.stack(
+                [np.frombuffer(faces[i], np.uint8).reshape(FACE_SIZE, FACE_SIZE, 3) for i in ok]
+            )
+            result = self.unmasker.run(masked, self.cfg.batch_size)
         table = table.drop_columns(["face"])
-        unmasked_png: list[bytes | None] = [None] * table.num_rows
-        columns: dict[str, list] = {}
+        unmasked: list[bytes | None] = [None] * table.num_rows
+        if result is not None:
+            for j, i in enumerate(ok):
+                unmasked[i] = result.unmasked[j].tobytes()
+        table = table.append_column("unmasked", pa.array(unmasked, pa.binary()))
         for name, dim in self.unmasker.embedding_dims.items():
             for kind in ("masked", "unmasked"):
                 values: list = [None] * table.num_rows
                 if result is not None:
                     for j, i in enumerate(ok):
-                        values[i] = result.embeddings[kind][name][j]
-                columns[f"embedding_{kind}_{name}"] = (values, dim)
-        if result is not None:
-            for j, i in enumerate(ok):
-                unmasked_png[i] = data.encode_png(result.unmasked[j])
-        table = table.append_column("unmasked_png", pa.array(unmasked_png, pa.binary()))
-        for column, (values, dim) in columns.items():
-            flat = [None if v is None else np.asarray(v, np.float32) for v in values]
-            table = table.append_column(column, pa.array(flat, pa.list_(pa.float32(), dim)))
+                        values[i] = np.asarray(result.embeddings[kind][name][j], np.float32)
+                table = table.append_column(
+                    f"embedding_{kind}_{name}", pa.array(values, pa.list_(pa.float32(), dim))
+                )
         return table
 
 
-# ---------------------------------------------------------------- stage 3: write (CPU)
+# ---------------------------------------------------------------- stage 3: images (CPU)
+
+
+class ImageWriter:
+    """PNG-encodes and uploads a batch's unmasked faces in a thread pool (concurrent PUTs; zlib and the
+    uploads release the GIL), and passes the rows on without pixels, each with its image's URI."""
+
+    def __init__(self, output: str, threads: int = 16) -> None:
+        self.output = output
+        self.pool = ThreadPoolExecutor(max_workers=threads)
+
+    def write(self, record_id: str, face_index: int, pixels: bytes) -> str:
+        uri = storage.join(self.output, "images", unmasked_image_key(record_id, face_index))
+        face = np.frombuffer(pixels, np.uint8).reshape(FACE_SIZE, FACE_SIZE, 3)
+        storage.write_bytes_atomic(uri, data.encode_png(face))
+        return uri
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        pixels = table.column("unmasked").to_pylist()
+        ids = table.column("id").to_pylist()
+        face_indices = table.column("face_index").to_pylist()
+        uploads = {
+            i: self.pool.submit(self.write, ids[i], face_indices[i], p) for i, p in enumerate(pixels) if p
+        }
+        uris: list[str | None] = [None] * table.num_rows
+        statuses, errors = table.column("status").to_pylist(), table.column("error").to_pylist()
+        for i, upload in uploads.items():
+            try:
+                uris[i] = upload.result()
+            except UserError as exc:  # this image could not be written (a full disk, a refused PUT)
+                statuses[i], errors[i] = "write_error", str(exc)
+        table = table.drop_columns(["unmasked"])
+        table = table.set_column(
+            table.schema.get_field_index("status"), "status", pa.array(statuses, pa.string())
+        )
+        table = table.set_column(
+            table.schema.get_field_index("error"), "error", pa.array(errors, pa.string())
+        )
+        return table.append_column("unmasked_uri", pa.array(uris, pa.string()))
+
+
+# ---------------------------------------------------------------- the commit (driver)
 
 
 def row_schema(embedding_dims: dict[str, int]) -> pa.Schema:
@@ -180,36 +263,68 @@ def row_schema(embedding_dims: dict[str, int]) -> pa.Schema:
     return output_schema.with_meanings(pa.schema(fields), "rows")
 
 
-class ShardWriter:
-    """Writes a shard's unmasked images, then its rows in one atomic write; returns its counts."""
+class ShardCommitter:
+    """Gathers the pixel-free rows streaming out of the job and writes each shard's rows file, in one
+    atomic write, once every row of every input of the shard has arrived (their images are written by
+    then). A row seen twice (a retried task) counts once."""
 
-    def __init__(self, output: str, provenance: dict[str, str], embedding_dims: dict[str, int]) -> None:
-        self.output = output
+    def __init__(
+        self, output: str, provenance: dict[str, str], embedding_dims: dict[str, int], threads: int = 4
+    ) -> None:
+        self.rows_uri = storage.join(output, "rows")
         self.provenance = provenance
         self.schema = row_schema(embedding_dims)
+        self.pending: dict[int, dict[tuple[str, int], dict]] = defaultdict(dict)
+        self.expected: dict[int, int] = {}
+        self.pool = ThreadPoolExecutor(max_workers=threads)
+        self.submitted: set[int] = set()
+        self.commits: list[Future] = []
 
-    def __call__(self, table: pa.Table) -> dict[str, list]:
-        summaries = []
-        for shard_index in sorted(set(table.column("shard").to_pylist())):
-            part = table.filter(pa.compute.equal(table.column("shard"), shard_index))
-            expected = part.column("shard_inputs")[0].as_py()
-            got = len(set(part.column("id").to_pylist()))
-            if got != expected:
-                raise RuntimeError(f"shard {shard_index}: {got} of {expected} inputs reached the writer")
-            rows = part.to_pylist()
-            for row in rows:
-                png = row.pop("unmasked_png")
-                row["unmasked_uri"] = None
-                if png is not None:
-                    key = unmasked_image_key(row["id"], row["face_index"])
-                    row["unmasked_uri"] = storage.join(self.output, "images", key)
-                    storage.write_bytes_atomic(row["unmasked_uri"], png)
-                row.update(self.provenance)
-            out = pa.Table.from_pylist(
-                [{n: r.get(n) for n in self.schema.names} for r in rows], schema=self.schema
-            )
-            shards.write_table_atomic(shards.shard_file(storage.join(self.output, "rows"), shard_index), out)
-            summaries.append(
-                json.dumps({"inputs": expected, "status": dict(Counter(r["status"] for r in rows))})
-            )
-        return {"summary": summaries}
+    def add(self, table: pa.Table) -> None:
+        touched = set()
+        for row in table.to_pylist():
+            shard = row["shard"]
+            if shard in self.submitted:
+                continue  # a late duplicate of a committed shard's row
+            self.pending[shard][(row["id"], row["face_index"] or 0)] = row
+            self.expected[shard] = row["shard_inputs"]
+            touched.add(shard)
+        for shard in touched:
+            if self._complete(shard):
+                self.submitted.add(shard)
+                self.commits.append(
+                    self.pool.submit(self._commit, shard, list(self.pending.pop(shard).values()))
+                )
+
+    def _complete(self, shard: int) -> bool:
+        rows_of: dict[str, list[dict]] = defaultdict(list)
+        for row in self.pending[shard].values():
+            rows_of[row["id"]].append(row)
+        return len(rows_of) == self.expected[shard] and all(
+            len(rows) == rows[0]["input_rows"] for rows in rows_of.values()
+        )
+
+    def _commit(self, shard: int, rows: list[dict]) -> int:
+        rows.sort(key=lambda r: (r["id"], r["face_index"] or 0))
+        out = pa.Table.from_pylist(
+            [{**{n: r.get(n) for n in self.schema.names}, **self.provenance} for r in rows],
+            schema=self.schema,
+        )
+        shards.write_table_atomic(shards.shard_file(self.rows_uri, shard), out)
+        return self.expected[shard]
+
+    def committed(self) -> list[int]:
+        """Input counts of the shards committed since the last call (for a progress bar)."""
+        done = [future for future in self.commits if future.done()]
+        self.commits = [future for future in self.commits if future not in done]
+        return [future.result() for future in done]
+
+    def finish(self) -> list[int]:
+        """Wait for every commit; a shard with missing rows is a bug (every input yields a row)."""
+        self.pool.shutdown(wait=True)
+        counts = self.committed()
+        if self.pending:
+            shard = min(self.pending)
+            got = len({key[0] for key in self.pending[shard]})
+            raise RuntimeError(f"shard {shard}: {got} of {self.expected[shard]} inputs reached the commit")
+        return counts

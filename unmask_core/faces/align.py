@@ -326,3 +326,85 @@ def rmfrd_align(image: np.ndarray, size: int = 256) -> RMFRDAlignment:
         matrix=matrix,
         eyes_in_image=eyes_in_image,
     )
+
+
+# ---------------------------------------------------------------- the same warp on an accelerator
+
+
+def _pixel_to_grid(width: int, height: int) -> np.ndarray:
+    """3x3 map from pixel coordinates (centres at integers, as OpenCV) to grid_sample's [-1, 1]
+    coordinates with align_corners=False."""
+    return np.array(
+        [[2.0 / width, 0.0, 1.0 / width - 1.0], [0.0, 2.0 / height, 1.0 / height - 1.0], [0, 0, 1]]
+    )
+
+
+def _area_weights(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in] weights of OpenCV's INTER_AREA shrink along one axis: each output pixel averages the
+    input span it covers, partly covered pixels by their covered fraction (torch's "area" mode rounds
+    the spans to whole pixels, a visible difference on sharp edges)."""
+    step = n_in / n_out
+    starts = np.arange(n_out)[:, None] * step
+    pixels = np.arange(n_in)[None, :]
+    overlap = np.clip(np.minimum(pixels + 1, starts + step) - np.maximum(pixels, starts), 0, None)
+    return overlap / step
+
+
+def _reflect_101(grid, width: int, height: int):
+    """Sampling positions (grid_sample's [-1, 1], align_corners=False) mirrored into the image about its
+    edge pixels' centres, as OpenCV's BORDER_REFLECT_101 (grid_sample's "reflection" mirrors about the
+    outer edge, one pixel off, which shows where a face's crop reaches past its photo)."""
+    import torch
+
+    sizes = torch.tensor([width, height], dtype=grid.dtype, device=grid.device)
+    pixels = ((grid + 1) * sizes - 1) / 2
+    period = 2 * (sizes - 1).clamp(min=1)
+    pixels = torch.remainder(pixels, period)
+    pixels = torch.where(pixels > sizes - 1, period - pixels, pixels)
+    return (2 * pixels + 1) / sizes - 1
+
+
+def warp_similarity_torch(image, matrices: np.ndarray, size: int):
+    """`warp_similarity` for K faces of one image on its device (torch): image float [3, H, W] (0..255),
+    matrices [K, 2, 3] from image to aligned pixels -> float [K, 3, size, size].
+
+    The same transform and filters as the CPU path: bicubic (a = -0.75, as OpenCV), an area shrink of the
+    photo first where a face is shrunk, borders mirrored in about the edge pixels (REFLECT_101)."""
+    import torch
+    import torch.nn.functional as F
+
+    matrices = np.asarray(matrices, dtype=np.float64).reshape(-1, 2, 3)
+    height, width = image.shape[-2:]
+    output_to_grid = np.linalg.inv(_pixel_to_grid(size, size))
+    crops = []
+    for matrix in matrices:
+        source, warp = image, np.vstack([matrix, [0, 0, 1]])
+        scale = float(np.sqrt(abs(np.linalg.det(matrix[:, :2]))))
+        if scale < 1.0:
+            small_w, small_h = max(1, round(width * scale)), max(1, round(height * scale))
+            rows = torch.as_tensor(_area_weights(height, small_h), dtype=image.dtype, device=image.device)
+            cols = torch.as_tensor(_area_weights(width, small_w), dtype=image.dtype, device=image.device)
+            source = rows @ image @ cols.T
+            sx, sy = width / small_w, height / small_h
+            warp = warp @ np.array([[sx, 0.0, 0.5 * (sx - 1)], [0.0, sy, 0.5 * (sy - 1)], [0.0, 0.0, 1.0]])
+        src_h, src_w = source.shape[-2:]
+        theta = _pixel_to_grid(src_w, src_h) @ np.linalg.inv(warp) @ output_to_grid
+        theta = torch.as_tensor(theta[:2], dtype=torch.float32, device=image.device)[None]
+        grid = _reflect_101(F.affine_grid(theta, [1, 3, size, size], align_corners=False), src_w, src_h)
+        crops.append(
+            F.grid_sample(source[None], grid, mode="bicubic", padding_mode="border", align_corners=False)
+        )
+    return torch.cat(crops).clamp(0, 255) if crops else image.new_zeros((0, 3, size, size))
+
+
+def align_faces_torch(image, landmarks: list[np.ndarray], size: int = 256):
+    """`align_face` for K faces of one image (float [3, H, W] on any device): (float [K, 3, size, size],
+    the K 2x3 matrices). The fit is a 5-point closed form on the host; only pixels touch the device."""
+    matrices = (
+        np.stack(
+            [similarity_fit(_check_landmarks(points), template(size), FIT_WEIGHTS) for points in landmarks]
+        )
+        if landmarks
+        else np.zeros((0, 2, 3))
+    )
+    return warp_similarity_torch(image, matrices, size), matrices
