@@ -232,6 +232,7 @@ def test_bulk_unmask_starts_a_gpu_node_for_the_unmask_stage_and_drains(
     gallery = {
         "t1.jpg": sample_photo("t1.jpg").read_bytes(),
         "hanks_upscaled.png": hanks_upscaled(),
+        "hanks_mirrored.png": hanks_upscaled(mirrored=True),
         "truncated.jpg": sample_photo("t1.jpg").read_bytes()[:5000],
     }
     for key, payload in gallery.items():
@@ -241,19 +242,19 @@ def test_bulk_unmask_starts_a_gpu_node_for_the_unmask_stage_and_drains(
     started_ms, _ = submit(
         fake_cluster,
         f"python -m jobs.unmask --input {bucket}/gallery --output {out} --models {tiny_model_set} "
-        "--gpus-per-actor 1 --actors 1,1 --cpu-actors 1,1 --shard-size 2 --batch-size 4",
+        "--gpus-per-actor 1 --actors 1,1 --cpu-actors 4,4 --shard-size 1 --batch-size 4",
     )
 
     nodes = fake_cluster.nodes()
     type_of = {n.node_id: node_type(n) for n in nodes}
     print(f"\nbulk unmask, seconds since the job started:\n{describe_timeline(nodes, started_ms)}")
-    assert "gpu_worker" in type_of.values()
+    assert {"gpu_worker", "cpu_worker"} <= set(type_of.values())
     unmaskers = actors_of(fake_cluster, "UnmaskingStage")
     assert unmaskers, [a.repr_name for a in fake_cluster.actors()]
     assert {type_of[a.node_id] for a in unmaskers} == {"gpu_worker"}
     face_finders = actors_of(fake_cluster, "FaceFindingStage")
-    assert face_finders
-    print(f"face stage on {sorted({type_of[a.node_id] for a in face_finders})}")
+    print(f"face stage actors on {sorted(type_of[a.node_id] for a in face_finders)}")
+    assert len(face_finders) == 4 and "cpu_worker" in {type_of[a.node_id] for a in face_finders}
 
     summary = json.loads(storage.read_bytes(storage.join(out, "summary.json")))
     assert summary["reconciled"] and summary["inputs"] == len(gallery)
@@ -261,6 +262,7 @@ def test_bulk_unmask_starts_a_gpu_node_for_the_unmask_stage_and_drains(
     assert {row["id"]: row["status"] for row in rows} == {
         "t1.jpg": "ok",
         "hanks_upscaled.png": "ok",
+        "hanks_mirrored.png": "ok",
         "truncated.jpg": "decode_error",
     }
 
