@@ -1,4 +1,4 @@
-"""Finding Ray worker processes by their title, to kill one mid-run in fault-tolerance tests."""
+"""Finding Ray processes by their title or arguments, to kill one mid-run or to clean up a test head."""
 
 from __future__ import annotations
 
@@ -17,5 +17,21 @@ def pids_with_title(prefix: str) -> list[int]:
         except OSError:
             continue
         if title.startswith(prefix):
+            found.append(int(entry.name))
+    return found
+
+
+def pids_with_argument(text: str) -> list[int]:
+    """PIDs whose command line contains `text` anywhere: a Ray node's raylet, GCS and agents name the
+    node's temp dir in their arguments (its workers retitle themselves, and exit with their raylet)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
             found.append(int(entry.name))
     return found

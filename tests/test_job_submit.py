@@ -25,7 +25,7 @@ import textwrap
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,8 +110,14 @@ class RayHead:
             time.sleep(0.2)
 
 
-def start_head(temp_dir: Path, extra_env: dict[str, str]) -> RayHead:
-    """`ray start --head --block` on free ports, with token auth on and `extra_env` for every process.
+def start_head(
+    temp_dir: Path,
+    extra_env: dict[str, str],
+    node_args: Sequence[str] = ("--num-cpus=8",),
+    gcs_port: int = 0,
+) -> RayHead:
+    """`ray start --head --block` on free ports (`gcs_port` if given), with token auth on and `extra_env`
+    for every process; `node_args` say what the head offers (and may name an autoscaling config).
 
     Auth: Ray 2.60 turns token auth on for `ray start` whenever a token exists (~/.ray/auth_token).
     Rather than disabling it for the test (RAY_AUTH_MODE=disabled), we run it as on a cluster: a fresh
@@ -130,7 +136,7 @@ def start_head(temp_dir: Path, extra_env: dict[str, str]) -> RayHead:
     # `python` in an entrypoint is this venv's, as it is the image's Python on a cluster node.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
 
-    gcs_port, dashboard_port = free_port(), free_port()
+    gcs_port, dashboard_port = gcs_port or free_port(), free_port()
     # Below the kernel's ephemeral range (where free_port() draws from) and above the in-process Ray's
     # default worker ports (10002-19999).
     min_worker_port = random.randrange(20000, 32000, 200)
@@ -153,7 +159,7 @@ def start_head(temp_dir: Path, extra_env: dict[str, str]) -> RayHead:
         f"--dashboard-agent-grpc-port={free_port()}",
         f"--runtime-env-agent-port={free_port()}",
         f"--metrics-export-port={free_port()}",
-        "--num-cpus=8",
+        *node_args,
         f"--object-store-memory={500 * 1024**2}",
         f"--temp-dir={temp_dir / 'ray'}",
         "--disable-usage-stats",
