@@ -492,8 +492,10 @@ def section_numerics(bench: Bench, deadline: Deadline) -> dict:
     outputs = {}
     # The autocast of Unmasker.unmask, on the device's own type so that the CPU dry run exercises bf16.
     for precision, bf16 in (("fp32", False), ("bf16", True)):
-        with tf32(False), torch.inference_mode(), torch.autocast(device, torch.bfloat16, enabled=bf16):
-            unmasked = unmasker.generator(unmasker.encoder(to_tensor(faces, unmasker.image_size, device)))
+        with tf32(False), torch.inference_mode():
+            with torch.autocast(device, torch.bfloat16, enabled=bf16):
+                unmasked = unmasker.generator(unmasker.encoder(to_tensor(faces, unmasker.image_size, device)))
+            # Matchers outside autocast, as in Unmasker.run: only U's precision differs.
             unmasked = unmasked.float().clamp(-1, 1)
             embeddings = {name: m.embed(unmasked) for name, m in unmasker.matchers.items()}
         outputs[precision] = (to_uint8(unmasked).astype(np.float64), embeddings)
@@ -616,13 +618,12 @@ SECTION_FUNCTIONS = {
 
 
 def _cell(value: Any) -> str:
+    """A markdown table cell: 3 significant digits, thousands separators, no '|' or line breaks."""
     if value is None:
         return ""
-    if isinstance(value, float):
-        if math.isinf(value) or math.isnan(value):
-            return str(value)
+    if isinstance(value, float) and math.isfinite(value):
         return f"{value:.3g}" if abs(value) < 100 else f"{value:,.0f}"
-    return str(value)
+    return str(value).replace("|", "\\|").replace("\n", " ")
 
 
 def section_markdown(name: str, result: dict) -> str:
@@ -673,7 +674,7 @@ class Report:
                 lines.append(f"| {name} | not run yet | | |")
                 continue
             summary = result.get("summary") or result.get("reason") or result.get("error", "")
-            lines.append(f"| {name} | {result['status']} | {result['seconds']:.1f} | {summary} |")
+            lines.append(f"| {name} | {result['status']} | {result['seconds']:.1f} | {_cell(summary)} |")
         lines.append("")
         lines += [section_markdown(name, self.sections[name]) for name in self.sections]
         return "\n".join(lines)
@@ -698,6 +699,14 @@ def run_section(bench: Bench, report: Report, name: str) -> None:
             "traceback": traceback.format_exc(),
         }
         bench.free_memory()
+    except KeyboardInterrupt:  # `timeout -s INT` at the run's time limit: say where it stopped, then stop
+        result = {"status": "failed", "error": "interrupted (SIGINT)", "traceback": traceback.format_exc()}
+        _finish_section(report, name, result, started, cpu_started)
+        raise
+    _finish_section(report, name, result, started, cpu_started)
+
+
+def _finish_section(report: Report, name: str, result: dict, started: float, cpu_started: float) -> None:
     result["seconds"] = time.perf_counter() - started
     result["cpu_seconds"] = time.process_time() - cpu_started  # this process's, all threads
     report.record(name, result)
@@ -756,10 +765,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in SECTIONS:
             run_section(bench, report, name)
+    except KeyboardInterrupt:
+        print("interrupted: the sections above are in gpu_unmask.json", flush=True)
+        return 130
     finally:
         bench.close()
-    report.meta["total_seconds"] = time.perf_counter() - started
-    report.write()
+        report.meta["total_seconds"] = time.perf_counter() - started
+        report.write()
     failed = [n for n, r in report.sections.items() if r["status"] == "failed"]
     print(f"done in {report.meta['total_seconds']:.0f} s; failed: {', '.join(failed) or 'none'}", flush=True)
     return 1 if failed else 0
