@@ -32,7 +32,7 @@ from tests.test_cluster import load_cluster
 from tests.test_job_submit import RayHead, free_port, hanks_upscaled, put, start_head, submit_and_wait
 from unmask_core import local_s3, shards, storage
 from unmask_core.faces.samples import sample_photo
-from unmask_core.models.checkpoints import init_model_set
+from unmask_core.models.model_set import init_model_set
 
 # What a Ray node on each of cluster.yaml's instance types offers (vCPUs, GPUs). On AWS Ray reads this
 # from the instance type; the fake provider cannot, so the derived config declares it.
