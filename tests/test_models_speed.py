@@ -20,7 +20,7 @@ from unmask_core.models.model_set import init_model_set, model_set_configs
 from unmask_core.models.psp import PSP, LatentEncoder
 from unmask_core.models.runtime import (
     build_on_meta,
-    compile_for_inference,
+    compile_in_place,
     configure_backends,
     prepare_for_inference,
 )
@@ -332,9 +332,9 @@ def test_unmasker_runs_g_of_f_as_one_psp_module(tmp_path: Path) -> None:
 COMPILER = shutil.which("cc") or shutil.which("g++")
 
 
-def test_compile_for_inference_off_is_the_module_itself() -> None:
+def test_compile_in_place_off_is_the_module_itself() -> None:
     g, _ = tiny_models()
-    assert compile_for_inference(g, enabled=False) is g
+    assert compile_in_place(g, enabled=False) is g
 
 
 @pytest.mark.slow
@@ -346,7 +346,7 @@ def test_compiled_64px_g_and_f_equal_eager() -> None:
     with torch.no_grad():
         codes = f(x)
         image = g(codes)
-        compiled_f, compiled_g = compile_for_inference(f, True), compile_for_inference(g, True)
+        compiled_f, compiled_g = compile_in_place(f, True), compile_in_place(g, True)
         compiled_codes = compiled_f(x)
         torch.testing.assert_close(compiled_codes, codes, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(compiled_g(codes), image, rtol=1e-4, atol=1e-4)

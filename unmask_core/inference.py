@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from unmask_core.models.psp import PSP
-from unmask_core.models.runtime import configure_backends, prepare_for_inference
+from unmask_core.models.runtime import compile_in_place, configure_backends, prepare_for_inference
 
 OUTPUT_SIZE = 256  # unmasked faces are delivered at the reference size, whatever the generator's
 
@@ -56,7 +56,14 @@ class Unmasker:
     """Loads a model set once (g∘f as one PSP module, and the matchers) and unmasks batches of aligned
     faces. On CUDA: backend flags set, NHWC weights, and with bf16 the weights cast once."""
 
-    def __init__(self, models_uri: str, matchers: list[str], device: str = "cpu", bf16: bool = False) -> None:
+    def __init__(
+        self,
+        models_uri: str,
+        matchers: list[str],
+        device: str = "cpu",
+        bf16: bool = False,
+        compile_networks: bool = False,
+    ) -> None:
         from unmask_core.matchers import build_matcher
         from unmask_core.models.model_set import ModelSet
 
@@ -74,6 +81,12 @@ class Unmasker:
         )
         prepare_for_inference(self.model, self.device, bf16=self.bf16)
         self.matchers = {name: build_matcher(name, model_set, self.device) for name in matchers}
+        # torch.compile at one input shape: `run` pads every micro-batch to its batch size.
+        self.compiled = compile_networks
+        compile_in_place(self.model, compile_networks)
+        for matcher in self.matchers.values():
+            if isinstance(getattr(matcher, "model", None), torch.nn.Module):
+                compile_in_place(matcher.model, compile_networks)
         self.embedding_dims = {name: m.dim for name, m in self.matchers.items()}
         self.checkpoints = {"encoder": model_set.sha256("unmask"), "generator": model_set.sha256("generator")}
         self.checkpoints.update({name: m.model_sha256 for name, m in self.matchers.items()})
@@ -82,6 +95,12 @@ class Unmasker:
     def unmask(self, faces: torch.Tensor) -> torch.Tensor:
         """faces [N, 3, S, S] in [-1, 1] at the encoder's size -> U (fp32) at the generator's size."""
         return self.model(faces)
+
+    def _padded(self, faces: np.ndarray, batch_size: int) -> np.ndarray:
+        """Compiled networks see one batch shape: repeat the last face to fill a short micro-batch."""
+        if not self.compiled or len(faces) == batch_size:
+            return faces
+        return np.concatenate([faces, np.repeat(faces[-1:], batch_size - len(faces), axis=0)])
 
     @torch.inference_mode()
     def run(
@@ -96,14 +115,16 @@ class Unmasker:
         }
         for start in range(0, len(faces), batch_size):
             chunk = slice(start, start + batch_size)
-            masked = to_tensor(faces[chunk], self.image_size, self.device)
+            n = len(faces[chunk])
+            padded = {k: self._padded(images[chunk], batch_size) for k, images in kinds.items()}
+            masked = to_tensor(padded["masked"], self.image_size, self.device)
             unmasked = self.unmask(masked)
-            outputs.append(to_uint8(unmasked))
+            outputs.append(to_uint8(unmasked)[:n])
             for name, matcher in self.matchers.items():
-                embeddings["unmasked"][name].append(matcher.embed(unmasked.clamp(-1, 1)))
-                for kind, images in kinds.items():
+                embeddings["unmasked"][name].append(matcher.embed(unmasked.clamp(-1, 1))[:n])
+                for kind, images in padded.items():
                     embeddings[kind][name].append(
-                        matcher.embed(to_tensor(images[chunk], OUTPUT_SIZE, self.device))
+                        matcher.embed(to_tensor(images, OUTPUT_SIZE, self.device))[:n]
                     )
         return UnmaskResult(
             unmasked=np.concatenate(outputs),

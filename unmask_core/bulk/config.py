@@ -39,6 +39,11 @@ class BulkConfig(JobConfig):
         False, "inputs are faces already aligned at the generator's framing (FFHQ recipe): no detection"
     )
     detector: str = option("mtcnn", "face detector: mtcnn, or a folder with an insightface detector ONNX")
+    compile: bool = option(
+        False,
+        "torch.compile f, g and the matchers at one padded batch shape (off by default until a GPU "
+        "measurement says it pays; compiling takes minutes)",
+    )
     bf16: bool = option(True, "bf16 autocast for the unmask stage on GPU (CPU stays fp32)")
 
     def check(self) -> None:

@@ -179,7 +179,13 @@ class UnmaskingStage:
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.cfg = cfg
-        self.unmasker = Unmasker(cfg.models, cfg.matchers, device=device, bf16=cfg.bf16 and device == "cuda")
+        self.unmasker = Unmasker(
+            cfg.models,
+            cfg.matchers,
+            device=device,
+            bf16=cfg.bf16 and device == "cuda",
+            compile_networks=cfg.compile,
+        )
 
     def __call__(self, table: pa.Table) -> pa.Table:
         ok = [i for i, s in enumerate(table.column("status").to_pylist()) if s == "ok"]

@@ -90,9 +90,10 @@ def build_on_meta(
     return module
 
 
-def compile_for_inference(module: ModuleT, enabled: bool) -> ModuleT | Callable[..., Tensor]:
+def compile_in_place(module: ModuleT, enabled: bool) -> ModuleT | Callable[..., Tensor]:
     """torch.compile for a fixed input shape (the caller pads batches to one size: every new shape
     would compile again); the module itself when not enabled."""
     if not enabled:
         return module
-    return torch.compile(module, dynamic=False)
+    module.compile(dynamic=False)  # in place: the module, its type and its state_dict keys stay as they are
+    return module

@@ -43,6 +43,11 @@ class TrainConfig(JobConfig):
     bf16_allreduce: bool = option(
         False, "all-reduce gradients in bf16 (half the bytes; worth it when workers span nodes)"
     )
+    compile: bool = option(
+        False,
+        "torch.compile f, g and the frozen networks (batches have one shape: the last short one is "
+        "dropped); off by default until a GPU measurement says it pays",
+    )
     lr: float = option(1e-4, "Adam learning rate (pSp: 1e-4)")
     l2_weight: float = option(1.0, "weight of L_R, eq. 1/5 (0 switches it off)")
     lpips_weight: float = option(0.8, "α: weight of LPIPS, eq. 2/6 (0 switches it off)")

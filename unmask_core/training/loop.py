@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from unmask_core import storage
 from unmask_core.errors import UserError
 from unmask_core.losses import TrainingLoss
+from unmask_core.models.runtime import compile_in_place
 from unmask_core.training.batches import IMAGE_COLUMNS
 from unmask_core.training.config import ENCODER_OF_STAGE, TrainConfig
 from unmask_core.training.history import append_metrics, truncate_metrics
@@ -227,6 +228,9 @@ def train_loop(config: dict[str, Any]) -> None:
         torch.set_num_threads(cfg.cpus_per_worker)  # Ray's default for an actor is one thread
     torch.manual_seed(cfg.seed + rank)
     parts = build_training_models(cfg, device)
+    for network in (parts.encoder, parts.generator, parts.teacher):
+        if network is not None:
+            compile_in_place(network, cfg.compile)  # in place: DDP and checkpoints see the same module
     model = prepare_ddp(parts.encoder, cfg.bf16_allreduce)
     optimizer = make_optimizer(model, cfg.lr, device)
     run_uri = storage.join(cfg.out, cfg.run_name)
