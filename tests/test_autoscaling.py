@@ -40,6 +40,7 @@ INSTANCE_RESOURCES: dict[str, dict[str, int]] = {
     "m6i.2xlarge": {"CPU": 8},
     "c6i.8xlarge": {"CPU": 32},
     "g6e.xlarge": {"CPU": 4, "GPU": 1},
+    "p4d.24xlarge": {"CPU": 96, "GPU": 8},
 }
 # Every fake node is a real raylet (plus its workers) on this 2-core machine: at most one node per type,
 # at most 4 CPUs declared per node (Ray Data sizes its task concurrency from declared CPUs), and a
@@ -74,7 +75,8 @@ def fake_cluster_config(cluster: dict[str, Any], gcs_port: int) -> dict[str, Any
     for name, node_type in cluster["available_node_types"].items():
         if name == head_type:
             continue
-        resources = dict(INSTANCE_RESOURCES[node_type["node_config"]["InstanceType"]])
+        # The instance's own resources, plus the custom ones cluster.yaml declares (e.g. nvlink_gpu).
+        resources = {**INSTANCE_RESOURCES[node_type["node_config"]["InstanceType"]], **node_type["resources"]}
         resources["CPU"] = min(resources["CPU"], MAX_CPUS_PER_NODE)
         node_types[name] = {
             "resources": {**resources, "object_store_memory": NODE_OBJECT_STORE_BYTES},
