@@ -255,23 +255,14 @@ def render_report(
     }
 
 
-def write_report(
-    out_dir: str,
-    metrics: Mapping[str, Any],
-    curves: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float], float]]],
-    triplets: Sequence[Triplet],
-    config: Mapping[str, Any],
-    checkpoints: Mapping[str, str],
-    note: str = "",
-    title: str = "Masked face recovery — evaluation",
-) -> dict[str, str]:
+def write_report(out_dir: str, **report: Any) -> dict[str, str]:
     """Write metrics.json, table.md, roc.png and report.html under `out_dir` (a local folder or an
-    s3:// prefix), each atomically; returns {file name: its URI}. For other destinations, call
-    `render_report` and store its bytes."""
+    s3:// prefix), each atomically; `report` holds `render_report`'s arguments. Returns {file name:
+    its URI}. For other destinations, call `render_report` and store its bytes."""
     from unmask_core import storage
 
     written = {}
-    for name, data in render_report(metrics, curves, triplets, config, checkpoints, note, title).items():
+    for name, data in render_report(**report).items():
         uri = storage.join(out_dir, name)
         storage.write_bytes_atomic(uri, data)
         written[name] = uri

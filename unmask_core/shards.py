@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from unmask_core import storage
+from unmask_core.config import save_config
 from unmask_core.errors import UserError
 
 _SHARD_FILE = re.compile(r"shard-(\d{6})\.parquet$")
@@ -127,6 +128,10 @@ class ShardedRun:
     def items_done(self) -> int:
         return sum(len(self.chunks[i]) for i in self.done)
 
+    def todo_payloads(self) -> list[dict[str, Any]]:
+        """One item per shard still to do, as Ray Data rows: its index and its items as JSON."""
+        return [{"shard": i, "records": json.dumps(self.chunks[i])} for i in self.todo]
+
     def shard_file(self, index: int) -> str:
         return shard_file(self.rows_uri, index)
 
@@ -146,20 +151,44 @@ def start_run(
     shard_size: int,
     pins: dict[str, str] | None = None,
     overwrite: bool = False,
+    config: Any = None,
 ) -> ShardedRun:
     """Check the plan of `out_uri` against this run's, then find what a previous run already finished.
 
     `ids` are the items' ids in item order (sorted by the caller); `pins` what else made the output
     (input fingerprint, model hashes). A different plan is refused unless `overwrite`, which deletes
-    the previous rows first. Nothing is written before the checks pass; then the plan is recorded."""
+    the previous rows first. Nothing is written before the checks pass; then the plan is recorded,
+    and the job's `config` saved beside it (a refused run leaves the folder as it was)."""
     plan = ShardPlan(len(items), shard_size, ids[0], ids[-1], dict(pins or {}))
     if overwrite:
         storage.delete(rows_uri)
         storage.delete(storage.join(out_uri, PLAN_FILE))
-    elif check_plan(out_uri, plan):
-        return ShardedRun(rows_uri, split_into_shards(items, shard_size), finished_shards(rows_uri))
-    record_plan(out_uri, plan)
+    if overwrite or not check_plan(out_uri, plan):
+        record_plan(out_uri, plan)
+    if config is not None:
+        save_config(config, out_uri)
     return ShardedRun(rows_uri, split_into_shards(items, shard_size), finished_shards(rows_uri))
+
+
+def start_job(
+    cfg: Any,
+    rows_folder: str,
+    items: Sequence[Any],
+    records: Sequence[Any],
+    models: dict[str, str] | None = None,
+) -> ShardedRun:
+    """`start_run` for a job whose config has `input`, `output`, `shard_size` and `overwrite`: rows in
+    OUTPUT/`rows_folder`, the plan pinned to the input listing (and `models`: their hashes)."""
+    return start_run(
+        cfg.output,
+        storage.join(cfg.output, rows_folder),
+        items,
+        [record.id for record in records],
+        cfg.shard_size,
+        pins={"inputs": input_fingerprint(cfg.input, records), **(models or {})},
+        overwrite=cfg.overwrite,
+        config=cfg,
+    )
 
 
 INTERNAL_ERROR = "internal_error"  # the status of a row whose input met a bug, not a bad input

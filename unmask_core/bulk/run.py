@@ -8,14 +8,12 @@ objects under the same names (no duplicates).
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from typing import Any
 
 from unmask_core import corpora, data, shards, storage
 from unmask_core.bulk.config import BulkConfig, pool_range
 from unmask_core.bulk.stages import FaceFindingStage, ImageWriter, ShardCommitter, UnmaskingStage
-from unmask_core.config import save_config
 from unmask_core.errors import UserError
 
 
@@ -45,20 +43,11 @@ def run_bulk(cfg: BulkConfig) -> dict[str, Any]:
     payload = [{"uri": r.uri, "id": r.id} for r in records]
     if cfg.overwrite:
         storage.delete(storage.join(cfg.output, "images"))
-    run = shards.start_run(
-        cfg.output,
-        storage.join(cfg.output, "rows"),
-        payload,
-        [r.id for r in records],
-        cfg.shard_size,
-        pins={"inputs": shards.input_fingerprint(cfg.input, records), **model_info.provenance},
-        overwrite=cfg.overwrite,
-    )
-    save_config(cfg, cfg.output)  # only once the checks passed: a refused run leaves the folder as it was
+    run = shards.start_job(cfg, "rows", payload, records, models=model_info.provenance)
     ray_session.connect()
     bar = run.progress_bar("unmask")
     if run.todo:
-        todo = [{"shard": i, "records": json.dumps(run.chunks[i])} for i in run.todo]
+        todo = run.todo_payloads()
         gpus = cfg.gpus_per_actor
         if gpus < 0:
             gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0

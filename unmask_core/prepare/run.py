@@ -15,7 +15,6 @@ import numpy as np
 import pyarrow as pa
 
 from unmask_core import corpora, data, shards, storage
-from unmask_core.config import save_config
 from unmask_core.prepare.config import PrepareConfig
 from unmask_core.prepare.pairs import SyntheticPairMaker
 from unmask_core.prepare.rmfrd import RMFRDPairMaker, add_reference_candidates
@@ -60,20 +59,11 @@ def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
     items = [{"record": r.__dict__, "split": split_of[r.identity]} for r in records]
     if corpora.layout(cfg.corpus).pairs == "rmfrd":
         add_reference_candidates(items, cfg.seed)  # masked photos need unmasked ones of the same person
-    run = shards.start_run(
-        cfg.output,
-        storage.join(cfg.output, "pairs"),
-        items,
-        [r.id for r in records],
-        cfg.shard_size,
-        pins={"inputs": shards.input_fingerprint(cfg.input, records)},
-        overwrite=cfg.overwrite,
-    )
-    save_config(cfg, cfg.output)  # only once the checks passed: a refused run leaves the folder as it was
+    run = shards.start_job(cfg, "pairs", items, records)
     ray_session.connect()
     bar = run.progress_bar("prepare")
     if run.todo:
-        todo = [{"shard": i, "records": json.dumps(run.chunks[i])} for i in run.todo]
+        todo = run.todo_payloads()
         ds = ray.data.from_items(todo, override_num_blocks=len(todo)).map_batches(
             ShardWorker,
             fn_constructor_args=(cfg, run.rows_uri),
