@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from unmask_core import storage
+from unmask_core.errors import UserError
 from unmask_core.training.batches import decode_batch
 from unmask_core.training.config import ENCODER_OF_STAGE, TrainConfig
 from unmask_core.training.history import plot_metrics, read_metrics
@@ -34,6 +35,28 @@ def training_dataset(cfg: TrainConfig, size: int):
     return ds.map_batches(decode_batch, fn_kwargs={"size": size, "stage": cfg.stage}, batch_format="numpy")
 
 
+def check_pairs_schema(pairs_uri: str) -> None:
+    """The pairs folder holds what `unmask prepare` writes: one line naming what is missing, in the
+    driver, before Ray Train starts (Ray Data would retry its read tasks, and say why only in its logs)."""
+    import pyarrow.dataset as pads
+
+    from unmask_core.data import PAIRS_SCHEMA
+
+    uri = storage.join(pairs_uri, "pairs")
+    storage.check_readable(uri)
+    fs, path = storage.pyarrow_filesystem(uri)
+    try:
+        schema = pads.dataset(path, filesystem=fs, format="parquet").schema
+    except Exception as exc:  # pyarrow raises several types for files that are not Parquet
+        raise UserError(f"{uri}: not a pairs folder of Parquet files ({type(exc).__name__}: {exc})") from None
+    missing = [name for name in PAIRS_SCHEMA.names if name not in schema.names]
+    if missing:
+        raise UserError(
+            f"{uri}: not pairs written by `unmask prepare` (no column {', '.join(missing)}); prepare the "
+            "corpus with `unmask prepare` and pass its output as --pairs"
+        )
+
+
 def run_training(cfg: TrainConfig) -> dict[str, Any]:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -45,6 +68,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         storage.check_readable(cfg.init_from)
     storage.check_writable(cfg.out)
     size = ModelSet(cfg.models).image_size
+    check_pairs_schema(cfg.pairs)
     build_lpips(cfg, cfg.models, spatial=False)  # fail here, not in every worker, when weights are missing
     fs, path = storage.pyarrow_filesystem(cfg.out)
     trainer = TorchTrainer(
