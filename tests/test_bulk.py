@@ -259,8 +259,15 @@ def test_killed_actor_is_survived_exactly_once(bucket: str, models_uri: str, ray
     from unmask_core.bulk.run import run_bulk
 
     gallery, out = _gallery(bucket, 8), f"{bucket}/out"
+    # Batches of one face: shards finish one by one, so the actor can be killed between two of them.
     cfg = BulkConfig(
-        input=gallery, output=out, models=models_uri, shard_size=1, actors="1,1", matchers=["arcface"]
+        input=gallery,
+        output=out,
+        models=models_uri,
+        shard_size=1,
+        batch_size=1,
+        actors="1,1",
+        matchers=["arcface"],
     )
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(summary=run_bulk(cfg)))
