@@ -97,11 +97,6 @@ def connect(num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, runtime_env={"env_vars": env_vars}, logging_level=logging.WARNING)
     else:
-        if not verbose():
-            # Ray's C++ logging writes errors to this process's stderr too (e.g. Ray Data keeps its
-            # actors' constructor arguments in the object store, which it flags once per actor pool).
-            # The local Ray's C++ log files then hold fatal lines only; --verbose keeps Ray's level.
-            os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
         ray.init(
             num_cpus=num_cpus or LOCAL_LOGICAL_CPUS,
             include_dashboard=False,
