@@ -464,17 +464,22 @@ def _measure_stage(
     }
 
 
+def _best_row(rows: list[dict], rate: str, what: str) -> dict:
+    """The row with the highest `rate`; a section that measured none has failed."""
+    measured = [r for r in rows if rate in r]
+    if not measured:
+        raise RuntimeError(f"no {what} row measured: {rows}")
+    return max(measured, key=lambda r: r[rate])
+
+
 def section_unmask_stage(bench: Bench, deadline: Deadline) -> dict:
     rows = _stage_rows(bench, deadline)
-    measured = [r for r in rows if "images_per_s" in r]
-    if not measured:
-        raise RuntimeError(f"no stage row measured: {rows}")
-    best = max(measured, key=lambda r: r["images_per_s"])
+    best = _best_row(rows, "images_per_s", "stage")
     return {
         "summary": f"best {best['images_per_s']:.0f} faces/s (shard {best['shard_size']}, batch "
         f"{best['batch_size']}, {best['config']}); goal {GOALS['unmask_stage']}",
-        "what": "UnmaskStage.__call__ on a shard of aligned 256 px faces: f, g, matchers on M and U, PNG "
-        "encoding; compute_images_per_s is Unmasker.run alone (no PNG, no Arrow)",
+        "what": "UnmaskingStage.__call__ on a batch of aligned faces: f, g, matchers on M and U (PNG "
+        "encoding is the image writer's); compute_images_per_s is Unmasker.run alone (no Arrow)",
         "rows": rows,
     }
 
@@ -571,10 +576,7 @@ def section_train(bench: Bench, deadline: Deadline) -> dict:
                 "peak_memory_gib": timing.peak_memory_gib,
             }
         )
-    measured = [r for r in rows if "samples_per_s" in r]
-    if not measured:
-        raise RuntimeError(f"no training row measured: {rows}")
-    best = max(measured, key=lambda r: r["samples_per_s"])
+    best = _best_row(rows, "samples_per_s", "training")
     return {
         "summary": f"best {best['samples_per_s']:.1f} samples/s (batch {best['batch']}); "
         f"goal {GOALS['train']}",
