@@ -4,6 +4,7 @@ equals a larger batch, and checkpoints are host snapshots written off the traini
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 
@@ -180,6 +181,11 @@ def _ddp_worker(rank: int, world: int, port: int, bf16: bool, out: str) -> None:
         for first in (True, False):
             optimizer_step(micro, model, optimizer, _toy_loss(model), defer_allreduce=not first)
             torch.save(_gradients(model.module), os.path.join(out, f"grad-{rank}-{first}.pt"))
+        # Both ranks end their collectives before either exits, and DDP's reducer goes before the group:
+        # gloo threads still holding work at interpreter exit abort the process (SIGABRT, about 1 in 5).
+        dist.barrier()
+        del model, optimizer
+        gc.collect()
     finally:
         dist.destroy_process_group()
 
