@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 
 from unmask_core import data, shards
 from unmask_core.bulk.config import BulkConfig
@@ -106,3 +107,84 @@ def test_a_shard_with_missing_rows_fails_loudly(tmp_path: Path) -> None:
     committer.add(pa.Table.from_pylist([_stage_row(3, 2, "a", 0, 1)], schema))
     with pytest.raises(RuntimeError, match="shard 3: 1 of 2 inputs"):
         committer.finish()
+
+
+def _photo_gallery(folder: Path) -> list[dict]:
+    """Photos with several faces, a blank image and a truncated file: one shard's records."""
+    from PIL import Image
+
+    from tests.images import encode
+    from unmask_core.faces.samples import load_rgb, sample_photo
+
+    folder.mkdir()
+    group = load_rgb(sample_photo("t1.jpg"))
+    (folder / "t1.jpg").write_bytes(sample_photo("t1.jpg").read_bytes())
+    (folder / "crop.png").write_bytes(encode(Image.fromarray(np.ascontiguousarray(group[:, 300:800])), "PNG"))
+    (folder / "blank.png").write_bytes(encode(Image.fromarray(np.full((90, 120, 3), 80, np.uint8)), "PNG"))
+    (folder / "truncated.jpg").write_bytes(sample_photo("t1.jpg").read_bytes()[:300])
+    return [{"id": p.name, "uri": str(p)} for p in sorted(folder.iterdir())]
+
+
+def _unmask_shard(cfg: BulkConfig, records: list[dict], on_device: bool) -> list[dict]:
+    import json
+
+    from unmask_core.bulk.stages import UnmaskingStage
+
+    found = FaceFindingStage(cfg, detect=not on_device)(
+        {"shard": np.array([0]), "records": np.array([json.dumps(records)])}
+    )
+    return UnmaskingStage(cfg, find_faces=on_device)(found).to_pylist()
+
+
+def test_faces_found_on_the_device_are_the_faces_the_cpu_stage_finds(tmp_path: Path, tiny_model_set) -> None:
+    records = _photo_gallery(tmp_path / "gallery")
+    cfg = BulkConfig(
+        input="-", output="-", models=tiny_model_set, matchers=["arcface"], faces="all", batch_size=4
+    )
+    cpu, device = (_unmask_shard(cfg, records, on_device) for on_device in (False, True))
+    summary = lambda rows: sorted((r["id"], r["status"], r["input_rows"], r["shard_inputs"]) for r in rows)  # noqa: E731
+    assert summary(device) == summary(cpu)
+    assert {r["id"]: r["status"] for r in device} == {
+        "t1.jpg": "ok",
+        "crop.png": "ok",
+        "blank.png": "no_face",
+        "truncated.jpg": "decode_error",
+    }
+    assert sorted(r["face_index"] for r in device if r["id"] == "t1.jpg") == list(range(6))
+    for c in (r for r in cpu if r["status"] == "ok"):
+        # Faces of about one size may come in another order (largest first): pair them by their boxes.
+        d = min(
+            (r for r in device if r["id"] == c["id"]),
+            key=lambda r: np.abs(np.subtract(r["bbox"], c["bbox"])).max(),
+        )
+        width = c["bbox"][2] - c["bbox"][0]
+        assert np.abs(np.subtract(c["bbox"], d["bbox"])).max() < 0.08 * width
+        # As in test_faces_device: the letterbox canvas moves MTCNN's points a little (5 px of 256 here).
+        assert np.abs(np.subtract(c["landmarks"], d["landmarks"])).max() < 0.03 * 256
+        unmasked = [np.frombuffer(r["unmasked"], np.uint8).astype(float) for r in (c, d)]
+        assert np.abs(unmasked[0] - unmasked[1]).mean() < 3.0
+        # The matcher is randomly initialised, so its embeddings move with every pixel; still, the device
+        # twin must be the nearest of the photo's device faces to the CPU face.
+        embedding = lambda r: np.asarray(r["embedding_masked_arcface"])  # noqa: E731
+        nearest = max(
+            (r for r in device if r["id"] == c["id"]), key=lambda r: np.dot(embedding(r), embedding(c))
+        )
+        assert nearest is d
+
+
+def test_faces_filling_their_frame_are_found_on_the_device_too(demo_masked_crops, tiny_model_set) -> None:
+    from unmask_core.bulk.stages import DeviceFaceFinder
+
+    cfg = BulkConfig(input="-", output="-", models=tiny_model_set)
+    decoder = FaceFindingStage(cfg, detect=False)
+    rows = [decoder.faces_of({"id": p.name, "uri": str(p)})[0] for p in demo_masked_crops]
+    for row in rows:
+        row.update(shard=0, shard_inputs=len(rows), input_rows=1)
+    table = pa.Table.from_pylist(
+        [{n: r.get(n) for n in STAGE_SCHEMA.names} for r in rows], schema=STAGE_SCHEMA
+    )
+    faces, crops = DeviceFaceFinder(cfg, "cpu")(table)
+    found = faces.column("status").to_pylist()
+    assert found.count("ok") >= 11, found
+    assert crops.dtype == torch.uint8 and tuple(crops.shape) == (found.count("ok"), 256, 256, 3)
+    assert faces.column("image").null_count == faces.num_rows  # the photos do not travel on

@@ -28,14 +28,12 @@ class UnmaskResult:
     embeddings: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # kind -> matcher -> [N, dim]
 
 
-def to_tensor(faces: np.ndarray, size: int, device: torch.device | str) -> torch.Tensor:
-    """uint8 [N, H, W, 3] -> float [N, 3, size, size] in [-1, 1]."""
-    # A writable array: faces often come from np.frombuffer (read-only), which torch warns about.
-    x = (
-        torch.from_numpy(np.require(faces, requirements=["C", "W"])).to(device).permute(0, 3, 1, 2).float()
-        / 127.5
-        - 1.0
-    )
+def to_tensor(faces: np.ndarray | torch.Tensor, size: int, device: torch.device | str) -> torch.Tensor:
+    """uint8 [N, H, W, 3] (host array, or a tensor on any device) -> float [N, 3, size, size] in [-1, 1]."""
+    if not isinstance(faces, torch.Tensor):
+        # A writable array: faces often come from np.frombuffer (read-only), which torch warns about.
+        faces = torch.from_numpy(np.require(faces, requirements=["C", "W"]))
+    x = faces.to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     if x.shape[-1] != size:
         x = F.interpolate(
             x, size=(size, size), mode="area" if x.shape[-1] > size else "bilinear", antialias=False
@@ -96,18 +94,21 @@ class Unmasker:
         """faces [N, 3, S, S] in [-1, 1] at the encoder's size -> U (fp32) at the generator's size."""
         return self.model(faces)
 
-    def _padded(self, faces: np.ndarray, batch_size: int) -> np.ndarray:
+    def _padded(self, faces, batch_size: int):
         """Compiled networks see one batch shape: repeat the last face to fill a short micro-batch."""
         if not self.compiled or len(faces) == batch_size:
             return faces
+        if isinstance(faces, torch.Tensor):
+            return torch.cat([faces, faces[-1:].expand(batch_size - len(faces), *faces.shape[1:])])
         return np.concatenate([faces, np.repeat(faces[-1:], batch_size - len(faces), axis=0)])
 
     @torch.inference_mode()
     def run(
         self, faces: np.ndarray, batch_size: int, also_embed: dict[str, np.ndarray] | None = None
     ) -> UnmaskResult:
-        """Unmask aligned uint8 faces [N, 256, 256, 3] in micro-batches; embed M and U (and any
-        `also_embed` images, e.g. the true T in evaluation) with every matcher."""
+        """Unmask aligned uint8 faces [N, 256, 256, 3] (a host array, or a tensor already on the device)
+        in micro-batches; embed M and U (and any `also_embed` images, e.g. the true T in evaluation)
+        with every matcher."""
         kinds = {"masked": faces, **(also_embed or {})}
         outputs: list[np.ndarray] = []
         embeddings: dict[str, dict[str, list]] = {

@@ -39,6 +39,12 @@ class BulkConfig(JobConfig):
         False, "inputs are faces already aligned at the generator's framing (FFHQ recipe): no detection"
     )
     detector: str = option("mtcnn", "face detector: mtcnn, or a folder with an insightface detector ONNX")
+    face_finding: str = option(
+        "auto",
+        "where faces are detected and aligned: on the unmask actors' device, or in CPU actors "
+        "(auto: the device when the unmask actors have GPUs)",
+        choices=["auto", "device", "cpu"],
+    )
     compile: bool = option(
         False,
         "torch.compile f, g and the matchers at one padded batch shape (off by default until a GPU "

@@ -51,6 +51,9 @@ def run_bulk(cfg: BulkConfig) -> dict[str, Any]:
         gpus = cfg.gpus_per_actor
         if gpus < 0:
             gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+        on_device = not cfg.aligned and (
+            cfg.face_finding == "device" or (cfg.face_finding == "auto" and gpus > 0)
+        )
         # On an autoscaling cluster the CPUs present at start say little: then pass --cpu-actors.
         cpu_low, cpu_high = (
             pool_range(cfg.cpu_actors, "--cpu-actors") if cfg.cpu_actors else (1, ray_session.half_the_cpus())
@@ -59,7 +62,7 @@ def run_bulk(cfg: BulkConfig) -> dict[str, Any]:
             ray.data.from_items(todo, override_num_blocks=len(todo))
             .map_batches(
                 FaceFindingStage,
-                fn_constructor_args=(cfg,),
+                fn_constructor_args=(cfg, not on_device),
                 batch_size=1,
                 batch_format="numpy",
                 compute=ray_session.actor_pool(cpu_low, cpu_high, len(todo)),
@@ -68,8 +71,9 @@ def run_bulk(cfg: BulkConfig) -> dict[str, Any]:
             )
             .map_batches(
                 UnmaskingStage,
-                fn_constructor_args=(cfg,),
-                # A fixed batch size (Ray requires one for GPU actors): faces of any shards fill it.
+                fn_constructor_args=(cfg, on_device),
+                # A fixed batch size (Ray requires one for GPU actors): rows of any shards fill it
+                # (faces, or photos when faces are found on the device).
                 batch_size=cfg.batch_size,
                 batch_format="pyarrow",
                 compute=ray_session.actor_pool(*pool_range(cfg.actors, "--actors"), len(todo)),

@@ -3,6 +3,8 @@ driver's shard commits:
 
 [FaceFindingStage: read, decode, detect, align]                   (CPU actors, a shard per call)
 [UnmaskingStage: U = g(f(M)), embed M and U per matcher]           (GPU actors, `batch_size` rows)
+    When the unmask actors have GPUs, the first stage only reads and decodes, and the unmask stage
+    detects and aligns on its device (DeviceFaceFinder): MTCNN is the costliest host step by far.
 [ImageWriter: PNG-encode and upload unmasked faces, concurrently]  (CPU actors, any batch)
 [ShardCommitter: a shard's rows Parquet once all its rows arrived] (the driver, a few threads)
 
@@ -45,13 +47,15 @@ class FaceFindingStage:
     """Read, decode with limits, detect and align every image of a shard; one row per face or error.
 
     With `aligned`, an input is one face already in the generator's framing: no detection, the whole
-    image is the face."""
+    image is the face. With `detect=False`, a decoded image leaves whole (an `image` row) for the unmask
+    stage to find its faces on the accelerator."""
 
-    def __init__(self, cfg: BulkConfig) -> None:
+    def __init__(self, cfg: BulkConfig, detect: bool = True) -> None:
         from unmask_core.faces.detect import build_detector
 
         self.cfg = cfg
-        self.detector = None if cfg.aligned else build_detector(cfg.detector, "cpu")
+        self.detect = detect and not cfg.aligned
+        self.detector = build_detector(cfg.detector, "cpu") if self.detect else None
 
     def faces_of(self, record: dict) -> list[dict]:
         base = {"id": record["id"], "source_uri": record["uri"]}
@@ -62,12 +66,15 @@ class FaceFindingStage:
             return [dict(base, status="read_error", error=str(exc))]
         except data.ImageDecodeError as exc:
             return [dict(base, status=exc.status, error=exc.reason)]
-        if self.detector is None:
+        if self.cfg.aligned:
             return [dict(base, **aligned_input_face(image))]
+        if not self.detect:
+            decoded = {"image": image.tobytes(), "image_size": list(image.shape[:2])}
+            return [dict(base, status="ok", error="", **decoded)]
         return self.detected_faces(base, image)
 
     def detected_faces(self, base: dict, image: np.ndarray) -> list[dict]:
-        from unmask_core.faces.align import align_face, transform_points
+        from unmask_core.faces.align import align_face
         from unmask_core.faces.detect import find_faces
 
         try:
@@ -84,21 +91,7 @@ class FaceFindingStage:
             except Exception as exc:
                 rows.append(dict(base, status="align_error", error=str(exc), face_index=index))
                 continue
-            rows.append(
-                dict(
-                    base,
-                    status="ok",
-                    error="",
-                    face_index=index,
-                    bbox=np.asarray(face.box, np.float32).tolist(),
-                    landmarks=transform_points(face.landmarks, matrix)
-                    .astype(np.float32)
-                    .reshape(-1)
-                    .tolist(),
-                    detection_score=float(face.score),
-                    face=aligned.tobytes(),
-                )
-            )
+            rows.append(dict(face_row(base, index, face, matrix), face=aligned.tobytes()))
         return rows
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
@@ -111,6 +104,22 @@ class FaceFindingStage:
                     row.update(shard=int(shard_index), shard_inputs=len(records), input_rows=len(faces))
                     rows.append(row)
         return pa.Table.from_pylist([_complete(r) for r in rows], schema=STAGE_SCHEMA)
+
+
+def face_row(base: dict, index: int, face, matrix: np.ndarray) -> dict:
+    """What a row says of one found face: its box in the photo, its landmarks in the aligned crop."""
+    from unmask_core.faces.align import transform_points
+
+    landmarks = transform_points(face.landmarks, matrix).astype(np.float32).reshape(-1).tolist()
+    return dict(
+        base,
+        status="ok",
+        error="",
+        face_index=index,
+        bbox=np.asarray(face.box, np.float32).tolist(),
+        landmarks=landmarks,
+        detection_score=float(face.score),
+    )
 
 
 def aligned_input_face(image: np.ndarray) -> dict:
@@ -156,8 +165,11 @@ STAGE_SCHEMA = pa.schema(
         ("input_rows", pa.int64()),  # rows of this row's input (faces, or 1 for an error)
         *FACE_FIELDS,
         ("face", pa.binary()),  # aligned RGB uint8 FACE_SIZE x FACE_SIZE x 3, raw
+        ("image", pa.binary()),  # or the whole decoded RGB uint8 photo, raw, when faces are found on GPU
+        ("image_size", pa.list_(pa.int32(), 2)),  # its height and width
     ]
 )
+IMAGE_COLUMNS = ["image", "image_size"]
 
 
 def _complete(row: dict) -> dict:
@@ -169,10 +181,11 @@ def _complete(row: dict) -> dict:
 
 class UnmaskingStage:
     """Holds g, f and the matchers on one device; U = g(f(M)) and the embeddings for a batch of rows
-    (faces and error rows of any shards). The unmasked faces leave as raw pixels: PNG encoding is
-    host work for the writers, off the accelerator's critical path."""
+    (faces and error rows of any shards). With `find_faces`, the rows are whole decoded photos, and
+    their faces are detected and aligned here first, on the same device. The unmasked faces leave as
+    raw pixels: PNG encoding is host work for the writers, off the accelerator's critical path."""
 
-    def __init__(self, cfg: BulkConfig) -> None:
+    def __init__(self, cfg: BulkConfig, find_faces: bool = False) -> None:
         import torch
 
         from unmask_core.inference import Unmasker
@@ -186,17 +199,22 @@ class UnmaskingStage:
             bf16=cfg.bf16 and device == "cuda",
             compile_networks=cfg.compile,
         )
+        self.face_finder = DeviceFaceFinder(cfg, device) if find_faces else None
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        ok = [i for i, s in enumerate(table.column("status").to_pylist()) if s == "ok"]
-        faces = table.column("face").to_pylist()
-        result = None
-        if ok:
-            masked = np.stack(
-                [np.frombuffer(faces[i], np.uint8).reshape(FACE_SIZE, FACE_SIZE, 3) for i in ok]
+        if self.face_finder is not None:
+            table, masked = self.face_finder(table)
+        else:
+            faces = table.column("face").to_pylist()
+            ok = [i for i, s in enumerate(table.column("status").to_pylist()) if s == "ok"]
+            masked = (
+                np.stack([np.frombuffer(faces[i], np.uint8).reshape(FACE_SIZE, FACE_SIZE, 3) for i in ok])
+                if ok
+                else None
             )
-            result = self.unmasker.run(masked, self.cfg.batch_size)
-        table = table.drop_columns(["face"])
+        ok = [i for i, s in enumerate(table.column("status").to_pylist()) if s == "ok"]
+        result = self.unmasker.run(masked, self.cfg.batch_size) if ok else None
+        table = table.drop_columns(["face", *IMAGE_COLUMNS])
         unmasked: list[bytes | None] = [None] * table.num_rows
         if result is not None:
             for j, i in enumerate(ok):
@@ -212,6 +230,95 @@ class UnmaskingStage:
                     f"embedding_{kind}_{name}", pa.array(values, pa.list_(pa.float32(), dim))
                 )
         return table
+
+
+class DeviceFaceFinder:
+    """Faces of whole decoded photos, found on the unmask actor's device: the batch's pixels go up in
+    one (pinned) copy, MTCNN runs on letterboxed batches (`detect_batch`), and the similarity warp runs
+    there too, with the CPU path's transform and filters. The crops never leave the device before f."""
+
+    def __init__(self, cfg: BulkConfig, device: str) -> None:
+        import torch
+
+        from unmask_core.faces.detect import build_detector
+
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.detector = build_detector(cfg.detector, device)
+
+    def upload(self, images: list[np.ndarray]) -> list:
+        """The images as uint8 [H, W, 3] tensors on the device, from one host-to-device copy."""
+        import torch
+
+        flat = torch.from_numpy(np.concatenate([image.reshape(-1) for image in images]))
+        if self.device.type == "cuda":
+            flat = flat.pin_memory()
+        flat = flat.to(self.device, non_blocking=True)
+        views, start = [], 0
+        for image in images:
+            views.append(flat[start : start + image.size].view(image.shape))
+            start += image.size
+        return views
+
+    def detect(self, images: list[np.ndarray], on_device: list) -> list:
+        """Faces per image, or the exception its detection raised (one odd image loses only itself)."""
+        from unmask_core.faces.detect import find_faces
+
+        if not hasattr(self.detector, "detect_batch"):  # a detector without a batched device path
+            return [_or_exception(find_faces, self.detector, image) for image in images]
+        try:
+            return self.detector.detect_batch(on_device)
+        except Exception:
+            return [_or_exception(lambda x: self.detector.detect_batch([x])[0], x) for x in on_device]
+
+    def __call__(self, table: pa.Table):
+        """(rows of faces and errors, the ok rows' aligned crops: uint8 [K, 256, 256, 3] on the device)."""
+        import torch
+
+        rows = table.to_pylist()
+        todo = [i for i, row in enumerate(rows) if row["status"] == "ok"]
+        images = [np.frombuffer(rows[i]["image"], np.uint8).reshape(*rows[i]["image_size"], 3) for i in todo]
+        on_device = self.upload(images) if images else []
+        found = dict(zip(todo, self.detect(images, on_device)))
+        views = dict(zip(todo, on_device))
+        out, crops = [], []
+        for i, row in enumerate(rows):
+            base = {k: row[k] for k in ("shard", "shard_inputs", "id", "source_uri")}
+            if i not in found:
+                faces_of_input = [row]
+            else:
+                faces_of_input = self.faces_of(base, found[i], views[i], crops)
+            for face in faces_of_input:
+                out.append(_complete(dict(face, input_rows=len(faces_of_input), image=None)))
+        masked = torch.cat(crops) if crops else None
+        return pa.Table.from_pylist(out, schema=STAGE_SCHEMA), masked
+
+    def faces_of(self, base: dict, detected, image, crops: list) -> list[dict]:
+        from unmask_core.faces.align import align_faces_torch
+
+        if isinstance(detected, Exception):
+            return [dict(base, status="detect_error", error=f"{type(detected).__name__}: {detected}")]
+        if not detected:
+            return [dict(base, status="no_face", error="no face detected")]
+        chosen = detected if self.cfg.faces == "all" else detected[:1]
+        rows = []
+        photo = image.permute(2, 0, 1).float()
+        for index, face in enumerate(chosen):
+            try:
+                aligned, matrices = align_faces_torch(photo, [face.landmarks], size=FACE_SIZE)
+            except Exception as exc:
+                rows.append(dict(base, status="align_error", error=str(exc), face_index=index))
+                continue
+            crops.append(aligned.round().to(image.dtype).permute(0, 2, 3, 1))
+            rows.append(face_row(base, index, face, matrices[0]))
+        return rows
+
+
+def _or_exception(function, *args):
+    try:
+        return function(*args)
+    except Exception as exc:
+        return exc
 
 
 # ---------------------------------------------------------------- stage 3: images (CPU)
