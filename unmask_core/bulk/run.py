@@ -78,7 +78,10 @@ def run_bulk(cfg: BulkConfig) -> dict[str, Any]:
                 batch_format="pyarrow",
                 compute=ray_session.actor_pool(*pool_range(cfg.actors, "--actors"), len(todo)),
                 num_gpus=gpus,
-                num_cpus=0.5 if gpus else 1,
+                # A GPU actor asks for no CPU slot: CPU-stage actors that reach a new GPU node first
+                # would otherwise take all its CPUs, leave the GPU actor pending, and make the
+                # autoscaler start another GPU node (an 8-GPU training node, if that is what fits).
+                num_cpus=0 if gpus else 1,
                 **ray_session.retry_args(),
             )
             .map_batches(
