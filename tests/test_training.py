@@ -21,6 +21,7 @@ from unmask_core.losses import LossWeights
 from unmask_core.training.batches import decode_batch
 from unmask_core.training.config import TrainConfig
 from unmask_core.training.loop import build_training_models, training_step
+from unmask_core.training.resume import STATE_FILE, committed_checkpoints
 from unmask_core.training.run import run_training
 
 
@@ -133,8 +134,8 @@ def _kill_a_worker_after_a_committed_checkpoint(out: str, run: threading.Thread)
 
 
 @pytest.mark.slow
-def test_two_workers_survive_a_killed_worker_checkpoint_to_s3_and_resume(
-    tiny_model_set: str, run_pairs: str, bucket: str, ray_local
+def test_two_workers_survive_a_killed_worker_and_resume_past_a_broken_checkpoint(
+    tiny_model_set: str, run_pairs: str, bucket: str, ray_local, capsys
 ) -> None:
     out = f"{bucket}/runs"
     cfg = _config(tiny_model_set, run_pairs, out, workers=2, steps=24, checkpoint_every=4, max_failures=2)
@@ -155,10 +156,24 @@ def test_two_workers_survive_a_killed_worker_checkpoint_to_s3_and_resume(
     assert len(_checkpoints(out, "unmask")) >= 1
     assert storage.exists(storage.join(out, "models", "encoder.pt"))
 
-    # Rerunning the same command with more steps resumes from the newest checkpoint.
+    # Rerunning the same command with more steps resumes from the newest checkpoint that loads: here the
+    # newest (step 24) is truncated, as a full disk would leave it, and a folder that a killed run never
+    # committed lies beside them.
+    run_uri = storage.join(out, "unmask")
+    (newest_step, newest), (previous_step, _) = committed_checkpoints(run_uri)[:2]
+    assert newest_step == 24
+    state_uri = storage.join(run_uri, newest, STATE_FILE)
+    storage.write_bytes_atomic(state_uri, storage.read_bytes(state_uri)[:5000])
+    stray = storage.join(run_uri, "checkpoint_2026-01-01_00-00-00.000000")
+    storage.write_bytes_atomic(storage.join(stray, STATE_FILE), b"half written")
+    capsys.readouterr()
     second = run_training(_config(tiny_model_set, run_pairs, out, workers=2, steps=26, checkpoint_every=4))
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warnings[0].startswith(f"warning: checkpoint {storage.join(run_uri, newest)} (step 24) cannot")
+    assert f"from step {previous_step}" in warnings[1]
+    assert not storage.exists(stray)
     assert second["step"] == 26
     resumed = _metrics(out, "unmask")
     assert [row["step"] for row in resumed] == list(range(1, 27))
-    assert resumed[24]["resumed_from_step"] == 24
-    assert resumed[24]["adam_step"] == 25  # a fresh optimizer would be at step 1
+    assert resumed[previous_step]["resumed_from_step"] == previous_step
+    assert resumed[previous_step]["adam_step"] == previous_step + 1  # a fresh optimizer: step 1

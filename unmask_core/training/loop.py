@@ -26,6 +26,7 @@ from unmask_core.models.runtime import compile_in_place
 from unmask_core.training.batches import IMAGE_COLUMNS
 from unmask_core.training.config import ENCODER_OF_STAGE, TrainConfig
 from unmask_core.training.history import append_metrics, truncate_metrics
+from unmask_core.training.resume import STATE_FILE, ResumePlan, load_resume_state
 
 # Batches Ray Data decodes ahead of the step: one is being copied to the device while the step runs,
 # one more absorbs a slow decode.
@@ -194,7 +195,7 @@ class CheckpointWriter:
 
     def _write(self, state: dict[str, Any], rows: list[dict[str, float]]) -> None:
         try:
-            torch.save(state, os.path.join(self._folder, "state.pt"))
+            torch.save(state, os.path.join(self._folder, STATE_FILE))
             append_metrics(self.run_uri, rows)
         except BaseException as exc:  # raised in the training thread by take()
             self._error = exc
@@ -235,10 +236,9 @@ def train_loop(config: dict[str, Any]) -> None:
     optimizer = make_optimizer(model, cfg.lr, device)
     run_uri = storage.join(cfg.out, cfg.run_name)
     step = resumed_from_step = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as folder:
-            state = torch.load(os.path.join(folder, "state.pt"), map_location=device, weights_only=True)
+    resume = ResumePlan.from_config(config.get("resume"))
+    state = load_resume_state(ray.train.get_checkpoint(), resume, device)
+    if state is not None:
         _unwrap(model).load_state_dict(state["encoder"])
         optimizer.load_state_dict(state["optimizer"])
         step = resumed_from_step = int(state["step"])

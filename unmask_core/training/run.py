@@ -15,6 +15,7 @@ from unmask_core.training.batches import decode_batch
 from unmask_core.training.config import ENCODER_OF_STAGE, TrainConfig
 from unmask_core.training.history import plot_metrics, read_metrics
 from unmask_core.training.loop import build_lpips, train_loop
+from unmask_core.training.resume import STATE_FILE, plan_resume
 
 
 def training_dataset(cfg: TrainConfig, size: int):
@@ -70,10 +71,11 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     size = ModelSet(cfg.models).image_size
     check_pairs_schema(cfg.pairs)
     build_lpips(cfg, cfg.models, spatial=False)  # fail here, not in every worker, when weights are missing
+    resume = plan_resume(storage.join(cfg.out, cfg.run_name))
     fs, path = storage.pyarrow_filesystem(cfg.out)
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"cfg": asdict(cfg)},
+        train_loop_config={"cfg": asdict(cfg), "resume": resume.as_config()},
         scaling_config=ScalingConfig(
             num_workers=cfg.workers, use_gpu=cfg.gpu, resources_per_worker=_worker_resources(cfg)
         ),
@@ -106,7 +108,7 @@ def finish_run(cfg: TrainConfig, result) -> dict[str, Any]:
     if result.checkpoint is None:
         raise RuntimeError(f"training {cfg.run_name} ended without a checkpoint: {result.error}")
     with result.checkpoint.as_directory() as folder:
-        state = torch.load(os.path.join(folder, "state.pt"), map_location="cpu", weights_only=True)
+        state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
     run_uri = storage.join(cfg.out, cfg.run_name)
     history = read_metrics(run_uri)
     plot_metrics(run_uri)
