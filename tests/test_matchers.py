@@ -57,6 +57,25 @@ def test_facenet_uses_facenet_pytorch_standardization(tiny_model_set: str) -> No
     assert matcher.embed(faces(2, 256)).shape == (2, 512)
 
 
+@pytest.mark.parametrize("name", ["arcface", "facenet"])
+def test_bf16_matchers_embed_as_fp32_ones_do(tiny_model_set: str, name: str) -> None:
+    """What a GPU unmask actor does with bf16 on: weights cast once, the forward under autocast (here
+    CPU bf16 autocast), float32 embeddings that agree with the fp32 network's."""
+    # Two model sets: one set hands its matchers the same network.
+    fp32, bf16 = build_matcher(name, ModelSet(tiny_model_set)), build_matcher(name, ModelSet(tiny_model_set))
+    bf16.serve_bf16()
+    convs = [m for m in bf16.model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    norms = [m for m in bf16.model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
+    assert convs and all(m.weight.dtype == torch.bfloat16 for m in convs)
+    assert norms and all(m.weight.dtype == torch.float32 for m in norms)
+    x = faces(4, 112, seed=2)
+    expected, got = fp32.embed(x), bf16.embed(x)
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    assert not np.array_equal(got, expected)  # it did run in bf16
+    cosine = (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
+    assert cosine.min() > 0.99, cosine
+
+
 class TinyRecognizer(nn.Module):
     """Channel-order and scale sensitive, like a real recogniser; optionally normalises inside as
     MXNet-converted insightface models do (their graphs start with Sub and Mul)."""

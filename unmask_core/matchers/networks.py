@@ -73,14 +73,25 @@ class TorchMatcher(Matcher):
         self.name, self.backend, self.dim, self.normalized = name, backend, dim, normalized
         self.model_sha256, self.pretrained = model_sha256, pretrained
         self.device = torch.device(device)
+        self.bf16 = False
         self.model = model.to(self.device).eval()
         self.scale = scale
         self.input_size = input_size
 
+    def serve_bf16(self) -> None:
+        """Embed in bf16, as g∘f runs on a GPU: weights cast once (normalisation layers stay fp32)
+        and the forward under bf16 autocast. Embeddings still leave as float32."""
+        from unmask_core.models.runtime import cast_weights
+
+        cast_weights(self.model, torch.bfloat16)
+        self.bf16 = True
+
     @torch.no_grad()
     def embed(self, faces: Tensor) -> np.ndarray:
         faces = resize_faces(faces.to(self.device, torch.float32), self.input_size)
-        return self.model(faces * self.scale).float().cpu().numpy().astype(np.float32, copy=False)
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.bf16):
+            embeddings = self.model(faces * self.scale)
+        return embeddings.float().cpu().numpy()
 
 
 def _insightface_mean_std(model_bytes: bytes) -> tuple[float, float]:
