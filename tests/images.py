@@ -53,3 +53,13 @@ def odd_files(photo: np.ndarray) -> dict[str, bytes]:
         "animated.gif": gif.getvalue(),
         "bomb_header.png": bomb_header_png(),
     }
+
+
+def bogus_sampling_jpeg(jpeg: bytes) -> bytes:
+    """A JPEG whose header reads fine (size, mode) but whose first component claims sampling factors
+    of 0: every decoder refuses it, only once it decodes."""
+    out = bytearray(jpeg)
+    sof = out.index(b"\xff\xc0")
+    # SOF0: marker(2) length(2) precision(1) height(2) width(2) components(1), then id, HV, table each
+    out[sof + 11] = 0x00
+    return bytes(out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from concurrent import futures
 from pathlib import Path
 
@@ -110,10 +111,11 @@ def test_a_shard_with_missing_rows_fails_loudly(tmp_path: Path) -> None:
 
 
 def _photo_gallery(folder: Path) -> list[dict]:
-    """Photos with several faces, a blank image and a truncated file: one shard's records."""
+    """Photos with several faces, a blank image, a truncated file and a JPEG whose header reads but whose
+    data does not decode: one shard's records."""
     from PIL import Image
 
-    from tests.images import encode
+    from tests.images import bogus_sampling_jpeg, encode
     from unmask_core.faces.samples import load_rgb, sample_photo
 
     folder.mkdir()
@@ -122,12 +124,11 @@ def _photo_gallery(folder: Path) -> list[dict]:
     (folder / "crop.png").write_bytes(encode(Image.fromarray(np.ascontiguousarray(group[:, 300:800])), "PNG"))
     (folder / "blank.png").write_bytes(encode(Image.fromarray(np.full((90, 120, 3), 80, np.uint8)), "PNG"))
     (folder / "truncated.jpg").write_bytes(sample_photo("t1.jpg").read_bytes()[:300])
+    (folder / "bogus.jpg").write_bytes(bogus_sampling_jpeg(sample_photo("t1.jpg").read_bytes()))
     return [{"id": p.name, "uri": str(p)} for p in sorted(folder.iterdir())]
 
 
 def _unmask_shard(cfg: BulkConfig, records: list[dict], on_device: bool) -> list[dict]:
-    import json
-
     from unmask_core.bulk.stages import UnmaskingStage
 
     found = FaceFindingStage(cfg, detect=not on_device)(
@@ -149,7 +150,9 @@ def test_faces_found_on_the_device_are_the_faces_the_cpu_stage_finds(tmp_path: P
         "crop.png": "ok",
         "blank.png": "no_face",
         "truncated.jpg": "decode_error",
+        "bogus.jpg": "decode_error",
     }
+    assert "sampling factors" in next(r["error"] for r in device if r["id"] == "bogus.jpg")
     assert sorted(r["face_index"] for r in device if r["id"] == "t1.jpg") == list(range(6))
     for c in (r for r in cpu if r["status"] == "ok"):
         # Faces of about one size may come in another order (largest first): pair them by their boxes.
@@ -170,6 +173,33 @@ def test_faces_found_on_the_device_are_the_faces_the_cpu_stage_finds(tmp_path: P
             (r for r in device if r["id"] == c["id"]), key=lambda r: np.dot(embedding(r), embedding(c))
         )
         assert nearest is d
+
+
+def test_plain_jpegs_travel_as_their_bytes_and_decode_on_the_device(tmp_path: Path, tiny_model_set) -> None:
+    from unmask_core.bulk.stages import DeviceFaceFinder
+    from unmask_core.faces.samples import load_rgb, sample_photo
+
+    cfg = BulkConfig(input="-", output="-", models=tiny_model_set)
+    records = _photo_gallery(tmp_path / "gallery")
+    rows = FaceFindingStage(cfg, detect=False)(
+        {"shard": np.array([0]), "records": np.array([json.dumps(records)])}
+    ).to_pylist()
+    travel = {r["id"]: ("jpeg" if r["jpeg"] else "pixels" if r["image"] else None) for r in rows}
+    # The JPEGs whose header reads travel as they are; the PNGs as pixels; the cut file is a host error row.
+    assert travel == {
+        "t1.jpg": "jpeg",
+        "bogus.jpg": "jpeg",
+        "crop.png": "pixels",
+        "blank.png": "pixels",
+        "truncated.jpg": None,
+    }
+    t1 = next(r for r in rows if r["id"] == "t1.jpg")
+    assert len(t1["jpeg"]) == sample_photo("t1.jpg").stat().st_size
+    photos = DeviceFaceFinder(cfg, "cpu").photos([r for r in rows if r["status"] == "ok"])
+    by_id = dict(zip([r["id"] for r in rows if r["status"] == "ok"], photos))
+    assert isinstance(by_id["bogus.jpg"], Exception)
+    decoded = by_id["t1.jpg"].numpy().astype(int)
+    assert np.abs(decoded - load_rgb(sample_photo("t1.jpg"))).mean() < 1
 
 
 def test_faces_filling_their_frame_are_found_on_the_device_too(demo_masked_crops, tiny_model_set) -> None:

@@ -7,9 +7,10 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from tests.images import encode, odd_files
+from tests.images import bogus_sampling_jpeg, encode, odd_files
 from unmask_core import corpora, data, storage
 from unmask_core.errors import UserError
 
@@ -62,6 +63,34 @@ def test_exif_orientation_is_applied(photo: np.ndarray) -> None:
     exif[0x0112] = 6  # rotate 90° clockwise to display
     out = data.decode_image(encode(image, "JPEG", exif=exif.tobytes()))
     assert out.shape[:2] == (photo.shape[1], photo.shape[0])
+
+
+def test_plain_jpegs_are_left_for_the_device_decoder_and_all_else_to_the_host(photo: np.ndarray) -> None:
+    jpeg = encode(Image.fromarray(photo), "JPEG", quality=90)
+    assert data.jpeg_for_device(jpeg) == photo.shape[:2]
+    assert data.jpeg_for_device(encode(Image.fromarray(photo).convert("L"), "JPEG")) == photo.shape[:2]
+    # Its bytes decode on the device as they do on the host (libjpeg-turbo both, here on CPU).
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    on_device = decode_jpeg(torch.frombuffer(bytearray(jpeg), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    assert np.abs(on_device.permute(1, 2, 0).numpy().astype(int) - data.decode_image(jpeg)).mean() < 1
+    image = Image.fromarray(photo)
+    exif = image.getexif()
+    exif[0x0112] = 6
+    host = {
+        "rotated by EXIF": encode(image, "JPEG", exif=exif.tobytes()),
+        "png": encode(image, "PNG"),
+        "cmyk": odd_files(photo)["cmyk.jpg"],
+        "cut short": jpeg[: len(jpeg) * 2 // 3],
+    }
+    for what, blob in host.items():
+        assert data.jpeg_for_device(blob) is None, what
+    # A header that decodes is not a picture that does: the device decoder names that one.
+    assert data.jpeg_for_device(bogus_sampling_jpeg(jpeg)) == photo.shape[:2]
+    for name, status in [("text_named.jpg", "decode_error"), ("bomb_header.png", "too_large")]:
+        with pytest.raises(data.ImageDecodeError) as info:
+            data.jpeg_for_device(odd_files(photo)[name])
+        assert info.value.status == status
 
 
 def test_pixel_limit_is_configurable(photo: np.ndarray) -> None:

@@ -99,23 +99,56 @@ def decode_image(
     pixel is decoded, so a bomb-sized header costs nothing; a JPEG with too many scans is refused
     from its markers; a decode that runs over `seconds` is a `timeout`.
     """
+    with _decode_errors(seconds):
+        image = _open_header(data, max_pixels)
+        image.seek(0)
+        image.load()
+        image = ImageOps.exif_transpose(image)
+    return _to_rgb8(image)
+
+
+def jpeg_for_device(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int] | None:
+    """(height, width) when `data` is a JPEG that a JPEG decoder on an accelerator turns into the same
+    picture decode_image gives: 8-bit YCbCr or grayscale, upright (no EXIF rotation to apply) and
+    complete (it ends in its end-of-image marker; a cut file is decoded on the host, which names the
+    damage). None for any other image: the host decodes it. The header checks are decode_image's, so
+    a refused file gets the same row either way; no pixel is decoded here."""
+    with _decode_errors(DECODE_SECONDS):
+        image = _open_header(data, max_pixels)
+        if image.format != "JPEG" or image.mode not in ("RGB", "L"):
+            return None
+        if image.getexif().get(EXIF_ORIENTATION, 1) != 1:
+            return None
+    if not data.rstrip(b"\0\r\n ").endswith(b"\xff\xd9"):
+        return None
+    width, height = image.size
+    return height, width
+
+
+EXIF_ORIENTATION = 0x0112
+
+
+def _open_header(data: bytes, max_pixels: int) -> Image.Image:
+    """The image opened lazily (its header read, no pixels) once the checks that need no pixels pass."""
     if not data:
         raise ImageDecodeError("decode_error", "empty file")
     _check_jpeg_scans(data)
+    image = Image.open(io.BytesIO(data))
+    if image.format not in ALLOWED_FORMATS:
+        raise ImageDecodeError("unsupported_format", f"format {image.format} is not accepted")
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageDecodeError("too_large", f"{width}x{height} px is over the limit of {max_pixels:,} pixels")
+    return image
+
+
+@contextlib.contextmanager
+def _decode_errors(seconds: float) -> Iterator[None]:
+    """Whatever PIL raises for a broken, bomb-sized or slow file, as an ImageDecodeError."""
     try:
         with warnings.catch_warnings(), _time_limit(seconds):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            if image.format not in ALLOWED_FORMATS:
-                raise ImageDecodeError("unsupported_format", f"format {image.format} is not accepted")
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageDecodeError(
-                    "too_large", f"{width}x{height} px is over the limit of {max_pixels:,} pixels"
-                )
-            image.seek(0)
-            image.load()
-            image = ImageOps.exif_transpose(image)
+            yield
     except ImageDecodeError:
         raise
     except _DecodeTimeout as exc:
@@ -124,7 +157,6 @@ def decode_image(
         raise ImageDecodeError("too_large", str(exc)) from exc
     except Exception as exc:  # PIL raises many types for broken files
         raise ImageDecodeError("decode_error", f"{type(exc).__name__}: {exc}") from exc
-    return _to_rgb8(image)
 
 
 def _to_rgb8(image: Image.Image) -> np.ndarray:

@@ -47,8 +47,8 @@ class FaceFindingStage:
     """Read, decode with limits, detect and align every image of a shard; one row per face or error.
 
     With `aligned`, an input is one face already in the generator's framing: no detection, the whole
-    image is the face. With `detect=False`, a decoded image leaves whole (an `image` row) for the unmask
-    stage to find its faces on the accelerator."""
+    image is the face. With `detect=False`, a photo leaves whole for the unmask stage to find its faces
+    on the accelerator: a plain JPEG as its bytes (decoded there), any other image decoded here."""
 
     def __init__(self, cfg: BulkConfig, detect: bool = True) -> None:
         from unmask_core.faces.detect import build_detector
@@ -61,6 +61,8 @@ class FaceFindingStage:
         base = {"id": record["id"], "source_uri": record["uri"]}
         try:
             raw = storage.read_bytes(record["uri"], self.cfg.max_bytes)
+            if not self.detect and not self.cfg.aligned:
+                return [dict(base, status="ok", error="", **photo_for_device(raw, self.cfg.max_pixels))]
             image = data.decode_image(raw, self.cfg.max_pixels)
         except UserError as exc:
             return [dict(base, status="read_error", error=str(exc))]
@@ -68,9 +70,6 @@ class FaceFindingStage:
             return [dict(base, status=exc.status, error=exc.reason)]
         if self.cfg.aligned:
             return [dict(base, **aligned_input_face(image))]
-        if not self.detect:
-            decoded = {"image": image.tobytes(), "image_size": list(image.shape[:2])}
-            return [dict(base, status="ok", error="", **decoded)]
         return self.detected_faces(base, image)
 
     def detected_faces(self, base: dict, image: np.ndarray) -> list[dict]:
@@ -104,6 +103,16 @@ class FaceFindingStage:
                     row.update(shard=int(shard_index), shard_inputs=len(records), input_rows=len(faces))
                     rows.append(row)
         return pa.Table.from_pylist([_complete(r) for r in rows], schema=STAGE_SCHEMA)
+
+
+def photo_for_device(raw: bytes, max_pixels: int) -> dict:
+    """A photo as the device face finder takes it: a JPEG its decoder can take as it is (the bytes are
+    also 5-20 times smaller than the pixels), anything else decoded here."""
+    size = data.jpeg_for_device(raw, max_pixels)
+    if size is not None:
+        return {"jpeg": raw, "image_size": list(size)}
+    image = data.decode_image(raw, max_pixels)
+    return {"image": image.tobytes(), "image_size": list(image.shape[:2])}
 
 
 def face_row(base: dict, index: int, face, matrix: np.ndarray) -> dict:
@@ -165,11 +174,14 @@ STAGE_SCHEMA = pa.schema(
         ("input_rows", pa.int64()),  # rows of this row's input (faces, or 1 for an error)
         *FACE_FIELDS,
         ("face", pa.binary()),  # aligned RGB uint8 FACE_SIZE x FACE_SIZE x 3, raw
-        ("image", pa.binary()),  # or the whole decoded RGB uint8 photo, raw, when faces are found on GPU
-        ("image_size", pa.list_(pa.int32(), 2)),  # its height and width
+        # Or, when faces are found on the accelerator, the whole photo: its JPEG bytes, or its decoded
+        # RGB uint8 pixels, raw; and its height and width.
+        ("jpeg", pa.binary()),
+        ("image", pa.binary()),
+        ("image_size", pa.list_(pa.int32(), 2)),
     ]
 )
-IMAGE_COLUMNS = ["image", "image_size"]
+IMAGE_COLUMNS = ["jpeg", "image", "image_size"]
 
 
 def _complete(row: dict) -> dict:
@@ -233,9 +245,10 @@ class UnmaskingStage:
 
 
 class DeviceFaceFinder:
-    """Faces of whole decoded photos, found on the unmask actor's device: the batch's pixels go up in
-    one (pinned) copy, MTCNN runs on letterboxed batches (`detect_batch`), and the similarity warp runs
-    there too, with the CPU path's transform and filters. The crops never leave the device before f."""
+    """Faces of whole photos, found on the unmask actor's device: JPEGs are decoded there (nvJPEG on
+    CUDA, in batches), the host-decoded pixels go up in one (pinned) copy, MTCNN runs on letterboxed
+    batches (`detect_batch`), and the similarity warp runs there too, with the CPU path's transform and
+    filters. The crops never leave the device before f."""
 
     def __init__(self, cfg: BulkConfig, device: str) -> None:
         import torch
@@ -260,16 +273,60 @@ class DeviceFaceFinder:
             start += image.size
         return views
 
-    def detect(self, images: list[np.ndarray], on_device: list) -> list:
-        """Faces per image, or the exception its detection raised (one odd image loses only itself)."""
+    def decode_jpegs(self, blobs: list[bytes], sizes: list[list[int]]) -> list:
+        """JPEG bytes -> uint8 [H, W, 3] tensors on the device (one batched call), or the exception
+        decoding one of them raised."""
+        import torch
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        def decode(encoded: list) -> list:
+            return [
+                x.permute(1, 2, 0) for x in decode_jpeg(encoded, mode=ImageReadMode.RGB, device=self.device)
+            ]
+
+        def decode_one(encoded, size: list[int]):
+            photo = decode([encoded])[0]
+            if list(photo.shape[:2]) != size:
+                raise ValueError(f"decoded {tuple(photo.shape[:2])} px, its header said {tuple(size)}")
+            return photo
+
+        encoded = [torch.frombuffer(bytearray(blob), dtype=torch.uint8) for blob in blobs]
+        try:
+            photos = decode(encoded)
+        except Exception:  # one broken file fails the whole batch: then each on its own
+            return [_or_exception(decode_one, x, size) for x, size in zip(encoded, sizes)]
+        return [
+            photo if list(photo.shape[:2]) == size else _or_exception(decode_one, x, size)
+            for photo, x, size in zip(photos, encoded, sizes)
+        ]
+
+    def photos(self, rows: list[dict]) -> list:
+        """Each photo row's pixels as a uint8 [H, W, 3] tensor on the device, or why it has none."""
+        photos: list = [None] * len(rows)
+        jpegs = [i for i, row in enumerate(rows) if row["jpeg"] is not None]
+        decoded = [i for i, row in enumerate(rows) if row["jpeg"] is None]
+        if jpegs:
+            blobs, sizes = [rows[i]["jpeg"] for i in jpegs], [rows[i]["image_size"] for i in jpegs]
+            for i, photo in zip(jpegs, self.decode_jpegs(blobs, sizes)):
+                photos[i] = photo
+        if decoded:
+            images = [
+                np.frombuffer(rows[i]["image"], np.uint8).reshape(*rows[i]["image_size"], 3) for i in decoded
+            ]
+            for i, photo in zip(decoded, self.upload(images)):
+                photos[i] = photo
+        return photos
+
+    def detect(self, photos: list) -> list:
+        """Faces per photo, or the exception its detection raised (one odd photo loses only itself)."""
         from unmask_core.faces.detect import find_faces
 
         if not hasattr(self.detector, "detect_batch"):  # a detector without a batched device path
-            return [_or_exception(find_faces, self.detector, image) for image in images]
+            return [_or_exception(find_faces, self.detector, x.cpu().numpy()) for x in photos]
         try:
-            return self.detector.detect_batch(on_device)
+            return self.detector.detect_batch(photos)
         except Exception:
-            return [_or_exception(lambda x: self.detector.detect_batch([x])[0], x) for x in on_device]
+            return [_or_exception(lambda x: self.detector.detect_batch([x])[0], x) for x in photos]
 
     def __call__(self, table: pa.Table):
         """(rows of faces and errors, the ok rows' aligned crops: uint8 [K, 256, 256, 3] on the device)."""
@@ -277,19 +334,22 @@ class DeviceFaceFinder:
 
         rows = table.to_pylist()
         todo = [i for i, row in enumerate(rows) if row["status"] == "ok"]
-        images = [np.frombuffer(rows[i]["image"], np.uint8).reshape(*rows[i]["image_size"], 3) for i in todo]
-        on_device = self.upload(images) if images else []
-        found = dict(zip(todo, self.detect(images, on_device)))
-        views = dict(zip(todo, on_device))
+        photos = dict(zip(todo, self.photos([rows[i] for i in todo])))
+        decoded = [i for i in todo if not isinstance(photos[i], Exception)]
+        found = dict(zip(decoded, self.detect([photos[i] for i in decoded])))
         out, crops = [], []
         for i, row in enumerate(rows):
             base = {k: row[k] for k in ("shard", "shard_inputs", "id", "source_uri")}
-            if i not in found:
+            if i not in photos:
                 faces_of_input = [row]
+            elif i not in found:
+                error = f"{type(photos[i]).__name__}: {photos[i]}"
+                faces_of_input = [dict(base, status="decode_error", error=error)]
             else:
-                faces_of_input = self.faces_of(base, found[i], views[i], crops)
+                faces_of_input = self.faces_of(base, found[i], photos[i], crops)
             for face in faces_of_input:
-                out.append(_complete(dict(face, input_rows=len(faces_of_input), image=None)))
+                photo_columns = dict.fromkeys(IMAGE_COLUMNS)  # the pixels stop here
+                out.append(_complete(dict(face, input_rows=len(faces_of_input), **photo_columns)))
         masked = torch.cat(crops) if crops else None
         return pa.Table.from_pylist(out, schema=STAGE_SCHEMA), masked
 
