@@ -10,6 +10,8 @@ at most the section in flight. Sections:
 - f_g: f, g and f+g in fp32, TF32 and bf16 over batch sizes;
 - unmask_stage: the bulk job's stage class itself (U = g(f(M)), matchers on M and U, PNG encoding)
   on a synthetic shard of aligned faces, with the job's own config defaults;
+- photos (--photos DIR): the same stage as a GPU actor runs it on whole photos, finding their faces on
+  the device first (JPEG decode, MTCNN, the alignment warp);
 - numerics: bf16 against fp32, as PSNR of the delivered U and cosine of each matcher's embedding;
 - train: stage unmask with the training module's own step and loss, batch 8, 16 and 32;
 - compiled (--compile): f, g, f+g and the stage again with torch.compile'd f and g.
@@ -47,7 +49,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.benchmarks_md import machine_description
 
-SECTIONS = ("peak", "f_g", "unmask_stage", "numerics", "train", "compiled")
+SECTIONS = ("peak", "f_g", "unmask_stage", "photos", "numerics", "train", "compiled")
 GOALS = {"unmask_stage": "≥ 1,300 faces/s per H100-class GPU", "train": "≥ 400 samples/s"}
 
 # Dense (no sparsity) bf16 tensor-core TFLOP/s from the vendor's data sheets, matched in this order
@@ -82,6 +84,7 @@ class Plan:
     batches: tuple[int, ...]  # f, g, f+g and compiled
     # (shard size, batch size) of the stage rows, as `unmask` job flags; None: the job's defaults
     stage_shapes: tuple[tuple[int, int] | None, ...]
+    photo_batches: tuple[int, ...]  # photos per stage call in `photos`
     numerics_faces: int
     train_batches: tuple[int, ...]
     train_steps: int  # timed steps after the warm-up
@@ -93,7 +96,7 @@ class Plan:
 
 
 # On an H200 the sections' caps add up to 7.5 minutes, inside the 9 the run may take (docs/gpu.md).
-CAPS = {"peak": 25, "f_g": 100, "unmask_stage": 80, "numerics": 20, "train": 80, "compiled": 140}
+CAPS = {"peak": 25, "f_g": 80, "unmask_stage": 70, "photos": 40, "numerics": 20, "train": 75, "compiled": 140}
 
 
 def make_plan(device: str, quick: bool) -> Plan:
@@ -102,6 +105,7 @@ def make_plan(device: str, quick: bool) -> Plan:
             matmul_sizes=(4096, 8192, 16384),
             batches=(16, 64, 256),
             stage_shapes=(None, (256, 64), (256, 128), (512, 256)),
+            photo_batches=(16, 64),
             numerics_faces=64,
             train_batches=(8, 16, 32),
             train_steps=10,
@@ -113,11 +117,11 @@ def make_plan(device: str, quick: bool) -> Plan:
         )
     half_caps = {name: cap / 2 for name, cap in CAPS.items()}
     if device == "cuda":
-        return Plan((4096, 8192), (32,), (None,), 16, (8, 32), 10, 0.3, 2, 3, 0.1, half_caps)
+        return Plan((4096, 8192), (32,), (None,), (16,), 16, (8, 32), 10, 0.3, 2, 3, 0.1, half_caps)
     if not quick:
-        return Plan((256, 512), (8, 32), (None,), 16, (8, 16, 32), 10, 0.3, 2, 3, 0.2, CAPS)
+        return Plan((256, 512), (8, 32), (None,), (4,), 16, (8, 16, 32), 10, 0.3, 2, 3, 0.2, CAPS)
     # The CI dry run: every code path once, in well under a minute on two free cores.
-    return Plan((256,), (2,), ((4, 2),), 4, (2, 4), 2, 0.0, 1, 2, 0.0, half_caps)
+    return Plan((256,), (2,), ((4, 2),), (2,), 4, (2, 4), 2, 0.0, 1, 2, 0.0, half_caps)
 
 
 # ---------------------------------------------------------------- measuring
@@ -484,6 +488,62 @@ def section_unmask_stage(bench: Bench, deadline: Deadline) -> dict:
     }
 
 
+def section_photos(bench: Bench, deadline: Deadline) -> dict:
+    """The unmask stage as a GPU actor of the job runs it (`--face-finding`'s default there): whole
+    photos in, their faces found on the device, then f, g and the matchers on every face."""
+    if bench.args.photos is None:
+        raise SectionSkipped("--photos not given (a folder of face photos; docs/gpu.md, step 1)")
+    files = sorted(p for p in bench.args.photos.iterdir() if p.is_file())
+    if not files:
+        raise SectionSkipped(f"no files in {bench.args.photos}")
+    rows = []
+    for batch in bench.plan.photo_batches:
+        if deadline.passed():
+            rows.append({"note": "section time cap reached; later rows not measured"})
+            break
+        rows.append(_photo_row(bench, [files[i % len(files)] for i in range(batch)]))
+        bench.free_memory()
+    best = _best_row(rows, "faces_per_s", "photo")
+    return {
+        "summary": f"best {best['faces_per_s']:.0f} faces/s, {best['photos_per_s']:.0f} photos/s "
+        f"({best['photos']} photos a call); goal {GOALS['unmask_stage']}",
+        "what": "UnmaskingStage(find_faces=True).__call__ on photos from --photos: JPEG decode, MTCNN "
+        "and the alignment warp on the device, then f, g and the matchers on every face (faces='all'); "
+        "finding_photos_per_s is the face finding alone",
+        "rows": rows,
+    }
+
+
+def _photo_row(bench: Bench, files: list[Path]) -> dict:
+    from unmask_core.bulk.config import BulkConfig
+    from unmask_core.bulk.stages import STAGE_SCHEMA, UnmaskingStage, photo_for_device
+
+    cfg = BulkConfig(input="photos", output="unused", models=bench.models_uri(), faces="all")
+    stage = UnmaskingStage(cfg, find_faces=True)
+    base = {"shard": 0, "shard_inputs": len(files), "input_rows": 1, "status": "ok", "error": ""}
+    records = [
+        dict(base, id=f"photo{i}", source_uri=f.name, **photo_for_device(f.read_bytes(), cfg.max_pixels))
+        for i, f in enumerate(files)
+    ]
+    table = pa.Table.from_pylist(
+        [{n: r.get(n) for n in STAGE_SCHEMA.names} for r in records], schema=STAGE_SCHEMA
+    )
+    faces = stage(table).column("status").to_pylist().count("ok")
+    plan, device = bench.plan, stage.unmasker.device.type
+    whole = measure(lambda: stage(table), device, plan.warmup_s, plan.trials, 0.0, plan.warmup_calls)
+    finding = measure(lambda: stage.face_finder(table), device, 0.0, plan.trials, 0.0, 1)
+    return {
+        "photos": len(files),
+        "decoded_on_device": sum(r["jpeg"] is not None for r in records),
+        "faces": faces,
+        "batch_size": cfg.batch_size,
+        "photos_per_s": len(files) / whole.seconds,
+        "faces_per_s": faces / whole.seconds,
+        "finding_photos_per_s": len(files) / finding.seconds,
+        "peak_memory_gib": max(whole.peak_memory_gib, finding.peak_memory_gib),
+    }
+
+
 def section_numerics(bench: Bench, deadline: Deadline) -> dict:
     """U and embeddings with bf16 autocast against fp32 (TF32 off), same weights, same faces."""
     from unmask_core.bulk.config import BulkConfig
@@ -609,6 +669,7 @@ SECTION_FUNCTIONS = {
     "peak": section_peak,
     "f_g": section_f_g,
     "unmask_stage": section_unmask_stage,
+    "photos": section_photos,
     "numerics": section_numerics,
     "train": section_train,
     "compiled": section_compiled,
@@ -739,6 +800,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="fewer sizes, batches and trials (a smoke run)")
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile'd f and g")
+    parser.add_argument(
+        "--photos", type=Path, help="a folder of face photos for the `photos` section (skipped without it)"
+    )
     parser.add_argument(
         "--out", required=True, type=Path, help="folder for gpu_unmask.json and gpu_unmask.md"
     )

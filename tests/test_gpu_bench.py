@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 from tests.conftest import REPO_ROOT
+from unmask_core.faces.samples import sample_photo
 
 # Missing on the GPU image (docs/gpu.md); lpips and facenet-pytorch travel there as wheels.
 ABSENT_ON_GPU_IMAGE = ("ray", "s3fs", "insightface")
@@ -54,18 +55,24 @@ def test_cpu_dry_run_runs_every_section_without_ray_s3fs_or_insightface(tmp_path
             print("LOADED", loaded)
     """.replace("BLOCKED", repr(ABSENT_ON_GPU_IMAGE))
     source = blocked_python(ABSENT_ON_GPU_IMAGE, run_bench)
+    photos = tmp_path / "photos"  # as docs/gpu.md has them copied next to the wheels
+    photos.mkdir()
+    (photos / "t1.jpg").write_bytes(sample_photo("t1.jpg").read_bytes())
+    out = tmp_path / "out"
     result = run_python(
-        source, "--device", "cpu", "--size", "64", "--quick", "--out", str(tmp_path), timeout=900
-    )
+        source, "--device", "cpu", "--size", "64", "--quick", "--photos", str(photos), "--out", str(out),
+        timeout=900,
+    )  # fmt: skip
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     assert "LOADED []" in result.stdout
 
-    report = json.loads((tmp_path / "gpu_unmask.json").read_text())
+    report = json.loads((out / "gpu_unmask.json").read_text())
     statuses = {name: section["status"] for name, section in report["sections"].items()}
     assert statuses == {
         "peak": "ok",
         "f_g": "ok",
         "unmask_stage": "ok",
+        "photos": "ok",
         "numerics": "ok",
         "train": "ok",
         "compiled": "skipped",
@@ -78,6 +85,10 @@ def test_cpu_dry_run_runs_every_section_without_ray_s3fs_or_insightface(tmp_path
     }
     stage = sections["unmask_stage"]["rows"][0]
     assert stage["images_per_s"] > 0 and stage["gflop_per_image"] > 0
+    # Two copies of a group photo of 6 faces, both decoded and searched on the "device".
+    photo_row = sections["photos"]["rows"][0]
+    assert (photo_row["photos"], photo_row["decoded_on_device"], photo_row["faces"]) == (2, 2, 12)
+    assert photo_row["faces_per_s"] > 0 and photo_row["finding_photos_per_s"] > photo_row["photos_per_s"]
     psnr = sections["numerics"]["rows"][0]
     assert psnr["measure"].startswith("PSNR") and psnr["min"] > 20  # bf16 is close to fp32, not equal
     assert [r["measure"] for r in sections["numerics"]["rows"][1:]] == [
@@ -87,7 +98,7 @@ def test_cpu_dry_run_runs_every_section_without_ray_s3fs_or_insightface(tmp_path
     assert sections["train"]["rows"][0]["samples_per_s"] > 0
     assert sections["train"]["rows"][0]["steps"] >= 2
 
-    markdown = (tmp_path / "gpu_unmask.md").read_text()
+    markdown = (out / "gpu_unmask.md").read_text()
     for name in statuses:
         assert f"## {name}: {statuses[name]}" in markdown
     # Each section was printed as it ended, in order.
