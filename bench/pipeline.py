@@ -50,11 +50,13 @@ GOAL_FACES_PER_S = 1300  # per H100-class GPU (DESIGN.md, "The bulk job on a GPU
 def host_steps(folder: Path, images: list[np.ndarray], repeat: int = 3) -> dict[str, float]:
     """Single-thread CPU milliseconds per image of each host step of the GPU configuration (process
     time, so a loaded machine's waiting does not count): read the bytes, decode them (PIL: the CPU path),
-    hand them to the device decoder (pinned-buffer copy of the JPEG bytes), PNG-encode the 256 px
-    unmasked face, and upload it (an atomic local write: an S3 PUT's CPU cost is of the same order)."""
+    hand them to the device decoder (the CPU actor's header check, `photo_for_device`, then the unmask
+    actor's copy of the bytes into a tensor for nvJPEG), PNG-encode the 256 px unmasked face, and upload
+    it (an atomic local write: an S3 PUT's CPU cost is of the same order)."""
     import torch
 
     from unmask_core import data, storage
+    from unmask_core.bulk.stages import photo_for_device
 
     paths = sorted(folder.glob("*.jpg"))
     face = np.ascontiguousarray(images[0][100:356, 80:336])
@@ -68,18 +70,16 @@ def host_steps(folder: Path, images: list[np.ndarray], repeat: int = 3) -> dict[
             best = min(best, (time.process_time() - started) / len(paths))
         return 1000 * best
 
-    pinned = torch.empty(2**22, dtype=torch.uint8).pin_memory() if torch.cuda.is_available() else None
-
     def handoff(path: Path) -> None:
-        raw = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
-        (pinned if pinned is not None else torch.empty(2**22, dtype=torch.uint8))[: len(raw)].copy_(raw)
+        row = photo_for_device(path.read_bytes(), data.DEFAULT_MAX_PIXELS)
+        torch.frombuffer(bytearray(row["jpeg"]), dtype=torch.uint8)
 
     out = folder.parent / f"{folder.name}_upload"
     png = data.encode_png(face)
     return {
         "read": per_image(lambda p: p.read_bytes()),
         "decode (PIL, CPU path)": per_image(lambda p: data.decode_image(p.read_bytes())),
-        "handoff (JPEG bytes to a pinned buffer)": per_image(handoff),
+        "handoff (header check, JPEG bytes to a tensor)": per_image(handoff),
         "PNG encode (256 px face)": per_image(lambda p: data.encode_png(face)),
         "upload (atomic write)": per_image(lambda p: storage.write_bytes_atomic(str(out / p.name), png)),
     }
