@@ -43,6 +43,18 @@ def test_ray_data_write_parquet_to_s3_reads_back(bucket: str, ray_local: None) -
     assert back["square"].tolist() == [i**2 for i in range(1000)]
 
 
+@pytest.mark.parametrize("where", ["s3", "local"])
+def test_a_deleted_folder_is_gone_from_its_parent(tmp_path, bucket: str, where: str) -> None:
+    root = f"{bucket}/run" if where == "s3" else str(tmp_path / "run")
+    storage.write_bytes_atomic(storage.join(root, "kept", "a.bin"), b"a")
+    storage.write_bytes_atomic(storage.join(root, "folder", "sub", "b.bin"), b"b")
+    storage.delete(storage.join(root, "folder"))
+    assert not storage.exists(storage.join(root, "folder"))
+    fs, path = storage.fsspec_filesystem(root)
+    assert [name.rstrip("/").rsplit("/", 1)[-1] for name in fs.ls(path)] == ["kept"]
+    storage.delete(storage.join(root, "folder"))  # nothing there: no error
+
+
 def test_local_paths_and_atomic_write(tmp_path) -> None:
     uri = str(tmp_path / "a" / "b.txt")
     storage.write_bytes_atomic(uri, b"x")

@@ -22,14 +22,18 @@ def _checkpoint(run: str, name: str, step: int) -> str:
 
 
 def _run_folder(tmp_path, steps: list[int]) -> str:
-    """A run folder as Ray Train V2 leaves it: checkpoint folders and its snapshot naming them."""
+    """A run folder as Ray Train V2 leaves it: checkpoint folders and its snapshot naming them. The loop
+    reports a checkpoint at a later step than its state's (here 2 later), naming that as checkpoint_step."""
     run = str(tmp_path / "run")
     results = [
-        {"checkpoint_dir_name": f"checkpoint_2026-12-01_00-00-{step:02d}.000000", "metrics": {"step": step}}
+        {
+            "checkpoint_dir_name": f"checkpoint_2026-12-01_00-00-{step:02d}.000000",
+            "metrics": {"step": step + 2, "checkpoint_step": step},
+        }
         for step in steps
     ]
     for result in results:
-        _checkpoint(run, result["checkpoint_dir_name"], result["metrics"]["step"])
+        _checkpoint(run, result["checkpoint_dir_name"], result["metrics"]["checkpoint_step"])
     snapshot = {"checkpoint_results": results, "latest_checkpoint_result": results[-1]}
     with open(os.path.join(run, "checkpoint_manager_snapshot.json"), "w") as f:
         json.dump(snapshot, f)

@@ -224,8 +224,17 @@ def delete(uri: str) -> None:
     """Remove the file or the whole prefix at `uri`, if there is one."""
     fs, path = fsspec_filesystem(uri)
     try:
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
+        if not fs.exists(path):
+            return
+        folders = []
+        if is_s3(uri) and fs.isdir(path):
+            found = fs.find(path, withdirs=True, detail=True)
+            folders = [p for p, info in found.items() if info["type"] == "directory" and p != path] + [path]
+        fs.rm(path, recursive=True)
+        # S3-compatible stores with real folders (SeaweedFS) keep the emptied ones, listed and `exists`
+        # as before, until their "prefix/" entries go too, innermost first; AWS has none to delete.
+        for folder in sorted(folders, key=len, reverse=True):
+            fs.rm_file(f"{folder}/")
     except Exception as exc:
         raise _translate_errors(uri, exc) from exc
 

@@ -175,12 +175,15 @@ class CheckpointWriter:
     the checkpoint of step N is reported at the next report point (at most min(--report-every,
     --checkpoint-every) steps later), and uploaded by Ray in its own thread (CheckpointUploadMode.ASYNC).
     Until it is registered, the previous checkpoint is the one a restart uses. The last step's
-    checkpoint is written and reported at once, so a finished run ends with it."""
+    checkpoint is written and reported at once, so a finished run ends with it. A report's `step` is the
+    step it is made at; the attached state's own step goes with it as `checkpoint_step`, which is what
+    Ray's record of the checkpoint must say (resume.py reads it)."""
 
     def __init__(self, run_uri: str) -> None:
         self.run_uri = run_uri
         self._thread: threading.Thread | None = None
         self._folder = ""
+        self._step = 0
         self._error: BaseException | None = None
 
     def start(self, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer, rows) -> None:
@@ -189,7 +192,7 @@ class CheckpointWriter:
             "optimizer": _host_copy(optimizer.state_dict()),
             "step": step,
         }
-        self._folder = tempfile.mkdtemp(prefix=f"unmask-checkpoint-{step}-")
+        self._folder, self._step = tempfile.mkdtemp(prefix=f"unmask-checkpoint-{step}-"), step
         self._thread = threading.Thread(target=self._write, args=(state, list(rows)), daemon=True)
         self._thread.start()
 
@@ -200,21 +203,21 @@ class CheckpointWriter:
         except BaseException as exc:  # raised in the training thread by take()
             self._error = exc
 
-    def take(self) -> str | None:
-        """The folder of the checkpoint being written, once written (None when there is none)."""
+    def take(self) -> tuple[str, int] | None:
+        """(folder, step) of the checkpoint being written, once written (None when there is none)."""
         if self._thread is None:
             return None
         self._thread.join()
         self._thread = None
         if self._error is not None:
             raise self._error
-        return self._folder
+        return self._folder, self._step
 
     def discard(self) -> None:
         """Finish the pending write (its metrics rows are needed) and drop its folder."""
-        folder = self.take()
-        if folder:
-            shutil.rmtree(folder, ignore_errors=True)
+        taken = self.take()
+        if taken:
+            shutil.rmtree(taken[0], ignore_errors=True)
 
 
 def train_loop(config: dict[str, Any]) -> None:
@@ -307,17 +310,21 @@ def _report(rank, metrics, writer, model, optimizer, rows, checkpoint_now: bool,
     import ray.train
     from ray.train import CheckpointUploadMode
 
-    folder = None
+    taken = None
     if rank == 0:
         if last:  # the final checkpoint is written now and supersedes one still pending
             writer.discard()
             writer.start(int(metrics["step"]), model, optimizer, rows)
-            folder = writer.take()
+            taken = writer.take()
         else:
-            folder = writer.take()
+            taken = writer.take()
             if checkpoint_now:
                 writer.start(int(metrics["step"]), model, optimizer, rows)
-    checkpoint = ray.train.Checkpoint.from_directory(folder) if folder else None
+    checkpoint = None
+    if taken:
+        folder, checkpoint_step = taken
+        checkpoint = ray.train.Checkpoint.from_directory(folder)
+        metrics = {**metrics, "checkpoint_step": checkpoint_step}
     ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_mode=CheckpointUploadMode.ASYNC)
 
 

@@ -53,8 +53,14 @@ def committed_checkpoints(run_uri: str) -> list[tuple[int, str]]:
     results = list(snapshot.get("checkpoint_results", []))
     if snapshot.get("latest_checkpoint_result"):
         results.append(snapshot["latest_checkpoint_result"])
-    found = {r["checkpoint_dir_name"]: int(r.get("metrics", {}).get("step", 0)) for r in results}
+    # A checkpoint is reported a few steps after its state was taken (loop.CheckpointWriter): its own
+    # step is `checkpoint_step`; `step` is the report's.
+    found = {r["checkpoint_dir_name"]: int(_checkpoint_step(r.get("metrics", {}))) for r in results}
     return sorted(((step, name) for name, step in found.items()), reverse=True)
+
+
+def _checkpoint_step(metrics: dict[str, Any]) -> float:
+    return metrics.get("checkpoint_step", metrics.get("step", 0))
 
 
 def damage(state_uri: str) -> str | None:
