@@ -3,8 +3,9 @@ driver's shard commits:
 
 [FaceFindingStage: read, decode, detect, align]                   (CPU actors, a shard per call)
 [UnmaskingStage: U = g(f(M)), embed M and U per matcher]           (GPU actors, `batch_size` rows)
-    When the unmask actors have GPUs, the first stage only reads and decodes, and the unmask stage
-    detects and aligns on its device (DeviceFaceFinder): MTCNN is the costliest host step by far.
+    When the unmask actors have GPUs, the first stage only reads (and decodes what is not a plain
+    JPEG), and the unmask stage decodes, detects and aligns on its device (DeviceFaceFinder): MTCNN
+    and decoding are the costliest host steps by far.
 [ImageWriter: PNG-encode and upload unmasked faces, concurrently]  (CPU actors, any batch)
 [ShardCommitter: a shard's rows Parquet once all its rows arrived] (the driver, a few threads)
 
@@ -193,8 +194,8 @@ def _complete(row: dict) -> dict:
 
 class UnmaskingStage:
     """Holds g, f and the matchers on one device; U = g(f(M)) and the embeddings for a batch of rows
-    (faces and error rows of any shards). With `find_faces`, the rows are whole decoded photos, and
-    their faces are detected and aligned here first, on the same device. The unmasked faces leave as
+    (faces and error rows of any shards). With `find_faces`, the rows are whole photos (JPEG bytes or
+    decoded pixels), and their faces are found here first, on the same device. The unmasked faces leave as
     raw pixels: PNG encoding is host work for the writers, off the accelerator's critical path."""
 
     def __init__(self, cfg: BulkConfig, find_faces: bool = False) -> None:
