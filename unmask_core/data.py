@@ -30,6 +30,7 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 MAX_JPEG_SCANS = 100
 DECODE_SECONDS = 10.0  # a 40 Mpx photo decodes in about a second on one core
 ALLOWED_FORMATS = {"JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "MPO"}
+EXIF_ORIENTATION = 0x0112
 
 
 @dataclass(frozen=True)
@@ -123,9 +124,6 @@ def jpeg_for_device(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[
         return None
     width, height = image.size
     return height, width
-
-
-EXIF_ORIENTATION = 0x0112
 
 
 def _open_header(data: bytes, max_pixels: int) -> Image.Image:

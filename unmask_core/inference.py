@@ -79,9 +79,10 @@ class Unmasker:
         )
         prepare_for_inference(self.model, self.device, bf16=self.bf16)
         self.matchers = {name: build_matcher(name, model_set, self.device) for name in matchers}
-        for matcher in self.matchers.values():
-            if self.bf16 and hasattr(matcher, "serve_bf16"):
-                matcher.serve_bf16()
+        if self.bf16:
+            for matcher in self.matchers.values():
+                if hasattr(matcher, "serve_bf16"):  # torch networks; ONNX and dlib keep their precision
+                    matcher.serve_bf16()
         # torch.compile at one input shape: `run` pads every micro-batch to its batch size.
         self.compiled = compile_networks
         compile_in_place(self.model, compile_networks)
