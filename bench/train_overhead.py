@@ -39,6 +39,7 @@ from unmask_core.training.loop import (
     training_step,
 )
 from unmask_core.training.run import run_training
+from unmask_core.training.targets import compute_targets, target_settings
 
 WARMUP = 5
 
@@ -76,22 +77,26 @@ def _train_columns(cfg: TrainConfig) -> dict[str, np.ndarray]:
     return {k: np.array(v, dtype=object) for k, v in table.items()}
 
 
-def step_before_and_after(cfg: TrainConfig, size: int, repeats: int = 12) -> tuple[float, float]:
+def step_times(cfg: TrainConfig, size: int, repeats: int = 12) -> dict[str, float]:
     """Median seconds of one step (decoded batch in hand) the way it was before issue 16 (float32
-    batch, every loss term read back with float(), plain Adam) and as it is now (uint8 batch scaled in
-    the step, terms left on the device, make_optimizer), alternating so both see the same machine."""
+    batch, every loss term read back with float(), plain Adam), as it is now (uint8 batch scaled in
+    the step, terms left on the device, make_optimizer), and now with --cache-targets (f0(T) and
+    ArcFace(T) read from the batch), alternating so that all three see the same machine."""
     columns = _train_columns(cfg)
     rows = {k: v[: cfg.batch_size] for k, v in columns.items()}
     float_batch = {
         k: torch.from_numpy(np.stack([png_to_tensor(b, size) for b in v])) for k, v in rows.items()
     }
     uint8_batch = {k: torch.from_numpy(v) for k, v in decode_batch(rows, size, cfg.stage).items()}
+    cached = compute_targets(list(rows["T"]), cfg.models, cfg.models, target_settings(cfg))
+    cached_batch = {**uint8_batch, **{f"target_{k}": torch.from_numpy(v) for k, v in cached.items()}}
     parts = build_training_models(cfg, "cpu")
     before_optimizer = torch.optim.Adam(parts.encoder.parameters(), lr=cfg.lr)
     after_optimizer = make_optimizer(parts.encoder, cfg.lr, torch.device("cpu"))
 
     def loss_of(batch):
-        return training_step(cfg.stage, batch, parts.encoder, parts.generator, parts.teacher, parts.criterion)
+        teacher = None if "target_codes" in batch else parts.teacher
+        return training_step(cfg.stage, batch, parts.encoder, parts.generator, teacher, parts.criterion)
 
     def before() -> None:
         loss, terms = loss_of(float_batch)
@@ -103,14 +108,18 @@ def step_before_and_after(cfg: TrainConfig, size: int, repeats: int = 12) -> tup
     def after() -> None:
         optimizer_step([uint8_batch], parts.encoder, after_optimizer, loss_of)
 
-    times: dict[str, list[float]] = {"before": [], "after": []}
+    def after_cached() -> None:
+        optimizer_step([cached_batch], parts.encoder, after_optimizer, loss_of)
+
+    steps = {"before": before, "after": after, "cached": after_cached}
+    times: dict[str, list[float]] = {name: [] for name in steps}
     for i in range(repeats + 2):
-        for name, step in (("before", before), ("after", after)):
+        for name, step in steps.items():
             started = time.perf_counter()
             step()
             if i >= 2:
                 times[name].append(time.perf_counter() - started)
-    return float(np.median(times["before"])), float(np.median(times["after"]))
+    return {name: float(np.median(values)) for name, values in times.items()}
 
 
 def flops_per_sample(cfg: TrainConfig, size: int) -> dict[str, float]:
@@ -184,9 +193,7 @@ def main() -> None:
             stage="unmask",
         )
         bare = bare_loop(TrainConfig(out=str(Path(folder) / "bare"), **common), args.size)
-        before, after = step_before_and_after(
-            TrainConfig(out=str(Path(folder) / "steps"), **common), args.size
-        )
+        step = step_times(TrainConfig(out=str(Path(folder) / "steps"), **common), args.size)
         flops = flops_per_sample(TrainConfig(out=str(Path(folder) / "flops"), **common), args.size)
         ray_session.connect()
         with_ray, boundary_seconds = ray_loop(
@@ -207,13 +214,16 @@ def main() -> None:
         f"{boundary_seconds:.1f} s: Ray Data runs the pipeline again for every epoch, so an epoch of a few "
         "steps (a tiny pairs set) is dominated by it; a real corpus has thousands of steps an epoch.\n\n"
         f"Step alone (batch decoded, same run, median of 12 alternating): before issue 16 (float32 batch, "
-        f"loss terms read with float(), plain Adam) {before:.3f} s; now (uint8 batch scaled in the step, "
-        f"terms stay tensors) {after:.3f} s. On a CPU a read-back costs no wait, so the difference is "
-        "noise here; on a GPU each one stalled the queue.\n\n"
+        f"loss terms read with float(), plain Adam) {step['before']:.3f} s; now (uint8 batch scaled in the "
+        f"step, terms stay tensors) {step['after']:.3f} s; now with `--cache-targets` (f0(T) and "
+        f"ArcFace(T) come with the batch) {step['cached']:.3f} s, "
+        f"{100 * (1 - step['cached'] / step['after']):.0f}% less. On a CPU a read-back costs no wait, so "
+        "before/now differ by noise here; on a GPU each one stalled the queue.\n\n"
         f"FLOPs per sample of the step at {args.size} px (torch.utils.flop_counter, GFLOP):\n\n"
         f"| part | GFLOP/sample |\n|---|---|\n{flop_rows}\n"
-        f"`--cache-targets` would remove f0(T) and ArcFace(T): {cacheable:.3f} GFLOP, "
-        f"{100 * cacheable / flops['whole step']:.0f}% of the step.\n"
+        f"`--cache-targets` removes f0(T) and ArcFace(T) from the step: {cacheable:.3f} GFLOP, "
+        f"{100 * cacheable / flops['whole step']:.0f}% of it. Computing the cache costs those forward "
+        "passes once per pair (one epoch's worth), so it pays from the second epoch on.\n"
     )
     print(text)
     update_section("train_overhead", text)

@@ -177,9 +177,14 @@ def run_demo(cfg: DemoConfig) -> dict:
     baseline = run_training(TrainConfig(stage="baseline", models=models, out=str(out / "train_f0"), **common))
     print(f"f0 final losses: {baseline['final']}")
 
-    clock.say(steps, f"train f (unmask, eq. 9, initialised from f0) for {cfg.steps} steps")
+    clock.say(
+        steps,
+        f"train f (unmask, eq. 9, initialised from f0) for {cfg.steps} steps, f0(T) and ArcFace(T) cached",
+    )
     unmask_run = run_training(
-        TrainConfig(stage="unmask", models=baseline["models"], out=str(out / "train_f"), **common)
+        TrainConfig(
+            stage="unmask", models=baseline["models"], out=str(out / "train_f"), cache_targets=True, **common
+        )
     )
     print(f"f final losses: {unmask_run['final']}")
 

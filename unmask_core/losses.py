@@ -48,12 +48,19 @@ def lpips_loss(
     return (spatial * region).sum() / region.sum().clamp_min(1e-8)
 
 
-def identity_loss(arcface: nn.Module, id_target: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-    """L_ID (eq. 3/7): 1 - <AF(T), AF(U)>, with AF the L2-normalised ArcFace embedding (IR-SE50)."""
+def identity_loss(
+    arcface: nn.Module,
+    id_target: torch.Tensor,
+    output: torch.Tensor,
+    target_features: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """L_ID (eq. 3/7): 1 - <AF(T), AF(U)>, with AF the L2-normalised ArcFace embedding (IR-SE50).
+    `target_features`: AF(T) computed beforehand (train --cache-targets), used instead of id_target."""
     from unmask_core.models.irse import id_preprocess
 
-    with torch.no_grad():
-        target_features = arcface(id_preprocess(id_target, arcface.input_size))
+    if target_features is None:
+        with torch.no_grad():
+            target_features = arcface(id_preprocess(id_target, arcface.input_size))
     output_features = arcface(id_preprocess(output, arcface.input_size))
     return (1 - (target_features * output_features).sum(dim=1)).mean()
 
@@ -87,10 +94,12 @@ class TrainingLoss(nn.Module):
         target_codes: torch.Tensor | None = None,
         region: torch.Tensor | None = None,
         id_target: torch.Tensor | None = None,
+        id_target_features: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """target, output: images in [-1, 1]; codes / target_codes: W+ codes of f(M) and f0(T);
         region: [B, 1, H, W] weights for L_R and LPIPS; id_target: the image whose identity U should
-        carry (T itself unless the RMFRD fine-tune supplies another image of the same person).
+        carry (T itself unless the RMFRD fine-tune supplies another image of the same person);
+        id_target_features: its ArcFace embedding, when cached (then id_target is not used).
 
         Returns the total and each term, detached but still tensors: reading a value on the host waits
         for the GPU, so the caller does it only when it reports."""
@@ -101,7 +110,8 @@ class TrainingLoss(nn.Module):
         if w.lpips:
             terms["lpips"] = lpips_loss(self.lpips_net, target, output, region)
         if w.id:
-            terms["id"] = identity_loss(self.arcface, target if id_target is None else id_target, output)
+            id_image = target if id_target is None else id_target
+            terms["id"] = identity_loss(self.arcface, id_image, output, id_target_features)
         if w.latent:
             if codes is None or target_codes is None:
                 raise ValueError("the latent loss needs codes and target_codes")

@@ -37,10 +37,13 @@ def periorbital_regions(eyes: list, size: int) -> np.ndarray:
     ).astype(np.float32)
 
 
-def decode_batch(batch: dict[str, np.ndarray], size: int, stage: str) -> dict[str, np.ndarray]:
+def decode_batch(batch: dict[str, np.ndarray], size: int, stage: str, targets=None) -> dict[str, np.ndarray]:
     """PNG columns of a pairs batch -> uint8 [B, 3, size, size] images (plus stage `real`'s region
-    weights and T-hat codes, float32)."""
+    weights and T-hat codes, float32). `targets` (a `targets.TargetsLookup`, with --cache-targets) adds
+    the cached f0(T) and ArcFace(T) of the rows, found by their `id` and `path` columns."""
     out = {"M": np.stack([png_to_uint8(b, size) for b in batch["M"]])}
+    if targets is not None:
+        out.update(targets.columns(batch["id"], batch["path"]))
     if stage != "real":
         out["T"] = np.stack([png_to_uint8(b, size) for b in batch["T"]])
     else:

@@ -48,6 +48,11 @@ class TrainConfig(JobConfig):
         "torch.compile f, g and the frozen networks (batches have one shape: the last short one is "
         "dropped); off by default until a GPU measurement says it pays",
     )
+    cache_targets: bool = option(
+        False,
+        "compute f0(T) and ArcFace(T) once per pair before training (cached next to the pairs, keyed by "
+        "their sha256) instead of at every step: pays from the second epoch on",
+    )
     lr: float = option(1e-4, "Adam learning rate (pSp: 1e-4)")
     l2_weight: float = option(1.0, "weight of L_R, eq. 1/5 (0 switches it off)")
     lpips_weight: float = option(0.8, "α: weight of LPIPS, eq. 2/6 (0 switches it off)")
@@ -95,6 +100,10 @@ class TrainConfig(JobConfig):
             )
         if not (self.l2_weight or self.lpips_weight or self.id_weight or self.latent_weight):
             raise UserError("every loss term is switched off")
+        if self.cache_targets and self.stage == "real":
+            raise UserError("--cache-targets: stage real already caches its latent targets (T-hat)")
+        if self.cache_targets and not (self.id_weight or (self.stage == "unmask" and self.latent_weight)):
+            raise UserError("--cache-targets: with these weights the step computes nothing from T to cache")
 
     @property
     def run_name(self) -> str:

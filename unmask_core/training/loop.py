@@ -63,7 +63,7 @@ def build_lpips(cfg: TrainConfig, models_uri: str, spatial: bool) -> torch.nn.Mo
 class TrainingModels:
     encoder: torch.nn.Module  # the one being trained (f0 or f)
     generator: torch.nn.Module  # g, frozen
-    teacher: torch.nn.Module | None  # f0, frozen, for L_LR in the unmask stage
+    teacher: torch.nn.Module | None  # f0, frozen, for L_LR in the unmask stage (unless its codes are cached)
     criterion: TrainingLoss
 
 
@@ -77,7 +77,7 @@ def build_training_models(cfg: TrainConfig, device: torch.device | str) -> Train
     encoder = init.encoder(ENCODER_OF_STAGE[cfg.stage] if cfg.init_from else _start_encoder(cfg.stage))
     encoder.train().requires_grad_(True)
     teacher = None
-    if cfg.stage == "unmask" and cfg.latent_weight:
+    if cfg.stage == "unmask" and cfg.latent_weight and not cfg.cache_targets:
         teacher = init.encoder("baseline").eval().requires_grad_(False)  # f0, frozen (eq. 8)
     arcface = models.arcface().eval() if cfg.id_weight else None
     lpips_net = build_lpips(cfg, cfg.models, spatial=cfg.stage == "real")
@@ -361,17 +361,20 @@ def training_step(
     are detached device tensors."""
     batch = normalise_images(batch)
     size = batch["M"].shape[-1]
+    cached_embedding = batch.get("target_embedding")  # ArcFace(T), with --cache-targets
     if stage == "baseline":
         codes = model(batch["T"])
-        return criterion(batch["T"], decode(generator, codes, size))
+        return criterion(batch["T"], decode(generator, codes, size), id_target_features=cached_embedding)
     codes = model(batch["M"])
     output = decode(generator, codes, size)
     if stage == "unmask":
-        target_codes = None
-        if teacher is not None:
+        target_codes = batch.get("target_codes")  # f0(T), with --cache-targets
+        if target_codes is None and teacher is not None:
             with torch.no_grad():
                 target_codes = teacher(batch["T"])
-        return criterion(batch["T"], output, codes=codes, target_codes=target_codes)
+        return criterion(
+            batch["T"], output, codes=codes, target_codes=target_codes, id_target_features=cached_embedding
+        )
     # real masks: L_R/LPIPS on the periorbital region of M, identity from another unmasked photo,
     # latent target from T_hat (found by latent optimisation, cached with the pairs).
     return criterion(

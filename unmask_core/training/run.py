@@ -16,11 +16,14 @@ from unmask_core.training.config import ENCODER_OF_STAGE, TrainConfig
 from unmask_core.training.history import plot_metrics, read_metrics
 from unmask_core.training.loop import build_lpips, train_loop
 from unmask_core.training.resume import STATE_FILE, plan_resume
+from unmask_core.training.targets import TargetsLookup, ensure_targets
 
 
-def training_dataset(cfg: TrainConfig, size: int):
-    """The stage's training rows as a Ray Data dataset of decoded batches."""
+def training_dataset(cfg: TrainConfig, size: int, targets: TargetsLookup | None = None):
+    """The stage's training rows as a Ray Data dataset of decoded batches (with their cached targets
+    when `targets` is given)."""
     import ray
+    from ray.data.expressions import col
 
     if cfg.stage == "real":
         from unmask_core.training.t_hat import real_stage_dataset
@@ -29,11 +32,14 @@ def training_dataset(cfg: TrainConfig, size: int):
     pairs_uri = storage.join(cfg.pairs, "pairs")
     storage.check_readable(pairs_uri)
     fs, path = storage.pyarrow_filesystem(pairs_uri)
-    ds = ray.data.read_parquet(path, filesystem=fs, columns=["T", "M", "status", "split"])
-    ds = ds.filter(expr="status == 'ok' and split == 'train'")
+    columns = ["T", "M", "status", "split", *(["id", "path"] if targets else [])]
+    ds = ray.data.read_parquet(path, filesystem=fs, include_paths=targets is not None).select_columns(columns)
+    ds = ds.filter(expr=(col("status") == "ok") & (col("split") == "train"))
     # decode_batch's module imports no torch: each Ray Data worker process starts faster. It emits
     # uint8 images; the training loop scales them on the device.
-    return ds.map_batches(decode_batch, fn_kwargs={"size": size, "stage": cfg.stage}, batch_format="numpy")
+    return ds.map_batches(
+        decode_batch, fn_kwargs={"size": size, "stage": cfg.stage, "targets": targets}, batch_format="numpy"
+    )
 
 
 def check_pairs_schema(pairs_uri: str) -> None:
@@ -72,6 +78,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     check_pairs_schema(cfg.pairs)
     build_lpips(cfg, cfg.models, spatial=False)  # fail here, not in every worker, when weights are missing
     resume = plan_resume(storage.join(cfg.out, cfg.run_name))
+    targets = ensure_targets(cfg) if cfg.cache_targets else None
     fs, path = storage.pyarrow_filesystem(cfg.out)
     trainer = TorchTrainer(
         train_loop,
@@ -86,7 +93,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
             failure_config=FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
         ),
-        datasets={"train": training_dataset(cfg, size)},
+        datasets={"train": training_dataset(cfg, size, targets)},
     )
     result = trainer.fit()
     return finish_run(cfg, result)
