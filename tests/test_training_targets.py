@@ -17,7 +17,7 @@ from unmask_core.training.batches import decode_batch
 from unmask_core.training.config import TrainConfig
 from unmask_core.training.loop import build_training_models, normalise_images, training_step
 from unmask_core.training.run import training_dataset
-from unmask_core.training.targets import ensure_targets, target_settings
+from unmask_core.training.targets import _cache_pairs_file, ensure_targets, target_settings
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +73,25 @@ def test_targets_are_f0_and_arcface_of_t_computed_once_per_model_pair(
         embedding = arcface(id_preprocess(images, arcface.input_size))
     np.testing.assert_allclose(found["target_codes"], codes.numpy(), atol=1e-5)
     np.testing.assert_allclose(found["target_embedding"], embedding.numpy(), atol=1e-5)
+
+    # The task as a --gpu run starts it (torch falls back to the CPU here): the same file.
+    on_gpu = str(tmp_path / "gpu.parquet")
+    _cache_pairs_file(
+        f"s3://{lookup.pairs_path}/shard-000001.parquet",
+        on_gpu,
+        tiny_model_set,
+        tiny_model_set,
+        target_settings(cfg),
+        gpu=True,
+    )
+    mine, ray_made = shards.read_rows(on_gpu), shards.read_rows(cache_files[1])
+    assert mine["id"].equals(ray_made["id"]) and mine.schema.metadata == ray_made.schema.metadata
+    for column in ("codes", "embedding"):  # threads differ: float sums in another order
+        np.testing.assert_allclose(
+            np.stack(mine[column].to_numpy(zero_copy_only=False)),
+            np.stack(ray_made[column].to_numpy(zero_copy_only=False)),
+            atol=1e-5,
+        )
 
     versions = storage.versions(lookup.cache_uri)
     assert ensure_targets(cfg) == lookup  # the same models: nothing computed, nothing rewritten

@@ -171,9 +171,23 @@ def _to_rgb8(image: Image.Image) -> np.ndarray:
 
 
 def encode_png(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
+    """RGB [H, W, 3] or grey [H, W] uint8 -> PNG bytes. OpenCV's libpng with zlib's RLE strategy: as
+    lossless as any PNG, and the cheapest host step of the bulk job it can be (faces at 256 px: about
+    1.4x faster than Pillow at compress_level=1, and 15% smaller; bench/pipeline.py)."""
+    import cv2
+
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)  # OpenCV writes BGR
+    ok, encoded = cv2.imencode(".png", image, _png_params())
+    if not ok:
+        raise ValueError(f"OpenCV could not encode a {image.shape} {image.dtype} image as PNG")
+    return encoded.tobytes()
+
+
+def _png_params() -> list[int]:
+    import cv2
+
+    return [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
 
 
 def decode_png(data: bytes) -> np.ndarray:
