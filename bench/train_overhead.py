@@ -232,7 +232,8 @@ def main() -> None:
         + "".join(_overhead_row(threads, runs) for threads, runs in rounds.items())
         + "\nGoal: ratio ≥ 0.9. With 1 thread, the step leaves one core to what runs beside it under Ray "
         "(Ray Data's decode tasks and executor, Ray Train's controller), as a GPU node leaves its other "
-        "cores while the GPU computes: this row is the overhead of our loop. With 2 threads on 2 cores, "
+        "cores while the GPU computes: this row is the overhead of our loop (above 1: Ray Data decodes the "
+        "next batch on that core while the bare loop decodes in line). With 2 threads on 2 cores, "
         "that work preempts one of torch's two threads and the other waits for it at every parallel "
         "region. Ray Data runs the pipeline again for every epoch; the step that starts the next one "
         "pays it.\n\n"
