@@ -61,6 +61,17 @@ def input_fingerprint(input_uri: str, records: Sequence[Any]) -> str:
     return digest.hexdigest()
 
 
+@dataclass(frozen=True)
+class CacheSettings:
+    """Base of the settings of a cache (T-hat codes, training targets): the fields of a subclass are
+    everything that decides its content, and `key`, their hash, names its folder, so other settings
+    get another folder and the same ones find theirs."""
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
 def split_into_shards(items: Sequence[Any], shard_size: int) -> list[list[Any]]:
     return [list(items[i : i + shard_size]) for i in range(0, len(items), shard_size)]
 

@@ -8,8 +8,6 @@ the pairs, keyed by everything that determines them, in resumable shards.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -32,7 +30,7 @@ _T_HAT_VERSION = 1  # part of the cache key: bump when the optimisation itself c
 
 
 @dataclass(frozen=True)
-class THatSettings:
+class THatSettings(shards.CacheSettings):
     """Everything that decides the T-hat codes of an image; its hash names the cache folder."""
 
     generator_sha256: str
@@ -44,10 +42,6 @@ class THatSettings:
     lpips_weight: float
     lpips_backbone: str
     version: int = _T_HAT_VERSION
-
-    @property
-    def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def t_hat_settings(cfg: TrainConfig) -> THatSettings:

@@ -20,7 +20,6 @@ This module imports no torch at the top: the lookup runs in Ray Data's decode wo
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import sys
 from dataclasses import asdict, dataclass
@@ -39,7 +38,7 @@ _TARGETS_VERSION = 1  # part of the cache key: bump when what is computed change
 
 
 @dataclass(frozen=True)
-class TargetSettings:
+class TargetSettings(shards.CacheSettings):
     """What decides the cached values; its hash names the cache folder. An empty sha256 means that
     part is not cached (baseline: no f0(T); --id-weight 0: no ArcFace(T))."""
 
@@ -47,10 +46,6 @@ class TargetSettings:
     arcface_sha256: str
     image_size: int
     version: int = _TARGETS_VERSION
-
-    @property
-    def key(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def target_settings(cfg) -> TargetSettings:
