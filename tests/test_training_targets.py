@@ -167,3 +167,17 @@ def test_cache_targets_refuses_what_has_nothing_to_cache() -> None:
     with pytest.raises(UserError, match="nothing from T to cache"):
         TrainConfig(stage="baseline", pairs="p", models="m", out="o", cache_targets=True, id_weight=0)
     TrainConfig(stage="baseline", pairs="p", models="m", out="o", cache_targets=True)  # ArcFace(T)
+
+
+def test_a_relative_pairs_folder_keeps_its_cache_beside_it_and_finds_it_again(
+    tiny_model_set: str, ray_local, tmp_path, monkeypatch, capsys
+):
+    write_synthetic_pairs(str(tmp_path / "corpus"), n_identities=4, per_identity=1, size=64, seed=4)
+    monkeypatch.chdir(tmp_path)
+    cfg = _config(tiny_model_set, "corpus")
+    ensure_targets(cfg)
+    ensure_targets(cfg)
+    assert "1 of 1 pairs files, computing 0" in capsys.readouterr().err
+    assert (
+        len(list((tmp_path / "corpus" / "targets").glob("*/shard-000000.parquet"))) == 1
+    )  # not in Ray's cwd

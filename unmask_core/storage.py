@@ -35,6 +35,12 @@ def _split_s3(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
+def absolute(uri: str) -> str:
+    """A local path made absolute (s3:// URIs as they are): what a Ray task, whose working directory
+    is not the caller's, must be handed."""
+    return uri if is_s3(uri) else str(Path(uri).expanduser().absolute())
+
+
 def join(base: str, *parts: str) -> str:
     """Join URI parts with '/', for local paths and s3:// alike."""
     if is_s3(base):

@@ -2,9 +2,9 @@
 every step.
 
 In stage `unmask` the step runs f0(T) (the target of L_LR, eq. 8) and ArcFace(T) (the identity target,
-eq. 7) on every sample of every epoch, though neither changes while f trains: about 18% of the step's
-FLOPs (BENCHMARKS.md, training section). Stage `baseline` has ArcFace(T). With the flag they are
-computed in one pass before training and cached next to the pairs:
+eq. 7) on every sample of every epoch, though neither changes while f trains: 13% of the step's FLOPs
+at 64 px, and 8-16% of its CPU time (BENCHMARKS.md, training section). Stage `baseline` has
+ArcFace(T). With the flag they are computed in one pass before training and cached next to the pairs:
 
     PAIRS/targets/<key>/<pairs file>.parquet    columns id, codes, embedding (float32)
 
@@ -120,12 +120,13 @@ def ensure_targets(cfg) -> TargetsLookup:
     import ray
 
     settings = target_settings(cfg)
-    out = targets_uri(cfg.pairs, settings)
+    out = targets_uri(storage.absolute(cfg.pairs), settings)
     pairs_uri = storage.join(cfg.pairs, "pairs")
     fs, pairs_path = storage.pyarrow_filesystem(pairs_uri)
     files = sorted(pads.dataset(pairs_path, filesystem=fs, format="parquet").files)
-    have = set(storage.list_files(out, (".parquet",))) if storage.exists(out) else set()
-    todo = [f for f in files if storage.join(out, cache_name(pairs_path, f)) not in have]
+    found = storage.list_files(out, (".parquet",)) if storage.exists(out) else []
+    have = {storage.relative_key(out, uri) for uri in found}
+    todo = [f for f in files if cache_name(pairs_path, f) not in have]
     if not storage.exists(storage.join(out, "_settings.json")):  # for people; the key is the hash
         storage.write_json(storage.join(out, "_settings.json"), asdict(settings))
     print(
@@ -135,12 +136,12 @@ def ensure_targets(cfg) -> TargetsLookup:
     )
     if todo:
         task = ray.remote(num_cpus=1, num_gpus=1 if cfg.gpu else 0)(_cache_pairs_file)
-        encoders = cfg.init_from or cfg.models
+        models, encoders = storage.absolute(cfg.models), storage.absolute(cfg.init_from or cfg.models)
         scheme = "s3://" if storage.is_s3(pairs_uri) else ""
         cache_files = [storage.join(out, cache_name(pairs_path, f)) for f in todo]
         ray.get(
             [
-                task.remote(scheme + f, cache_file, cfg.models, encoders, settings, cfg.gpu)
+                task.remote(scheme + f, cache_file, models, encoders, settings, cfg.gpu)
                 for f, cache_file in zip(todo, cache_files)
             ]
         )
