@@ -95,9 +95,8 @@ def step_times(cfg: TrainConfig, size: int, repeats: int = 12) -> dict[str, floa
     before_optimizer = torch.optim.Adam(parts.encoder.parameters(), lr=cfg.lr)
     after_optimizer = make_optimizer(parts.encoder, cfg.lr, torch.device("cpu"))
 
-    def loss_of(batch):
-        teacher = None if "target_codes" in batch else parts.teacher
-        return training_step(cfg.stage, batch, parts.encoder, parts.generator, teacher, parts.criterion)
+    def loss_of(batch):  # a batch with target_codes is not given to the teacher (training_step)
+        return training_step(cfg.stage, batch, parts.encoder, parts.generator, parts.teacher, parts.criterion)
 
     def before() -> None:
         loss, terms = loss_of(float_batch)

@@ -178,6 +178,5 @@ def test_a_relative_pairs_folder_keeps_its_cache_beside_it_and_finds_it_again(
     ensure_targets(cfg)
     ensure_targets(cfg)
     assert "1 of 1 pairs files, computing 0" in capsys.readouterr().err
-    assert (
-        len(list((tmp_path / "corpus" / "targets").glob("*/shard-000000.parquet"))) == 1
-    )  # not in Ray's cwd
+    beside_the_pairs = list((tmp_path / "corpus" / "targets").glob("*/shard-000000.parquet"))
+    assert len(beside_the_pairs) == 1  # not in the Ray workers' working directory

@@ -178,16 +178,11 @@ def encode_png(image: np.ndarray) -> bytes:
 
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)  # OpenCV writes BGR
-    ok, encoded = cv2.imencode(".png", image, _png_params())
+    params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+    ok, encoded = cv2.imencode(".png", image, params)
     if not ok:
         raise ValueError(f"OpenCV could not encode a {image.shape} {image.dtype} image as PNG")
     return encoded.tobytes()
-
-
-def _png_params() -> list[int]:
-    import cv2
-
-    return [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
 
 
 def decode_png(data: bytes) -> np.ndarray:
