@@ -3,9 +3,11 @@ under `ray job submit`), an in-process local Ray otherwise."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
+import sys
 import tempfile
 import time
 
@@ -39,8 +41,9 @@ _LOG_FILE: str | None = None
 
 
 def quiet_output() -> str | None:
-    """Unless verbose: Ray's Python loggers and Python warnings go to `log_file()` (returned), so that
-    a job prints our progress lines, summaries and one-line errors only. Idempotent."""
+    """Unless verbose: Ray's Python loggers, Python warnings and what Ray's C++ core writes to the
+    process's standard error go to `log_file()` (returned), so that a job prints our progress lines,
+    summaries and one-line errors only. Idempotent."""
     global _LOG_FILE
     if verbose():
         return None
@@ -56,7 +59,33 @@ def quiet_output() -> str | None:
             logger.addHandler(handler)
             logger.propagate = False
         _route_raylet_messages(logging.getLogger("ray.raylet_messages"))
+        _native_stderr_to(_LOG_FILE)
     return _LOG_FILE
+
+
+def _native_stderr_to(path: str) -> None:
+    """Ray's C++ core in this process writes its own errors to file descriptor 2, past Python's
+    loggers: Ray Data's actor pools always get a 'constructor arguments in the object store' line
+    (Ray Data passes its context to each actor by reference, ray-project/ray#57733). Point descriptor 2
+    at the log file, and keep `sys.stderr` (our progress bar and one-line errors) on the terminal
+    through a copy of the original descriptor. Only in a process that owns its standard error: a
+    harness that captures `sys.stderr` (pytest in-process) keeps its own streams."""
+    if sys.stderr is None or sys.stderr is not sys.__stderr__:
+        return
+    try:
+        if sys.stderr.fileno() != 2:
+            return
+    except (AttributeError, OSError, ValueError):
+        return
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 2)
+    os.close(log)
+    encoding = getattr(sys.__stderr__, "encoding", None) or "utf-8"
+    sys.stderr = io.TextIOWrapper(
+        io.FileIO(terminal, "w"), encoding=encoding, errors="backslashreplace", line_buffering=True
+    )
 
 
 def _route_raylet_messages(logger: logging.Logger) -> None:

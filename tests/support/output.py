@@ -19,16 +19,6 @@ FOREIGN = [
 ]
 
 
-# Known and not ours to fix: Ray Data keeps its actors' constructor arguments in the object store and
-# Ray's C++ core flags that once per actor pool when restarts are allowed (ray-project/ray#53727).
-# It is the one foreign line still shown; issue 19 stays open for it.
-KNOWN = [r"core_worker\.cc:\d+: Actor .*(constructor arguments in the object store|issues/53727)"]
-
-
 def foreign_lines(text: str) -> list[str]:
     lines = [line for chunk in text.splitlines() for line in chunk.split("\r")]
-    return [
-        line
-        for line in lines
-        if any(re.search(p, line) for p in FOREIGN) and not any(re.search(p, line) for p in KNOWN)
-    ]
+    return [line for line in lines if any(re.search(p, line) for p in FOREIGN)]

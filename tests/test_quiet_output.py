@@ -1,0 +1,46 @@
+"""Quiet by default: what Ray's C++ core writes to the process's standard error goes to the job's log
+file; our own lines on `sys.stderr` still reach the terminal; `--verbose` shows everything."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from tests.conftest import REPO_ROOT
+
+# Writes as Ray's C++ logger does (straight to descriptor 2), then as our progress lines do.
+SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    from unmask_core import ray_session
+    path = ray_session.quiet_output()
+    os.write(2, b"core_worker.cc:2465: a native line\\n")
+    print("our progress line", file=sys.stderr)
+    print(path or "")
+    """
+)
+
+
+def _run(env_extra: dict[str, str]) -> subprocess.CompletedProcess:
+    quiet = ("UNMASK_VERBOSE", "UNMASK_RAY_WORKER_LOGS")
+    env = {k: v for k, v in os.environ.items() if k not in quiet} | env_extra
+    return subprocess.run(
+        [sys.executable, "-c", SCRIPT], cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=True
+    )
+
+
+def test_native_stderr_goes_to_the_log_file_and_ours_to_the_terminal() -> None:
+    proc = _run({})
+    assert "our progress line" in proc.stderr
+    assert "native line" not in proc.stderr
+    log = Path(proc.stdout.strip())
+    assert "core_worker.cc:2465: a native line" in log.read_text()
+
+
+def test_verbose_shows_native_lines() -> None:
+    proc = _run({"UNMASK_VERBOSE": "1"})
+    assert "native line" in proc.stderr and "our progress line" in proc.stderr
+    assert proc.stdout.strip() == ""
