@@ -49,12 +49,15 @@ GOAL_FACES_PER_S = 1300  # per H100-class GPU (DESIGN.md, "The bulk job on a GPU
 BEFORE = "(before, not in the sums) "  # a host step as it was, measured beside its replacement
 
 
-def host_steps(folder: Path, images: list[np.ndarray], repeat: int = 3) -> dict[str, float]:
+def host_steps(
+    folder: Path, images: list[np.ndarray], repeat: int = 3
+) -> tuple[dict[str, float], dict[str, int]]:
     """Single-thread CPU milliseconds per image of each host step of the GPU configuration (process
     time, so a loaded machine's waiting does not count): read the bytes, decode them (PIL: the CPU path),
     hand them to the device decoder (the CPU actor's header check, `photo_for_device`, then the unmask
     actor's copy of the bytes into a tensor for nvJPEG), PNG-encode the 256 px unmasked face, and upload
-    it (an atomic local write: an S3 PUT's CPU cost is of the same order)."""
+    it (an atomic local write: an S3 PUT's CPU cost is of the same order). Also the PNG's bytes, now
+    and with the encoders before."""
     import torch
 
     from unmask_core import data, storage
@@ -76,19 +79,32 @@ def host_steps(folder: Path, images: list[np.ndarray], repeat: int = 3) -> dict[
         row = photo_for_device(path.read_bytes(), data.DEFAULT_MAX_PIXELS)
         torch.frombuffer(bytearray(row["jpeg"]), dtype=torch.uint8)
 
-    def pillow_png(path: Path) -> None:  # the encoder before issue 14, for comparison
-        Image.fromarray(face).save(io.BytesIO(), format="PNG", compress_level=1)
+    def pillow_png(path: Path | None = None) -> bytes:  # the encoder before issue 14, for comparison
+        buffer = io.BytesIO()
+        Image.fromarray(face).save(buffer, format="PNG", compress_level=1)
+        return buffer.getvalue()
+
+    def all_filters_png(path: Path | None = None) -> bytes:  # before the Up filter for every row
+        import cv2
+
+        params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+        return cv2.imencode(".png", cv2.cvtColor(face, cv2.COLOR_RGB2BGR), params)[1].tobytes()
 
     out = folder.parent / f"{folder.name}_upload"
     png = data.encode_png(face)
-    return {
+    sizes = {"now": len(png), "all five filters": len(all_filters_png()), "Pillow": len(pillow_png())}
+    steps = {
         "read": per_image(lambda p: p.read_bytes()),
         "decode (PIL, CPU path)": per_image(lambda p: data.decode_image(p.read_bytes())),
         "handoff (header check, JPEG bytes to a tensor)": per_image(handoff),
         "PNG encode (256 px face)": per_image(lambda p: data.encode_png(face)),
         "upload (atomic write)": per_image(lambda p: storage.write_bytes_atomic(str(out / p.name), png)),
         f"{BEFORE}PNG encode with Pillow, compress_level=1": per_image(pillow_png),
+        f"{BEFORE}PNG encode with OpenCV, RLE, libpng's trial of all five filters": per_image(
+            all_filters_png
+        ),
     }
+    return steps, sizes
 
 
 def bare_loop(images: list[np.ndarray], models: str, batch_size: int) -> float:
@@ -196,7 +212,7 @@ def main() -> None:
         init_model_set(args.size, models)
         make_gallery(root / "gallery_n", args.n)
         large = make_gallery(root / "gallery_4n", 4 * args.n)
-        steps = host_steps(root / "gallery_4n", large)
+        steps, png_sizes = host_steps(root / "gallery_4n", large)
         bare = bare_loop(large, models, args.batch_size)
         n_small, t_small, rss_small = run_job(root / "gallery_n", root / "out_n", models, args.batch_size)
         n_large, t_large, rss_large = run_job(root / "gallery_4n", root / "out_4n", models, args.batch_size)
@@ -224,6 +240,9 @@ def main() -> None:
         "\nHost steps of the GPU configuration, single-thread CPU ms per image (process time, best of 3; "
         "gallery JPEGs 420x886, unmasked faces 256 px):\n\n| step | CPU ms / image |\n|---|---|\n"
         + "".join(f"| {name} | {ms:.2f} |\n" for name, ms in steps.items())
+        + "\nThe 256 px face's PNG: "
+        + ", ".join(f"{size / 1000:.1f} KB {name}" for name, size in png_sizes.items())
+        + ".\n"
         + f"\nCPU cores per GPU at {GOAL_FACES_PER_S} faces/s (one face per image): "
         f"**{GOAL_FACES_PER_S * gpu_path / 1000:.1f}** with JPEG decoding on the device (read + handoff + "
         f"PNG + upload, {gpu_path:.2f} ms), **{GOAL_FACES_PER_S * with_decode / 1000:.1f}** with PIL "

@@ -147,6 +147,17 @@ def test_irse50_round_trip_and_encoder_body_init(tmp_path: Path) -> None:
     assert path in str(err.value) and "wrong shapes: body.2.res_layer" in str(err.value)
 
 
+def test_a_file_in_torchs_legacy_format_loads_too(tmp_path: Path) -> None:
+    # Local files are memory-mapped, which only the zip format allows; older public weights (IR-SE50
+    # files from torch < 1.6) are in the legacy format and are read whole instead.
+    backbone = randomize_batchnorm(tiny_backbone())
+    path = str(tmp_path / "model_ir_se50.pth")
+    torch.save(backbone.state_dict(), path, _use_new_zipfile_serialization=False)
+    loaded, x = load_irse50(path), images()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), backbone(x))
+
+
 def facenet_model(seed: int = 0) -> torch.nn.Module:
     from facenet_pytorch import InceptionResnetV1
 

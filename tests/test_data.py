@@ -43,6 +43,14 @@ def test_bad_files_raise_with_a_status(photo: np.ndarray, name: str, status: str
     assert info.value.status == status and info.value.reason
 
 
+def test_encode_png_is_lossless_for_rgb_and_grey_and_reads_back_with_pillow(photo: np.ndarray) -> None:
+    for image in (photo, np.ascontiguousarray(photo[..., 1])):
+        png = data.encode_png(image)
+        with Image.open(io.BytesIO(png)) as read:
+            assert read.format == "PNG" and read.mode == ("RGB" if image.ndim == 3 else "L")
+            assert np.array_equal(np.asarray(read), image)
+
+
 @pytest.mark.parametrize("name", ["cmyk.jpg", "sixteen_bit.png", "grayscale.png", "rgba.png", "animated.gif"])
 def test_odd_but_valid_files_become_rgb8(photo: np.ndarray, name: str) -> None:
     out = data.decode_image(odd_files(photo)[name])

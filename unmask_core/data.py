@@ -171,14 +171,20 @@ def _to_rgb8(image: Image.Image) -> np.ndarray:
 
 
 def encode_png(image: np.ndarray) -> bytes:
-    """RGB [H, W, 3] or grey [H, W] uint8 -> PNG bytes. OpenCV's libpng with zlib's RLE strategy: as
-    lossless as any PNG, and the largest host step of the bulk job made cheaper (faces at 256 px: about
-    1.6x faster than Pillow at compress_level=1, and 15% smaller; bench/pipeline.py)."""
+    """RGB [H, W, 3] or grey [H, W] uint8 -> PNG bytes, as lossless as any PNG. The largest host step
+    of the bulk job, so tuned for speed: OpenCV's libpng at zlib level 1 with the RLE strategy, and one
+    filter (Up) for every row instead of libpng's trial of all five per row. Faces at 256 px: about
+    1.7x faster than all five filters for 8% more bytes, and faster and smaller than Pillow at
+    compress_level=1 (bench/pipeline.py)."""
     import cv2
 
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)  # OpenCV writes BGR
-    params = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+    params = [
+        *(cv2.IMWRITE_PNG_COMPRESSION, 1),
+        *(cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE),
+        *(cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP),
+    ]
     ok, encoded = cv2.imencode(".png", image, params)
     if not ok:
         raise ValueError(f"OpenCV could not encode a {image.shape} {image.dtype} image as PNG")

@@ -158,15 +158,26 @@ def check_writable(uri: str) -> None:
         Path(uri).expanduser().mkdir(parents=True, exist_ok=True)
 
 
-def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
-    """The whole object at `uri`. Only regular files are read (a FIFO or a device would block or never
-    end), and with `max_bytes` a larger object is refused before it is read."""
-    fs, path = fsspec_filesystem(uri)
+def local_file(uri: str) -> str:
+    """The absolute path of the local regular file `uri` (a FIFO or a device would block or never end),
+    or one clear UserError."""
+    path = absolute(uri)
     try:
-        if not is_s3(uri):
-            mode = os.stat(path).st_mode
-            if not stat.S_ISREG(mode):
-                raise UserError(f"{uri}: not a regular file")
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise _translate_errors(uri, exc) from exc
+    if not stat.S_ISREG(mode):
+        raise UserError(f"{uri}: not a regular file")
+    return path
+
+
+def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
+    """The whole object at `uri`. Only regular files are read, and with `max_bytes` a larger object is
+    refused before it is read."""
+    fs, path = fsspec_filesystem(uri)
+    if not is_s3(uri):
+        local_file(uri)
+    try:
         with fs.open(path, "rb") as f:
             data = f.read() if max_bytes is None else f.read(max_bytes + 1)
     except UserError:

@@ -173,6 +173,7 @@ class ModelSet:
         if missing:
             raise CheckpointError(f"{manifest_uri}: no sha256 for {', '.join(missing)}")
         self._frozen: dict[str, nn.Module] = {}
+        self._validated: dict[str, nn.Module] = {}  # encoders validate() loaded, for encoder() to take
 
     @property
     def size(self) -> int:
@@ -236,7 +237,9 @@ class ModelSet:
         """f ('unmask') or f0 ('baseline'): x -> W+ codes including latent_avg, in eval mode, trainable."""
         if name not in ENCODER_NAMES:
             raise KeyError(f"encoder name must be one of {ENCODER_NAMES}, got {name!r}")
-        return self._load(name)
+        # The one validate() just loaded and checked, handed over once (f is the largest file: 838 MB
+        # at 256 px), else a new one.
+        return self._validated.pop(name, None) or self._load(name)
 
     def psp(self, name: str = "unmask", bf16: bool = False, channels_last: bool = False) -> PSP:
         """U = g(f(M)) as one module, outputs pooled to image_size; shares the frozen generator."""
@@ -254,7 +257,8 @@ class ModelSet:
                 f"styles; {MANIFEST} says {self.size} px and {self.n_latent} styles"
             )
         for name in encoders:
-            config = self.encoder(name).config
+            encoder = self._validated[name] = self.encoder(name)
+            config = encoder.config
             if (config.n_styles, config.style_dim) != (generator.n_latent, generator.style_dim):
                 raise CheckpointError(
                     f"{self.file_uri(name)}: makes [{config.n_styles}, {config.style_dim}] codes; the "

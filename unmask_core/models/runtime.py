@@ -74,15 +74,20 @@ def prepare_for_inference(
 def build_on_meta(
     factory: Callable[[], ModuleT], state_dict: Mapping[str, Tensor], strict: bool = True
 ) -> ModuleT:
-    """`factory()` built on the meta device (no random initialisation), then its state dict assigned.
+    """`factory()` built on the meta device (no random initialisation), then its state dict assigned."""
+    with torch.device("meta"):
+        module = factory()
+    return assign_weights(module, state_dict, strict)
+
+
+def assign_weights(module: ModuleT, state_dict: Mapping[str, Tensor], strict: bool = True) -> ModuleT:
+    """A module built on the meta device takes the state dict's tensors as its own (no copy).
 
     Parameters and persistent buffers (StyleGAN2's blur kernels and noise, BatchNorm statistics) take
     the state dict's tensors. Non-persistent buffers come from the factory: they are real when made
     from real tensors the factory is given (latent_avg), and any left on the meta device, because
     only the constructor could compute them, are an error rather than a silently empty tensor.
     """
-    with torch.device("meta"):
-        module = factory()
     module.load_state_dict(state_dict, strict=strict, assign=True)
     empty = [name for name, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
     if empty:
