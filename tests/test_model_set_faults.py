@@ -1,4 +1,4 @@
-"""A broken model set fails the job in one line naming the file, before Ray starts."""
+"""A broken model set fails the job in one line naming the file, before any shard is planned."""
 
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def test_a_generator_of_another_size_than_the_manifest_is_one_line(tiny_model_se
         ModelSet(str(folder)).validate()
 
 
-def test_a_truncated_encoder_fails_the_bulk_job_in_one_line_before_ray(tiny_model_set: str, tmp_path) -> None:
+def test_a_truncated_encoder_fails_the_bulk_job_in_one_line_before_planning(tiny_model_set: str, tmp_path) -> None:
     folder = _copy(tiny_model_set, tmp_path)
     encoder = folder / "encoder.pt"
     encoder.write_bytes(encoder.read_bytes()[:1000])

@@ -9,6 +9,7 @@ objects under the same names (no duplicates).
 from __future__ import annotations
 
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from unmask_core import corpora, data, shards, storage
@@ -38,13 +39,17 @@ def run_bulk(cfg: BulkConfig) -> dict[str, Any]:
     from unmask_core.inference import describe_model_set
 
     storage.check_writable(cfg.output)
-    model_info = describe_model_set(cfg.models, cfg.matchers)
-    records = list_inputs(cfg.input)
+    # The driver checks the model set (a broken one fails here in one line, not inside an actor) while
+    # Ray starts: two waits of about 5 s each on 2 cores, now side by side.
+    with ThreadPoolExecutor(1) as pool:
+        described = pool.submit(describe_model_set, cfg.models, cfg.matchers)
+        records = list_inputs(cfg.input)
+        ray_session.connect()
+        model_info = described.result()
     payload = [{"uri": r.uri, "id": r.id} for r in records]
     if cfg.overwrite:
         storage.delete(storage.join(cfg.output, "images"))
     run = shards.start_job(cfg, "rows", payload, records, models=model_info.provenance)
-    ray_session.connect()
     bar = run.progress_bar("unmask")
     if run.todo:
         todo = run.todo_payloads()

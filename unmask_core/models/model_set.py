@@ -248,8 +248,8 @@ class ModelSet:
 
     def validate(self, encoders: tuple[str, ...] = ENCODER_NAMES) -> None:
         """Load g and the named encoders (each checked against its sha256) and check that they fit
-        each other and the manifest: one line naming the file otherwise. Jobs call it before Ray starts,
-        so a broken set fails in the driver, not inside an actor."""
+        each other and the manifest: one line naming the file otherwise. Jobs call it in the driver,
+        so a broken set fails there, before any work is planned, not inside an actor."""
         generator = self.generator()
         if (generator.size, generator.n_latent) != (self.size, self.n_latent):
             raise CheckpointError(
