@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from unmask_core import data, shards
-from unmask_core.bulk.config import BulkConfig
+from unmask_core.bulk.config import BulkConfig, micro_batch_size
 from unmask_core.bulk.stages import STAGE_SCHEMA, FaceFindingStage, ShardCommitter, row_schema
 
 
@@ -218,3 +218,10 @@ def test_faces_filling_their_frame_are_found_on_the_device_too(demo_masked_crops
     assert found.count("ok") >= 11, found
     assert crops.dtype == torch.uint8 and tuple(crops.shape) == (found.count("ok"), 256, 256, 3)
     assert faces.column("image").null_count == faces.num_rows  # the photos do not travel on
+
+
+def test_a_small_jobs_batches_shrink_to_an_even_share_per_unmask_actor() -> None:
+    assert micro_batch_size(32, 10_000, 4) == 32  # a large job: --batch-size as asked
+    assert micro_batch_size(8, 8, 2) == 4  # 8 photos, 2 actors: one batch each, not one for one actor
+    assert micro_batch_size(8, 9, 2) == 5
+    assert micro_batch_size(8, 1, 4) == 1

@@ -38,7 +38,9 @@ def test_a_generator_of_another_size_than_the_manifest_is_one_line(tiny_model_se
         ModelSet(str(folder)).validate()
 
 
-def test_a_truncated_encoder_fails_the_bulk_job_in_one_line_before_planning(tiny_model_set: str, tmp_path) -> None:
+def test_a_truncated_encoder_fails_the_bulk_job_in_one_line_before_planning(
+    tiny_model_set: str, tmp_path
+) -> None:
     folder = _copy(tiny_model_set, tmp_path)
     encoder = folder / "encoder.pt"
     encoder.write_bytes(encoder.read_bytes()[:1000])

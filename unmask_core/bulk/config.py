@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from unmask_core import data
@@ -24,7 +25,9 @@ class BulkConfig(JobConfig):
     )
     faces: str = option("largest", "which faces of each image to unmask", choices=["largest", "all"])
     batch_size: int = option(
-        32, "rows per unmask call, streamed across shards (faces per forward pass; independent of shards)"
+        32,
+        "rows per unmask call, streamed across shards (faces per forward pass; independent of shards); "
+        "a small job's batches shrink to an even share per unmask actor",
     )
     gpus_per_actor: float = option(-1.0, "GPUs per unmask actor (-1: 1 if the cluster has GPUs, else 0)")
     actors: str = option("1,4", "MIN,MAX size of the unmask actor pool (autoscaling between them)")
@@ -70,3 +73,10 @@ def pool_range(text: str, flag: str) -> tuple[int, int]:
     if not 1 <= low <= high:
         raise UserError(f"{flag} must satisfy 1 <= MIN <= MAX (got {text!r})")
     return low, high
+
+
+def micro_batch_size(requested: int, inputs: int, actors: int) -> int:
+    """The unmask stage's batch: `--batch-size`, but never more than an even share of the inputs left
+    across the pool's largest size, so that a small job keeps every unmask actor busy instead of
+    giving all its faces to one."""
+    return max(1, min(requested, math.ceil(inputs / max(1, actors))))

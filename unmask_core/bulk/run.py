@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from unmask_core import corpora, data, shards, storage
-from unmask_core.bulk.config import BulkConfig, pool_range
+from unmask_core.bulk.config import BulkConfig, micro_batch_size, pool_range
 from unmask_core.bulk.stages import FaceFindingStage, ImageWriter, ShardCommitter, UnmaskingStage
 from unmask_core.errors import UserError
 
@@ -63,6 +63,7 @@ def run_bulk(cfg: BulkConfig) -> dict[str, Any]:
         cpu_low, cpu_high = (
             pool_range(cfg.cpu_actors, "--cpu-actors") if cfg.cpu_actors else (1, ray_session.half_the_cpus())
         )
+        unmask_pool = ray_session.actor_pool(*pool_range(cfg.actors, "--actors"), len(todo))
         ds = (
             ray.data.from_items(todo, override_num_blocks=len(todo))
             .map_batches(
@@ -79,9 +80,11 @@ def run_bulk(cfg: BulkConfig) -> dict[str, Any]:
                 fn_constructor_args=(cfg, on_device),
                 # A fixed batch size (Ray requires one for GPU actors): rows of any shards fill it
                 # (faces, or photos when faces are found on the device).
-                batch_size=cfg.batch_size,
+                batch_size=micro_batch_size(
+                    cfg.batch_size, run.n_items - run.items_done, unmask_pool.max_size
+                ),
                 batch_format="pyarrow",
-                compute=ray_session.actor_pool(*pool_range(cfg.actors, "--actors"), len(todo)),
+                compute=unmask_pool,
                 num_gpus=gpus,
                 # A GPU actor asks for no CPU slot: CPU-stage actors that reach a new GPU node first
                 # would otherwise take all its CPUs, leave the GPU actor pending, and make the
