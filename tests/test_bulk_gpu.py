@@ -28,11 +28,11 @@ from unmask_core import cli, ray_session
 ray.init(num_cpus=8, num_gpus=1, include_dashboard=False, log_to_driver=False)
 ray_session.configure_data_context()
 codes = {}
-for gpus, actors in (("1", "1,1"), ("0.5", "2,2")):
+for gpus, actors, image_format in (("1", "1,1", "png"), ("0.5", "2,2", "jpeg"), ("0.5", "2,2", "png")):
     out = f"{sys.argv[1]}/out-{gpus}"
-    codes[gpus] = cli.main(["unmask", "--input", sys.argv[2], "--output", out, "--models", sys.argv[3],
-        "--gpus-per-actor", gpus, "--actors", actors, "--shard-size", "3", "--batch-size", "4",
-        "--matchers", "arcface"])
+    codes[f"{gpus} {image_format}"] = cli.main(["unmask", "--input", sys.argv[2], "--output", out,
+        "--models", sys.argv[3], "--gpus-per-actor", gpus, "--actors", actors, "--shard-size", "3",
+        "--batch-size", "4", "--matchers", "arcface", "--image-format", image_format])
 print("CODES" + json.dumps(codes))
 """
 
@@ -67,8 +67,10 @@ def test_bulk_job_runs_on_a_ray_that_declares_a_gpu(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr[-4000:]
     codes = json.loads(done.stdout.split("CODES", 1)[1])
-    assert codes == {"1": 0, "0.5": 0}
-    for gpus in ("1", "0.5"):
+    # The third run asks for PNGs where the second wrote JPEGs: refused, as any other change of plan.
+    assert codes == {"1 png": 0, "0.5 jpeg": 0, "0.5 png": 2}
+    assert "(images differ)" in done.stderr
+    for gpus, image_format in (("1", "PNG"), ("0.5", "JPEG")):
         out = tmp_path / f"out-{gpus}"
         summary = json.loads((out / "summary.json").read_text())
         assert summary["reconciled"] and summary["inputs"] == n_inputs
@@ -79,3 +81,7 @@ def test_bulk_job_runs_on_a_ray_that_declares_a_gpu(tmp_path: Path) -> None:
         ok = [r for r in rows if r["status"] == "ok"]
         assert len(ok) >= 4
         assert all(Path(r["unmasked_uri"]).is_file() for r in ok)
+        for row in ok:
+            with Image.open(row["unmasked_uri"]) as image:
+                assert image.format == image_format and image.size == (256, 256)
+            assert row["unmasked_uri"].endswith(".png" if image_format == "PNG" else ".jpg")

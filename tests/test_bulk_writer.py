@@ -37,3 +37,20 @@ def test_a_failed_image_write_becomes_a_write_error_row(tmp_path) -> None:
     assert out.column("status").to_pylist() == ["write_error"] * 2
     assert all(str(tmp_path / "images") in error for error in out.column("error").to_pylist())
     assert out.column("unmasked_uri").to_pylist() == [None, None]
+
+
+def test_jpeg_output_is_a_full_colour_jpeg_close_to_the_face(tmp_path) -> None:
+    from PIL import Image, JpegImagePlugin
+
+    from unmask_core.faces.samples import load_rgb, sample_photo
+
+    face = np.ascontiguousarray(load_rgb(sample_photo("t1.jpg"))[100 : 100 + FACE_SIZE, 80 : 80 + FACE_SIZE])
+    batch = _batch(1).set_column(4, "unmasked", pa.array([face.tobytes()], pa.binary()))
+    out = ImageWriter(str(tmp_path), image_format="jpeg", jpeg_quality=95)(batch)
+    uri = out["unmasked_uri"][0].as_py()
+    assert uri.endswith("-face0.jpg")
+    with Image.open(uri) as image:
+        assert image.format == "JPEG" and image.mode == "RGB"
+        assert JpegImagePlugin.get_sampling(image) == 0  # 4:4:4, no chroma subsampling
+        decoded = np.asarray(image)
+    assert np.abs(decoded.astype(int) - face).mean() < 2.0  # grey levels

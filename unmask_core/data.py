@@ -191,6 +191,22 @@ def encode_png(image: np.ndarray) -> bytes:
     return encoded.tobytes()
 
 
+def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:
+    """RGB [H, W, 3] uint8 -> JPEG bytes (libjpeg-turbo through OpenCV) with full-resolution colour
+    (4:4:4: no chroma subsampling to blur a face's colours), baseline, for every reader. About a tenth of
+    the PNG encoder's CPU and a quarter of its bytes for a 256 px face at quality 95 (bench/pipeline.py)."""
+    import cv2
+
+    params = [
+        *(cv2.IMWRITE_JPEG_QUALITY, quality),
+        *(cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444),
+    ]
+    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), params)
+    if not ok:
+        raise ValueError(f"OpenCV could not encode a {image.shape} {image.dtype} image as JPEG")
+    return encoded.tobytes()
+
+
 def decode_png(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 

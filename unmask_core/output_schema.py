@@ -35,8 +35,8 @@ ROWS_COLUMNS = {
     "landmarks": "5 points (x, y) flattened, in the 256 px aligned face (= the unmasked image); "
     "null unless status is 'ok'",
     "detection_score": "the detector's confidence in [0, 1]; null unless status is 'ok'",
-    "unmasked_uri": "URI of the unmasked face, 256x256 RGB PNG under <output>/images/; "
-    "null unless status is 'ok'",
+    "unmasked_uri": "URI of the unmasked face, 256x256 RGB PNG (JPEG with --image-format jpeg) under "
+    "<output>/images/; null unless status is 'ok'",
     "matchers": "matcher:sha256 of its weights (as in model_set.json), comma-separated",
     "encoder_sha256": "sha256 of the unmasking encoder f's weights (model_set.json: sha256.unmask)",
     "generator_sha256": "sha256 of the StyleGAN2 generator g's weights (model_set.json: sha256.generator)",

@@ -92,9 +92,9 @@ def finished_shards(rows_uri: str) -> set[int]:
 
 
 def check_plan(out_uri: str, plan: ShardPlan) -> bool:
-    """Refuse to resume into an output made from other inputs or models (its shard numbers would mean
-    other images, or its rows come from other weights). True when the output already has this plan;
-    nothing is written here (see `record_plan`)."""
+    """Refuse to resume into an output made from other inputs, models or settings (its shard numbers
+    would mean other images, or its rows come from other weights or name other kinds of files). True
+    when the output already has this plan; nothing is written here (see `record_plan`)."""
     uri = storage.join(out_uri, PLAN_FILE)
     if not storage.exists(uri):
         return False
@@ -107,8 +107,8 @@ def check_plan(out_uri: str, plan: ShardPlan) -> bool:
     differences = previous.differences(plan)
     if differences:
         raise UserError(
-            f"{out_uri}: holds the output of other inputs or models ({', '.join(differences)} differ); "
-            "use a new output location, or --overwrite to start over"
+            f"{out_uri}: holds the output of other inputs, models or settings "
+            f"({', '.join(differences)} differ); use a new output location, or --overwrite to start over"
         )
     return True
 
@@ -186,17 +186,18 @@ def start_job(
     rows_folder: str,
     items: Sequence[Any],
     records: Sequence[Any],
-    models: dict[str, str] | None = None,
+    pins: dict[str, str] | None = None,
 ) -> ShardedRun:
     """`start_run` for a job whose config has `input`, `output`, `shard_size` and `overwrite`: rows in
-    OUTPUT/`rows_folder`, the plan pinned to the input listing (and `models`: their hashes)."""
+    OUTPUT/`rows_folder`, the plan pinned to the input listing (and `pins`: the models' hashes, the
+    output's encoding)."""
     return start_run(
         cfg.output,
         storage.join(cfg.output, rows_folder),
         items,
         [record.id for record in records],
         cfg.shard_size,
-        pins={"inputs": input_fingerprint(cfg.input, records), **(models or {})},
+        pins={"inputs": input_fingerprint(cfg.input, records), **(pins or {})},
         overwrite=cfg.overwrite,
         config=cfg,
     )

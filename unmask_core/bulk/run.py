@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from unmask_core import corpora, data, shards, storage
-from unmask_core.bulk.config import BulkConfig, micro_batch_size, pool_range
+from unmask_core.bulk.config import BulkConfig, image_pins, micro_batch_size, pool_range
 from unmask_core.bulk.stages import FaceFindingStage, ImageWriter, ShardCommitter, UnmaskingStage
 from unmask_core.errors import UserError
 
@@ -49,7 +49,8 @@ def run_bulk(cfg: BulkConfig) -> dict[str, Any]:
     payload = [{"uri": r.uri, "id": r.id} for r in records]
     if cfg.overwrite:
         storage.delete(storage.join(cfg.output, "images"))
-    run = shards.start_job(cfg, "rows", payload, records, models=model_info.provenance)
+    pins = {**model_info.provenance, **image_pins(cfg)}
+    run = shards.start_job(cfg, "rows", payload, records, pins=pins)
     bar = run.progress_bar("unmask")
     if run.todo:
         todo = run.todo_payloads()
@@ -94,7 +95,7 @@ def run_bulk(cfg: BulkConfig) -> dict[str, Any]:
             )
             .map_batches(
                 ImageWriter,
-                fn_constructor_args=(cfg.output,),
+                fn_constructor_args=(cfg.output, cfg.image_format, cfg.jpeg_quality),
                 batch_size=None,
                 batch_format="pyarrow",
                 compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),

@@ -6,7 +6,7 @@ driver's shard commits:
     When the unmask actors have GPUs, the first stage only reads (and decodes what is not a plain
     JPEG), and the unmask stage decodes, detects and aligns on its device (DeviceFaceFinder): MTCNN
     and decoding are the costliest host steps by far.
-[ImageWriter: PNG-encode and upload unmasked faces, concurrently]  (CPU actors, any batch)
+[ImageWriter: encode (PNG or JPEG) and upload unmasked faces, concurrently]  (CPU actors, any batch)
 [ShardCommitter: a shard's rows Parquet once all its rows arrived] (the driver, a few threads)
 
 Faces stream through the unmask stage in fixed-size batches that span shards, so no stage but the last
@@ -32,13 +32,13 @@ from unmask_core.errors import UserError
 FACE_SIZE = 256  # aligned faces travel between stages at the reference size
 
 
-def unmasked_image_key(record_id: str, face_index: int) -> str:
+def unmasked_image_key(record_id: str, face_index: int, suffix: str = ".png") -> str:
     """A safe, unique relative name for an unmasked face: the sanitised key plus a hash of the raw key
     (two keys that sanitise alike, such as 'a b.jpg' and 'a_b.jpg', must not collide)."""
     # 700 bytes leave room under S3's 1,024-byte keys for the output prefix and `images/`.
     stem = posixpath.splitext(storage.safe_relative_path(record_id, max_total=700))[0]
     digest = hashlib.sha256(record_id.encode()).hexdigest()[:10]
-    return f"{stem}-{digest}-face{face_index}.png"
+    return f"{stem}-{digest}-face{face_index}{suffix}"
 
 
 # ---------------------------------------------------------------- stage 1: faces (CPU)
@@ -386,17 +386,24 @@ def _or_exception(function, *args):
 
 
 class ImageWriter:
-    """PNG-encodes and uploads a batch's unmasked faces in a thread pool (concurrent PUTs; zlib and the
-    uploads release the GIL), and passes the rows on without pixels, each with its image's URI."""
+    """Encodes (PNG, or JPEG) and uploads a batch's unmasked faces in a thread pool (concurrent PUTs; the
+    encoders and the uploads release the GIL), and passes the rows on without pixels, each with its
+    image's URI."""
 
-    def __init__(self, output: str, threads: int = 16) -> None:
+    def __init__(
+        self, output: str, image_format: str = "png", jpeg_quality: int = 95, threads: int = 16
+    ) -> None:
         self.output = output
+        if image_format == "png":
+            self.suffix, self.encode = ".png", data.encode_png
+        else:
+            self.suffix, self.encode = ".jpg", lambda face: data.encode_jpeg(face, jpeg_quality)
         self.pool = ThreadPoolExecutor(max_workers=threads)
 
     def write(self, record_id: str, face_index: int, pixels: bytes) -> str:
-        uri = storage.join(self.output, "images", unmasked_image_key(record_id, face_index))
+        uri = storage.join(self.output, "images", unmasked_image_key(record_id, face_index, self.suffix))
         face = np.frombuffer(pixels, np.uint8).reshape(FACE_SIZE, FACE_SIZE, 3)
-        storage.write_bytes_atomic(uri, data.encode_png(face))
+        storage.write_bytes_atomic(uri, self.encode(face))
         return uri
 
     def __call__(self, table: pa.Table) -> pa.Table:
