@@ -239,7 +239,8 @@ class ModelSet:
             raise KeyError(f"encoder name must be one of {ENCODER_NAMES}, got {name!r}")
         # The one validate() just loaded and checked, handed over once (f is the largest file: 838 MB
         # at 256 px), else a new one.
-        return self._validated.pop(name, None) or self._load(name)
+        validated = self._validated.pop(name, None)
+        return validated if validated is not None else self._load(name)
 
     def psp(self, name: str = "unmask", bf16: bool = False, channels_last: bool = False) -> PSP:
         """U = g(f(M)) as one module, outputs pooled to image_size; shares the frozen generator."""
