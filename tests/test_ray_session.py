@@ -1,5 +1,6 @@
-"""Quiet by default: what Ray's C++ core writes to the process's standard error goes to the job's log
-file; our own lines on `sys.stderr` still reach the terminal; `--verbose` shows everything."""
+"""How jobs start Ray. Quiet by default: what Ray's C++ core writes to the process's standard error goes
+to the job's log file, our own lines on `sys.stderr` still reach the terminal, `--verbose` shows
+everything. A local Ray's processes poll Ray Train's workers at a short interval."""
 
 from __future__ import annotations
 
@@ -44,3 +45,15 @@ def test_verbose_shows_native_lines() -> None:
     proc = _run({"UNMASK_VERBOSE": "1"})
     assert "native line" in proc.stderr and "our progress line" in proc.stderr
     assert proc.stdout.strip() == ""
+
+
+def test_a_local_rays_processes_check_on_ray_train_workers_every_half_second(ray_local) -> None:
+    import ray
+
+    from unmask_core import ray_session
+
+    @ray.remote
+    def poll_interval() -> str | None:  # read where Ray Train's controller reads it: in a Ray process
+        return os.environ.get(ray_session.TRAIN_POLL_ENV)
+
+    assert ray.get(poll_interval.remote()) == ray_session.LOCAL_TRAIN_POLL_S == "0.5"
