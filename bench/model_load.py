@@ -3,7 +3,7 @@ as the unmask stage does (`inference.Unmasker`), timed from the outside, for one
 in alternating rounds (so that a drifting machine speed falls on both alike).
 
     git worktree add /tmp/before <commit>          # the code to compare against
-    python -m bench.model_load --tree /tmp/before --tree . [--size 256] [--rounds 5]
+    python -m bench.model_load --tree /tmp/before=before --tree .=now [--size 256] [--rounds 5]
 
 Each round starts one process per tree, in turn; the table gives each tree's median seconds (process
 start to models ready, imports included) and the median of the per-round ratios to the first tree.
@@ -41,11 +41,12 @@ def load_seconds(tree: Path, models: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--tree", action="append", type=Path, required=True, help="a source tree (repeat)")
+    parser.add_argument("--tree", action="append", required=True, help="PATH[=LABEL]: a source tree (repeat)")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    trees = [t.resolve() for t in args.tree]
+    labels = {Path(t.split("=", 1)[0]).resolve(): t.split("=", 1)[1] if "=" in t else "" for t in args.tree}
+    trees = list(labels)
     from unmask_core.models.model_set import init_model_set
 
     with tempfile.TemporaryDirectory() as folder:
@@ -61,11 +62,10 @@ def main() -> None:
     for tree in trees:
         ratios = [b / a for a, b in zip(first, times[tree], strict=True)]
         commit = subprocess.run(
-            ["git", "-C", str(tree), "log", "-1", "--format=%h %s"], capture_output=True, text=True
-        ).stdout.strip()[:70]
-        rows.append(
-            f"| `{commit}` | {statistics.median(times[tree]):.2f} | {statistics.median(ratios):.3f} |"
-        )
+            ["git", "-C", str(tree), "log", "-1", "--format=%h (%cs)"], capture_output=True, text=True
+        ).stdout.strip()
+        median, ratio = statistics.median(times[tree]), statistics.median(ratios)
+        rows.append(f"| `{commit}` {labels[tree]} | {median:.2f} | {ratio:.3f} |")
     text = (
         "## Unmask actor start-up: loading the model set (`bench/model_load.py`)\n\n"
         f"Machine: {machine_description()}. {args.size} px model set from `models init` (f + g + ArcFace + "

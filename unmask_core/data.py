@@ -193,8 +193,9 @@ def encode_png(image: np.ndarray) -> bytes:
 
 def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:
     """RGB [H, W, 3] uint8 -> JPEG bytes (libjpeg-turbo through OpenCV) with full-resolution colour
-    (4:4:4: no chroma subsampling to blur a face's colours), baseline, for every reader. About a tenth of
-    the PNG encoder's CPU and a quarter of its bytes for a 256 px face at quality 95 (bench/pipeline.py)."""
+    (4:4:4: no chroma subsampling to blur a face's colours), baseline, for every reader. About a sixth of
+    the PNG encoder's CPU and under a third of its bytes for a 256 px face at quality 95
+    (bench/pipeline.py)."""
     import cv2
 
     params = [

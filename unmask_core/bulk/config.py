@@ -56,8 +56,8 @@ class BulkConfig(JobConfig):
     bf16: bool = option(True, "bf16 autocast for the unmask stage on GPU (CPU stays fp32)")
     image_format: str = option(
         "png",
-        "unmasked faces as lossless PNG, or as JPEG (4:4:4, --jpeg-quality): a tenth of PNG's host CPU "
-        "and a quarter of its bytes",
+        "unmasked faces as lossless PNG, or as JPEG (4:4:4, --jpeg-quality): a sixth of PNG's encoding "
+        "CPU and under a third of its bytes",
         choices=["png", "jpeg"],
     )
     jpeg_quality: int = option(95, "JPEG quality (1-100) with --image-format jpeg")
