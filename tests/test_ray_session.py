@@ -20,29 +20,40 @@ SCRIPT = textwrap.dedent(
     path = ray_session.quiet_output()
     os.write(2, b"core_worker.cc:2465: a native line\\n")
     print("our progress line", file=sys.stderr)
-    print(path or "")
+    print(path or "", flush=True)
+    if "--crash" in sys.argv:
+        import ctypes
+        ctypes.string_at(0)  # a fault in native code
     """
 )
 
 
-def _run(env_extra: dict[str, str]) -> subprocess.CompletedProcess:
+def _run(env_extra: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     quiet = ("UNMASK_VERBOSE", "UNMASK_RAY_WORKER_LOGS")
     env = {k: v for k, v in os.environ.items() if k not in quiet} | env_extra
     return subprocess.run(
-        [sys.executable, "-c", SCRIPT], cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", SCRIPT, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True
     )
 
 
 def test_native_stderr_goes_to_the_log_file_and_ours_to_the_terminal() -> None:
     proc = _run({})
+    assert proc.returncode == 0, proc.stderr
     assert "our progress line" in proc.stderr
     assert "native line" not in proc.stderr
     log = Path(proc.stdout.strip())
     assert "core_worker.cc:2465: a native line" in log.read_text()
 
 
+def test_a_crash_of_the_process_still_shows_on_the_terminal() -> None:
+    proc = _run({}, "--crash")
+    assert proc.returncode != 0
+    assert "Fatal Python error" in proc.stderr and "native line" not in proc.stderr
+
+
 def test_verbose_shows_native_lines() -> None:
     proc = _run({"UNMASK_VERBOSE": "1"})
+    assert proc.returncode == 0, proc.stderr
     assert "native line" in proc.stderr and "our progress line" in proc.stderr
     assert proc.stdout.strip() == ""
 

@@ -3,6 +3,7 @@ under `ray job submit`), an in-process local Ray otherwise."""
 
 from __future__ import annotations
 
+import faulthandler
 import io
 import json
 import logging
@@ -87,6 +88,8 @@ def _native_stderr_to(path: str) -> None:
     sys.stderr = io.TextIOWrapper(
         io.FileIO(terminal, "w"), encoding=encoding, errors="backslashreplace", line_buffering=True
     )
+    # A crash of the process itself (a fault in native code) still shows its Python stack here.
+    faulthandler.enable(file=sys.stderr)
 
 
 def _route_raylet_messages(logger: logging.Logger) -> None:
