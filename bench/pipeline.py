@@ -62,9 +62,9 @@ def host_steps(
     """Single-thread CPU milliseconds per image of each host step of the GPU configuration (process
     time, so a loaded machine's waiting does not count): read the bytes, decode them (PIL: the CPU path),
     hand them to the device decoder (the CPU actor's header check, `photo_for_device`, then the unmask
-    actor's copy of the bytes into a tensor for nvJPEG), PNG-encode the 256 px unmasked face, and upload
-    it (an atomic local write: an S3 PUT's CPU cost is of the same order). Also the PNG's bytes, now
-    and with the encoders before."""
+    actor's copy of the bytes into a tensor for nvJPEG), encode the 256 px unmasked face (PNG, or JPEG
+    with --image-format jpeg), and upload it (an atomic local write: an S3 PUT's CPU cost is of the same
+    order). Also each encoding's bytes, and the PNG encoders before."""
     import torch
 
     from unmask_core import data, storage
