@@ -27,7 +27,7 @@ from unmask_core.errors import UserError
 from unmask_core.models.encoder import EncoderConfig, GradualStyleEncoder
 from unmask_core.models.irse import Backbone, BackboneConfig
 from unmask_core.models.psp import LatentEncoder
-from unmask_core.models.runtime import assign_weights
+from unmask_core.models.runtime import build_on_meta
 from unmask_core.models.stylegan2 import Generator, GeneratorConfig
 
 FORMAT = "unmask-checkpoint/1"
@@ -125,11 +125,7 @@ def build_strict(
     """`factory()` holding exactly `state_dict`'s weights (else a CheckpointError naming the file), in
     the module's own dtypes. Built on the meta device and the loaded tensors assigned: no random
     initialisation to throw away (a third of a 256 px model set's load time) and no second copy."""
-    with torch.device("meta"):
-        module = factory()
-    expected = module.state_dict()
-    check_fit(uri, what, expected, state_dict)
-    return assign_weights(module, {k: v.to(expected[k].dtype) for k, v in state_dict.items()})
+    return build_on_meta(factory, state_dict, fit=lambda expected: check_fit(uri, what, expected, state_dict))
 
 
 def state_dict_sha256(state_dict: Mapping[str, Tensor]) -> str:

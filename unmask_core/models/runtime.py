@@ -72,23 +72,27 @@ def prepare_for_inference(
 
 
 def build_on_meta(
-    factory: Callable[[], ModuleT], state_dict: Mapping[str, Tensor], strict: bool = True
+    factory: Callable[[], ModuleT],
+    state_dict: Mapping[str, Tensor],
+    fit: Callable[[Mapping[str, Tensor]], None] | None = None,
 ) -> ModuleT:
-    """`factory()` built on the meta device (no random initialisation), then its state dict assigned."""
-    with torch.device("meta"):
-        module = factory()
-    return assign_weights(module, state_dict, strict)
-
-
-def assign_weights(module: ModuleT, state_dict: Mapping[str, Tensor], strict: bool = True) -> ModuleT:
-    """A module built on the meta device takes the state dict's tensors as its own (no copy).
+    """`factory()` built on the meta device (no random initialisation), then the state dict's tensors
+    assigned as its own (no copy), each cast to the module's dtype where it differs. `fit`, if given,
+    sees the module's expected state dict (meta tensors: keys, shapes, dtypes) first, to refuse
+    weights that do not fit with its own message.
 
     Parameters and persistent buffers (StyleGAN2's blur kernels and noise, BatchNorm statistics) take
     the state dict's tensors. Non-persistent buffers come from the factory: they are real when made
     from real tensors the factory is given (latent_avg), and any left on the meta device, because
     only the constructor could compute them, are an error rather than a silently empty tensor.
     """
-    module.load_state_dict(state_dict, strict=strict, assign=True)
+    with torch.device("meta"):
+        module = factory()
+    expected = module.state_dict()
+    if fit is not None:
+        fit(expected)
+    typed = {k: v.to(expected[k].dtype) if k in expected else v for k, v in state_dict.items()}
+    module.load_state_dict(typed, strict=True, assign=True)
     empty = [name for name, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
     if empty:
         raise RuntimeError(f"still on the meta device after loading: {', '.join(empty)}")
