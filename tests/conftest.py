@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.processes import orphaned_ray_processes
 from tests.support.model_sets import make_tiny_model_set
 from unmask_core import local_s3
 
@@ -64,3 +67,21 @@ def tiny_model_set(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A 64 px model set made once (seed TINY_MODEL_SET_SEED), as a local path. Read it only: a test
     that changes a model set copies this one or makes its own."""
     return make_tiny_model_set(tmp_path_factory.mktemp("tiny_model_set"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_ray_process_outlives_its_module() -> Iterator[None]:
+    """Each test module shuts down the Ray processes it started. A Ray agent whose raylet was killed
+    spins on a core until it is killed: one left by the first module made the rest of the suite run on
+    one core of two. Those left are killed, and the module fails naming them."""
+    yield
+    deadline = time.monotonic() + 10  # a Ray that was stopped may take a few seconds to exit
+    while (orphans := orphaned_ray_processes()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for orphan in orphans:
+        try:
+            os.kill(int(orphan.split()[0]), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if orphans:
+        pytest.fail(f"Ray processes outlived their module (killed now): {orphans}")

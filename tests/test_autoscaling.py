@@ -12,9 +12,7 @@ token auth) and stopped by PID.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -27,7 +25,6 @@ from ray.autoscaler._private.util import validate_config
 from ray.util.state import StateApiClient
 from ray.util.state.common import ActorState, ListApiOptions, NodeState, StateResource
 
-from tests.processes import pids_with_argument
 from tests.test_cluster import load_cluster
 from tests.test_job_submit import RayHead, free_port, hanks_upscaled, put, start_head, submit_and_wait
 from unmask_core import local_s3, shards, storage
@@ -196,13 +193,7 @@ def fake_cluster(s3_server: local_s3.S3Server) -> Iterator[FakeCluster]:
         yield FakeCluster(head)
     finally:
         if head is not None:
-            head.stop()
-        # The worker nodes' raylets belong to the autoscaler process, not to `ray start`.
-        for pid in pids_with_argument(str(temp_dir)):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            head.stop()  # the worker nodes' processes too: they carry the head's environment
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 

@@ -37,7 +37,7 @@ from ray.job_submission import JobStatus, JobSubmissionClient
 
 from tests.conftest import REPO_ROOT
 from tests.images import encode
-from tests.processes import pids_with_title
+from tests.processes import pids_of_ray_node
 from unmask_core import local_s3, shards, storage
 from unmask_core.faces.samples import load_rgb, sample_photo
 
@@ -100,10 +100,12 @@ class RayHead:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        # Anything still carrying this head's unique temp dir on its command line is ours; wait until
-        # it is gone, or it may write into the temp dir after the caller has removed it.
+        # Every process of this node (worker nodes an autoscaler started included) is killed and waited
+        # for: a leftover may write into the temp dir after the caller has removed it, and an agent
+        # whose raylet is gone spins on a core for the rest of the suite.
         deadline = time.monotonic() + 15
-        while (leftovers := pids_with_title(str(self.temp_dir))) and time.monotonic() < deadline:
+        while leftovers := pids_of_ray_node(str(self.temp_dir), self.process.pid):
+            assert time.monotonic() < deadline, f"processes of the test head survive SIGKILL: {leftovers}"
             for pid in leftovers:
                 try:
                     os.kill(pid, signal.SIGKILL)
