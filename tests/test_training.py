@@ -138,7 +138,8 @@ def test_two_workers_survive_a_killed_worker_and_resume_past_a_broken_checkpoint
     tiny_model_set: str, run_pairs: str, bucket: str, ray_local, capsys
 ) -> None:
     out = f"{bucket}/runs"
-    cfg = _config(tiny_model_set, run_pairs, out, workers=2, steps=24, checkpoint_every=4, max_failures=2)
+    # 12 steps, a checkpoint every 4: the kill comes after the first committed one, with steps left.
+    cfg = _config(tiny_model_set, run_pairs, out, workers=2, steps=12, checkpoint_every=4, max_failures=2)
     result: dict = {}
     run = threading.Thread(target=lambda: result.update(first=run_training(cfg)))
     run.start()
@@ -146,9 +147,9 @@ def test_two_workers_survive_a_killed_worker_and_resume_past_a_broken_checkpoint
     run.join(timeout=400)
     assert killed is not None, "the run ended before a committed checkpoint and a live worker were seen"
     assert not run.is_alive(), "the run did not finish after a worker was killed"
-    assert result["first"]["step"] == 24
+    assert result["first"]["step"] == 12
     history = _metrics(out, "unmask")
-    assert [row["step"] for row in history] == list(range(1, 25))
+    assert [row["step"] for row in history] == list(range(1, 13))
     for term in ("l2", "lpips", "id", "latent", "loss"):
         assert all(np.isfinite(row[term]) for row in history)
     restarted_at = max(row["resumed_from_step"] for row in history)
@@ -157,23 +158,23 @@ def test_two_workers_survive_a_killed_worker_and_resume_past_a_broken_checkpoint
     assert storage.exists(storage.join(out, "models", "encoder.pt"))
 
     # Rerunning the same command with more steps resumes from the newest checkpoint that loads: here the
-    # newest (step 24) is truncated, as a full disk would leave it, and a folder that a killed run never
+    # newest (step 12) is truncated, as a full disk would leave it, and a folder that a killed run never
     # committed lies beside them.
     run_uri = storage.join(out, "unmask")
     (newest_step, newest), (previous_step, _) = committed_checkpoints(run_uri)[:2]
-    assert newest_step == 24
+    assert newest_step == 12
     state_uri = storage.join(run_uri, newest, STATE_FILE)
     storage.write_bytes_atomic(state_uri, storage.read_bytes(state_uri)[:5000])
     stray = storage.join(run_uri, "checkpoint_2026-01-01_00-00-00.000000")
     storage.write_bytes_atomic(storage.join(stray, STATE_FILE), b"half written")
     capsys.readouterr()
-    second = run_training(_config(tiny_model_set, run_pairs, out, workers=2, steps=26, checkpoint_every=4))
+    second = run_training(_config(tiny_model_set, run_pairs, out, workers=2, steps=14, checkpoint_every=4))
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
-    assert warnings[0].startswith(f"warning: checkpoint {storage.join(run_uri, newest)} (step 24) cannot")
+    assert warnings[0].startswith(f"warning: checkpoint {storage.join(run_uri, newest)} (step 12) cannot")
     assert f"from step {previous_step}" in warnings[1]
     assert not storage.exists(stray)
-    assert second["step"] == 26
+    assert second["step"] == 14
     resumed = _metrics(out, "unmask")
-    assert [row["step"] for row in resumed] == list(range(1, 27))
+    assert [row["step"] for row in resumed] == list(range(1, 15))
     assert resumed[previous_step]["resumed_from_step"] == previous_step
     assert resumed[previous_step]["adam_step"] == previous_step + 1  # a fresh optimizer: step 1

@@ -76,7 +76,9 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     storage.check_writable(cfg.out)
     size = ModelSet(cfg.models).image_size
     check_pairs_schema(cfg.pairs)
-    build_lpips(cfg, cfg.models, spatial=False)  # fail here, not in every worker, when weights are missing
+    # Missing LPIPS weights fail here, not in every worker; a random AlexNet cannot fail (3 s to build).
+    if cfg.lpips_backbone != "random":
+        build_lpips(cfg, cfg.models, spatial=False)
     resume = plan_resume(storage.join(cfg.out, cfg.run_name))
     targets = ensure_targets(cfg) if cfg.cache_targets else None
     fs, path = storage.pyarrow_filesystem(cfg.out)
