@@ -69,19 +69,48 @@ def tiny_model_set(tmp_path_factory: pytest.TempPathFactory) -> str:
     return make_tiny_model_set(tmp_path_factory.mktemp("tiny_model_set"))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def no_ray_process_outlives_its_module() -> Iterator[None]:
-    """Each test module shuts down the Ray processes it started. A Ray agent whose raylet was killed
-    spins on a core until it is killed: one left by the first module made the rest of the suite run on
-    one core of two. Those left are killed, and the module fails naming them."""
-    yield
-    deadline = time.monotonic() + 10  # a Ray that was stopped may take a few seconds to exit
-    while (orphans := orphaned_ray_processes()) and time.monotonic() < deadline:
+# A Ray agent whose raylet was killed spins on a core until it is killed: one left by the first module
+# made the rest of the suite run on one core of two. A Ray that was shut down may take seconds to exit,
+# so an orphaned Ray process is an error once it has been seen for ORPHAN_GRACE_S.
+ORPHAN_GRACE_S = 15
+_orphans_seen: dict[str, float] = {}  # orphan -> when first seen
+
+
+def _fail_on_lasting_orphans(wait: bool) -> None:
+    """Kill and fail on orphaned Ray processes seen for ORPHAN_GRACE_S; with `wait`, first wait (at
+    most that long) for those still exiting."""
+    deadline = time.monotonic() + (ORPHAN_GRACE_S + 1 if wait else 0)
+    while True:
+        orphans = orphaned_ray_processes()
+        now = time.monotonic()
+        for key in set(_orphans_seen) - set(orphans):
+            del _orphans_seen[key]
+        lasting = [
+            title
+            for key, title in orphans.items()
+            if now - _orphans_seen.setdefault(key, now) >= ORPHAN_GRACE_S
+        ]
+        if lasting or not orphans or now >= deadline:
+            break
         time.sleep(0.5)
-    for orphan in orphans:
+    for title in lasting:
         try:
-            os.kill(int(orphan.split()[0]), signal.SIGKILL)
+            os.kill(int(title.split()[0]), signal.SIGKILL)
         except ProcessLookupError:
             pass
-    if orphans:
-        pytest.fail(f"Ray processes outlived their module (killed now): {orphans}")
+    if lasting:
+        pytest.fail(f"Ray processes outlived the test module that started them (killed now): {lasting}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_ray_process_outlives_its_module() -> Iterator[None]:
+    """Checked at each module's end without waiting: what a module leaves fails a later one, naming it."""
+    yield
+    _fail_on_lasting_orphans(wait=False)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_ray_process_outlives_the_session() -> Iterator[None]:
+    """The last module's leftovers, after the session's own Ray has stopped."""
+    yield
+    _fail_on_lasting_orphans(wait=True)

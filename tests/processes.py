@@ -46,20 +46,21 @@ def pids_of_ray_node(temp_dir: str, session: int) -> list[int]:
     return found
 
 
-def orphaned_ray_processes() -> list[str]:
-    """Ray processes whose parent is gone (adopted by init), as 'PID title': what a Ray that was not
-    shut down leaves behind."""
-    found = []
+def orphaned_ray_processes() -> dict[str, str]:
+    """Ray processes whose parent is gone (adopted by init), what a Ray that was not shut down leaves
+    behind: {'PID:start time' (a reused PID is another key): 'PID title'}."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            state, ppid = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+            # Fields after the parenthesised name: state, ppid, ..., start time (the 20th).
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             args = (entry / "cmdline").read_bytes().split(b"\0")
         except (OSError, ValueError):
             continue
         title = args[0].decode(errors="replace")
         is_ray = title.startswith("ray::") or any(b"/ray/" in arg for arg in args[:3])
-        if state != "Z" and ppid == "1" and is_ray:
-            found.append(f"{entry.name} {title[:60]}")
+        if fields[0] != "Z" and fields[1] == "1" and is_ray:
+            found[f"{entry.name}:{fields[19]}"] = f"{entry.name} {title[:60]}"
     return found

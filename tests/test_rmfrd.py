@@ -221,7 +221,7 @@ def test_rmfrd_prepare_real_stage_and_evaluation(bucket: str, ray_local) -> None
     models, out = f"{bucket}/models", f"{bucket}/runs"
     assert cli.main(["models", "init", "--size", "64", "--out", models]) == 0
     train = ["train", "--stage", "real", "--pairs", pairs, "--models", models, "--out", out]
-    train += ["--workers", "2", "--steps", "4", "--batch-size", "2", "--checkpoint-every", "2"]
+    train += ["--workers", "1", "--steps", "4", "--batch-size", "2", "--checkpoint-every", "2"]
     train += ["--lpips-backbone", "random", "--t-hat-steps", "6"]
     assert cli.main(train) == 0
 
