@@ -67,6 +67,23 @@ def test_console_script_help_runs_as_a_process() -> None:
     assert proc.returncode == 0 and "--gpus-per-actor" in proc.stdout
 
 
+def test_a_process_that_exits_without_teardown_still_delivers_its_output_logs_and_code(tmp_path) -> None:
+    log = tmp_path / "job.log"
+    script = (
+        "import logging, sys\n"
+        "from unmask_core.cli import exit_process\n"
+        f"handler = logging.FileHandler({str(log)!r})\n"
+        "logging.getLogger('job').addHandler(handler)\n"
+        "logging.getLogger('job').warning('logged line')\n"
+        "print('summary line', end='')\n"  # no newline: block-buffered in a pipe until flushed
+        "print('error line', end='', file=sys.stderr)\n"
+        "exit_process(3)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (3, "summary line", "error line")
+    assert log.read_text() == "logged line\n"
+
+
 def test_unknown_command_fails() -> None:
     assert cli.main(["frobnicate"]) == 2
 

@@ -6,7 +6,10 @@
 from __future__ import annotations
 
 import importlib
+import logging
+import os
 import sys
+from typing import NoReturn
 
 from unmask_core.errors import UserError
 
@@ -47,5 +50,25 @@ def main(argv: list[str] | None = None) -> int:
     return run_job(command, rest)
 
 
+def exit_process(code: int) -> NoReturn:
+    """End a job's process once its work is written and reported: Ray shut down, logs and streams
+    flushed, then out without the interpreter's teardown. That teardown only runs torch's, Ray's and
+    Ray Data's native destructors, 1.3-1.7 s at the end of every job on 2 cores, with nothing left to
+    save. Process entry points only: a caller that goes on (a test calling `main`) keeps its process."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        if stream is not None:
+            stream.flush()
+    os._exit(code)
+
+
+def console() -> NoReturn:
+    """The `unmask` console script."""
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()
