@@ -6,7 +6,8 @@ same decoded images, on the same machine (CPU), and the job's peak RSS at N and 
 The bare loop does only the work per image (detect, align, unmask, embed) on images already decoded in
 memory; the job also lists, reads, decodes, writes images and Parquet, and runs on Ray Data. Peak RSS is
 the largest sum of resident memory over the job's whole process tree (driver, raylet, workers), sampled
-every 0.2 s.
+every 0.2 s; the same samples give each process's CPU seconds, summed per part of the job (driver,
+each stage's actors, Ray's own processes).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -120,7 +122,8 @@ def host_steps(
     return steps, sizes
 
 
-def bare_loop(images: list[np.ndarray], models: str, batch_size: int) -> float:
+def bare_loop(images: list[np.ndarray], models: str, batch_size: int) -> tuple[float, float]:
+    """Images/s of the bare loop, and the CPU seconds it spent per image (all its threads)."""
     import torch
 
     from unmask_core.faces.align import align_face
@@ -130,41 +133,80 @@ def bare_loop(images: list[np.ndarray], models: str, batch_size: int) -> float:
     detector = build_detector("mtcnn", "cpu")
     unmasker = Unmasker(models, ["arcface", "facenet"], device="cpu")
     torch.set_num_threads(os.cpu_count() or 2)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     faces = []
     for image in images:
         found = detector.detect(image)
         if found:
             faces.append(align_face(image, found[0].landmarks, size=256)[0])
     unmasker.run(np.stack(faces), batch_size)
-    return len(images) / (time.perf_counter() - started)
+    cpu_per_image = (time.process_time() - cpu_started) / len(images)
+    return len(images) / (time.perf_counter() - started), cpu_per_image
 
 
-def _tree_rss(root: int) -> int:
-    """Resident bytes of a process and all its descendants."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            status = (entry / "status").read_text()
-        except OSError:
-            continue
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        pid, ppid = int(entry.name), int(fields.get("PPid", "0").strip())
-        children.setdefault(ppid, []).append(pid)
-        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
-    total, stack = 0, [root]
-    while stack:
-        pid = stack.pop()
-        total += rss.get(pid, 0)
-        stack.extend(children.get(pid, []))
-    return total
+# Which part of the job a process is, by its title (Ray titles actor processes `ray::<class>`).
+DRIVER, OTHERS = "driver (`jobs.unmask`: Ray Data's executor, shard commits)", "Ray's own processes"
+ROLES = (
+    ("UnmaskingStage", "unmask actors (2)"),
+    ("FaceFindingStage", "detect/align actor"),
+    ("ImageWriter", "image writer actors"),
+)
 
 
-def run_job(gallery: Path, out: Path, models: str, batch_size: int) -> tuple[float, float, int]:
-    """Runs `jobs.unmask` as a user would; returns (inputs, seconds, peak RSS of its process tree)."""
+@dataclass
+class ProcessTree:
+    """A job's process tree as sampled: the peak of its summed resident memory, and each process's
+    title and CPU seconds (user + system) when last seen."""
+
+    root: int
+    peak_rss: int = 0
+    cpu_s: dict[int, float] = field(default_factory=dict)
+    titles: dict[int, str] = field(default_factory=dict)
+
+    def sample(self) -> None:
+        children: dict[int, list[int]] = {}
+        stats: dict[int, tuple[int, float]] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                status = (entry / "status").read_text()
+                stat = (entry / "stat").read_text()
+                title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            except OSError:
+                continue
+            fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+            pid, ppid = int(entry.name), int(fields.get("PPid", "0").strip())
+            children.setdefault(ppid, []).append(pid)
+            after_name = stat[stat.rfind(")") + 2 :].split()  # fields 3.. of proc(5)'s stat
+            cpu = (int(after_name[11]) + int(after_name[12])) / CLOCK_TICKS
+            stats[pid] = (int(fields.get("VmRSS", "0 kB").split()[0]) * 1024, cpu)
+            # An exiting process has no command line, and an idle worker may yet become an actor.
+            if title and "ray::IDLE" not in title:
+                self.titles[pid] = title
+        total, stack = 0, [self.root]
+        while stack:
+            pid = stack.pop()
+            if pid in stats:
+                total += stats[pid][0]
+                self.cpu_s[pid] = stats[pid][1]
+            stack.extend(children.get(pid, []))
+        self.peak_rss = max(self.peak_rss, total)
+
+    def cpu_by_role(self) -> dict[str, float]:
+        roles = {name: 0.0 for name in (DRIVER, *(role for _, role in ROLES), OTHERS)}
+        for pid, cpu in self.cpu_s.items():
+            title = self.titles.get(pid, "")
+            role = DRIVER if pid == self.root else next((r for key, r in ROLES if key in title), OTHERS)
+            roles[role] += cpu
+        return roles
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def run_job(gallery: Path, out: Path, models: str, batch_size: int) -> tuple[float, float, ProcessTree]:
+    """Runs `jobs.unmask` as a user would; returns (inputs, seconds, its process tree as sampled)."""
     command = [
         sys.executable,
         "-m",
@@ -185,15 +227,14 @@ def run_job(gallery: Path, out: Path, models: str, batch_size: int) -> tuple[flo
         "--cpu-actors",
         "1,1",
     ]
-    peak = 0
     process = subprocess.Popen(
         command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
+    tree = ProcessTree(process.pid)
 
     def sample() -> None:
-        nonlocal peak
         while process.poll() is None:
-            peak = max(peak, _tree_rss(process.pid))
+            tree.sample()
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample)
@@ -205,7 +246,37 @@ def run_job(gallery: Path, out: Path, models: str, batch_size: int) -> tuple[flo
     if process.returncode:
         raise RuntimeError(stderr[-3000:])
     summary = json.loads((out / "summary.json").read_text())
-    return summary["inputs"], elapsed, peak
+    return summary["inputs"], elapsed, tree
+
+
+def cpu_accounting(
+    small: ProcessTree, large: ProcessTree, n: int, bare: float, bare_cpu_per_image: float
+) -> str:
+    """Where the job's CPU goes, per part: its CPU seconds at N and 4N images, split by a line through
+    the two into a fixed part (start-up, shut-down, polling) and a part per image; and the ratio that
+    fixed part leaves possible on this machine's cores."""
+    at_n, at_4n = small.cpu_by_role(), large.cpu_by_role()
+    rows, fixed_total, per_image_total = "", 0.0, 0.0
+    for role in at_n:
+        per_image = (at_4n[role] - at_n[role]) / (3 * n)
+        fixed = at_n[role] - per_image * n
+        fixed_total, per_image_total = fixed_total + fixed, per_image_total + per_image
+        rows += f"| {role} | {at_n[role]:.1f} | {at_4n[role]:.1f} | {fixed:.1f} | {per_image:.2f} |\n"
+    cores = os.cpu_count() or 1
+    bare_s = 4 * n / bare
+    ceiling = bare_s / (bare_s + fixed_total / cores)
+    return (
+        "\nWhere the job's CPU goes (CPU seconds, user + system, of each process of its tree; fixed and "
+        "per image from the line through N and 4N):\n\n"
+        "| part | CPU s at N | CPU s at 4N | fixed CPU s | CPU s per image |\n|---|---|---|---|---|\n"
+        + rows
+        + f"| all | {sum(at_n.values()):.1f} | {sum(at_4n.values()):.1f} | {fixed_total:.1f} | "
+        f"{per_image_total:.2f} |\n\n"
+        f"The bare loop spends {bare_cpu_per_image:.2f} CPU s per image. The job's fixed "
+        f"{fixed_total:.0f} CPU s are at least {fixed_total / cores:.0f} s of wall time on {cores} cores, "
+        f"so even at the bare loop's cost per image the job's ratio at 4N stays under "
+        f"{bare_s:.0f} / ({bare_s:.0f} + {fixed_total / cores:.0f}) = **{ceiling:.2f}** on this machine.\n"
+    )
 
 
 def main() -> None:
@@ -226,9 +297,10 @@ def main() -> None:
         make_gallery(root / "gallery_n", args.n)
         large = make_gallery(root / "gallery_4n", 4 * args.n)
         steps, file_sizes = host_steps(root / "gallery_4n", large)
-        bare = bare_loop(large, models, args.batch_size)
-        n_small, t_small, rss_small = run_job(root / "gallery_n", root / "out_n", models, args.batch_size)
-        n_large, t_large, rss_large = run_job(root / "gallery_4n", root / "out_4n", models, args.batch_size)
+        bare, bare_cpu_per_image = bare_loop(large, models, args.batch_size)
+        n_small, t_small, small = run_job(root / "gallery_n", root / "out_n", models, args.batch_size)
+        n_large, t_large, large_tree = run_job(root / "gallery_4n", root / "out_4n", models, args.batch_size)
+    rss_small, rss_large = small.peak_rss, large_tree.peak_rss
     job_small, job_large = n_small / t_small, n_large / t_large
     # The extra 3N images cost t(4N) - t(N): the job's rate once Ray and the actors are up.
     marginal = (n_large - n_small) / (t_large - t_small)
@@ -247,6 +319,7 @@ def main() -> None:
         f"**{marginal / bare:.3f}** at the job's marginal rate. "
         f"Peak RSS 4N / N: **{rss_large / rss_small:.3f}** (goal ≤ 1.1).\n"
     )
+    text += cpu_accounting(small, large_tree, args.n, bare, bare_cpu_per_image)
     gpu_path = steps[READ] + steps[HANDOFF] + steps[PNG] + steps[UPLOAD]
     with_decode = steps[READ] + steps[DECODE] + steps[PNG] + steps[UPLOAD]
     jpeg_out = steps[READ] + steps[HANDOFF] + steps[JPEG] + steps[UPLOAD]
