@@ -42,8 +42,18 @@ def processes() -> Iterator[Process]:
 
 
 def pids_with_title(prefix: str) -> list[int]:
-    """PIDs whose process title starts with `prefix`."""
-    return [p.pid for p in processes() if p.title.startswith(prefix)]
+    """PIDs whose process title starts with `prefix`, among this process's descendants: the workers of
+    the Ray this test run started, never those of a user's job running beside the tests."""
+    every = list(processes())
+    children: dict[int, list[int]] = {}
+    for process in every:
+        children.setdefault(process.ppid, []).append(process.pid)
+    ours, stack = set(), [os.getpid()]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            ours.add(child)
+            stack.append(child)
+    return [p.pid for p in every if p.pid in ours and p.title.startswith(prefix)]
 
 
 def pids_of_ray_node(temp_dir: str, session: int) -> list[int]:
