@@ -151,6 +151,7 @@ ROLES = (
     ("FaceFindingStage", "detect/align actor"),
     ("ImageWriter", "image writer actors"),
 )
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # the unit of CPU times in /proc/<pid>/stat
 
 
 @dataclass
@@ -200,9 +201,6 @@ class ProcessTree:
             role = DRIVER if pid == self.root else next((r for key, r in ROLES if key in title), OTHERS)
             roles[role] += cpu
         return roles
-
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def run_job(gallery: Path, out: Path, models: str, batch_size: int) -> tuple[float, float, ProcessTree]:
