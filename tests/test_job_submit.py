@@ -391,9 +391,10 @@ def test_train_job_checkpoints_to_s3_and_exports_a_model_set(
 ):
     pairs, _ = corpus_pairs
     runs = f"{bucket}/runs"
+    # One worker: two-worker DDP, killed workers included, has its own test (test_training).
     submit_and_wait(
         ray_head,
-        f"python -m jobs.train --stage baseline --workers 2 --steps 3 --checkpoint-every 2 --batch-size 2 "
+        f"python -m jobs.train --stage baseline --workers 1 --steps 3 --checkpoint-every 2 --batch-size 2 "
         f"--lpips-backbone random --pairs {pairs} --models {model_set} --out {runs}",
     )
 
