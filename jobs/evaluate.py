@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from unmask_core.cli import exit_process
+from unmask_core.cli import job_process
 from unmask_core.config import parse_config
 from unmask_core.evaluation import EvaluateConfig
 
@@ -21,4 +21,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_process(main())
+    job_process("evaluate", main)

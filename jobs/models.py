@@ -7,7 +7,7 @@ import json
 from dataclasses import asdict, dataclass
 
 from unmask_core import storage
-from unmask_core.cli import exit_process
+from unmask_core.cli import job_process
 from unmask_core.config import JobConfig, add_config_arguments, build_config, option
 
 
@@ -76,4 +76,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_process(main())
+    job_process("models", main)

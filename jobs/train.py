@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from unmask_core.cli import exit_process
+from unmask_core.cli import job_process
 from unmask_core.config import parse_config, save_config
 from unmask_core.training.config import TrainConfig
 
@@ -26,4 +26,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_process(main())
+    job_process("train", main)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from unmask_core.bulk.config import BulkConfig
-from unmask_core.cli import exit_process
+from unmask_core.cli import job_process
 from unmask_core.config import parse_config
 
 
@@ -22,4 +22,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    exit_process(main())
+    job_process("unmask", main)

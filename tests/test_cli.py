@@ -108,22 +108,18 @@ def test_unknown_yaml_key_and_missing_required_option_are_user_errors(tmp_path) 
         parse_config(PrepareConfig, ["--output", "x"], "p", "d")
 
 
-def test_missing_local_input_is_one_line_naming_it(tmp_path) -> None:
+# The console script, and `python -m jobs.<name>` as `ray job submit` runs it.
+@pytest.mark.parametrize("entry", [["unmask_core.cli", "prepare"], ["jobs.prepare"], ["jobs.unmask"]])
+def test_missing_local_input_is_one_line_naming_it(tmp_path, entry: list[str]) -> None:
     missing = tmp_path / "no-such-corpus"
-    command = [
-        sys.executable,
-        "-m",
-        "unmask_core.cli",
-        "prepare",
-        "--input",
-        str(missing),
-        "--output",
-        str(tmp_path),
-    ]
+    command = [sys.executable, "-m", *entry, "--input", str(missing), "--output", str(tmp_path)]
+    if entry[-1].endswith("unmask"):
+        command += ["--models", str(tmp_path)]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2
+    assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and str(missing) in lines[0] and "no such file" in lines[0], proc.stderr
+    assert lines[0].startswith(f"unmask {entry[-1].split('.')[-1]}: error: ")
 
 
 def _job_configs() -> dict[str, type]:

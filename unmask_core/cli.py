@@ -9,6 +9,7 @@ import importlib
 import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import NoReturn
 
 from unmask_core.errors import UserError
@@ -28,14 +29,19 @@ USAGE = (
 )
 
 
-def run_job(module_name: str, argv: list[str]) -> int:
-    """Run `jobs.<module_name>.main(argv)`, turning a UserError into one clear line."""
+def run_main(name: str, main: Callable[[list[str] | None], int | None], argv: list[str] | None) -> int:
+    """Run a job's `main(argv)`, turning a UserError into one clear line and exit code 2."""
     try:
-        module = importlib.import_module(f"jobs.{module_name}")
-        return int(module.main(argv) or 0)
+        return int(main(argv) or 0)
     except UserError as exc:
-        print(f"unmask {module_name}: error: {exc}", file=sys.stderr)
+        print(f"unmask {name}: error: {exc}", file=sys.stderr)
         return 2
+
+
+def run_job(module_name: str, argv: list[str]) -> int:
+    """Run `jobs.<module_name>.main(argv)` as `unmask <module_name>` does."""
+    module = importlib.import_module(f"jobs.{module_name}")
+    return run_main(module_name, module.main, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,6 +75,12 @@ def exit_process(code: int) -> NoReturn:
 def console() -> NoReturn:
     """The `unmask` console script."""
     exit_process(main())
+
+
+def job_process(name: str, main: Callable[[list[str] | None], int | None]) -> NoReturn:
+    """`python -m jobs.<name>`, what `ray job submit` runs: the same one-line errors, exit codes and
+    exit as `unmask <name>`."""
+    exit_process(run_main(name, main, None))
 
 
 if __name__ == "__main__":
