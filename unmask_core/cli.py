@@ -29,10 +29,13 @@ USAGE = (
 )
 
 
-def run_main(name: str, main: Callable[[list[str] | None], int | None], argv: list[str] | None) -> int:
+JobMain = Callable[[list[str] | None], int | None]  # a job module's `main(argv)`
+
+
+def run_main(name: str, job_main: JobMain, argv: list[str] | None) -> int:
     """Run a job's `main(argv)`, turning a UserError into one clear line and exit code 2."""
     try:
-        return int(main(argv) or 0)
+        return int(job_main(argv) or 0)
     except UserError as exc:
         print(f"unmask {name}: error: {exc}", file=sys.stderr)
         return 2
@@ -77,10 +80,10 @@ def console() -> NoReturn:
     exit_process(main())
 
 
-def job_process(name: str, main: Callable[[list[str] | None], int | None]) -> NoReturn:
+def job_process(name: str, job_main: JobMain) -> NoReturn:
     """`python -m jobs.<name>`, what `ray job submit` runs: the same one-line errors, exit codes and
     exit as `unmask <name>`."""
-    exit_process(run_main(name, main, None))
+    exit_process(run_main(name, job_main, None))
 
 
 if __name__ == "__main__":
