@@ -152,6 +152,7 @@ ROLES = (
     ("ImageWriter", "image writer actors"),
 )
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # the unit of CPU times in /proc/<pid>/stat
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")  # the unit of its resident size
 
 
 @dataclass
@@ -165,33 +166,38 @@ class ProcessTree:
     titles: dict[int, str] = field(default_factory=dict)
 
     def sample(self) -> None:
+        # Only each process's stat for the whole machine (parent, CPU times, resident pages): the
+        # sampler shares the cores it measures. Titles are read for the job's own processes.
         children: dict[int, list[int]] = {}
         stats: dict[int, tuple[int, float]] = {}
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
             try:
-                status = (entry / "status").read_text()
                 stat = (entry / "stat").read_text()
-                title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
             except OSError:
                 continue
-            fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-            pid, ppid = int(entry.name), int(fields.get("PPid", "0").strip())
-            children.setdefault(ppid, []).append(pid)
             after_name = stat[stat.rfind(")") + 2 :].split()  # fields 3.. of proc(5)'s stat
+            pid, ppid = int(entry.name), int(after_name[1])
+            children.setdefault(ppid, []).append(pid)
             cpu = (int(after_name[11]) + int(after_name[12])) / CLOCK_TICKS
-            stats[pid] = (int(fields.get("VmRSS", "0 kB").split()[0]) * 1024, cpu)
-            # An exiting process has no command line, and an idle worker may yet become an actor.
-            if title and "ray::IDLE" not in title:
-                self.titles[pid] = title
+            stats[pid] = (int(after_name[21]) * PAGE_BYTES, cpu)
         total, stack = 0, [self.root]
         while stack:
             pid = stack.pop()
-            if pid in stats:
-                total += stats[pid][0]
-                self.cpu_s[pid] = stats[pid][1]
             stack.extend(children.get(pid, []))
+            if pid not in stats:
+                continue
+            total += stats[pid][0]
+            self.cpu_s[pid] = stats[pid][1]
+            try:
+                args = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            title = args.replace(b"\0", b" ").decode(errors="replace").strip()
+            # An exiting process has no command line, and an idle worker may yet become an actor.
+            if title and "ray::IDLE" not in title:
+                self.titles[pid] = title
         self.peak_rss = max(self.peak_rss, total)
 
     def cpu_by_role(self) -> dict[str, float]:
