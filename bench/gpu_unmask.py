@@ -2,29 +2,30 @@
 
 Built for a lent GPU machine that is rare and short (docs/gpu.md): it imports only what that image has
 (torch, numpy, pyarrow, pillow, opencv) plus the small wheels that travel (lpips, facenet-pytorch);
-never ray, s3fs or insightface. Each section runs in its own try/except under its own time cap, and
-after each one DIR/gpu_unmask.json and DIR/gpu_unmask.md are rewritten, so a crash or a kill loses
-at most the section in flight. Sections:
+never ray, s3fs or insightface. The model set is made and loaded first (timed on its own), then each
+section runs in its own try/except under its own time cap (bench/gpu_plan.py, with the time plan that
+shows the shot fits), and after each one DIR/gpu_unmask.json and DIR/gpu_unmask.md are rewritten, so a
+crash or a kill loses at most the section in flight. Sections, in the order they run:
 
 - peak: bf16 dense matmul, the yardstick for MFU, against the card's spec;
-- f_g: f, g and f+g in fp32, TF32 and bf16 over batch sizes;
-- unmask_stage: the bulk job's stage class itself (U = g(f(M)), matchers on M and U, PNG encoding)
-  on a synthetic shard of aligned faces, with the job's own config defaults;
+- unmask_stage: the bulk job's stage class itself (U = g(f(M)), matchers on M and U) on synthetic
+  shards of aligned faces, with the job's own config;
+- train: stage unmask with the training module's own step, loss and optimizer, at several batch sizes;
 - photos (--photos DIR): the same stage as a GPU actor runs it on whole photos, finding their faces on
-  the device first (JPEG decode, MTCNN, the alignment warp);
-- numerics: bf16 against fp32, as PSNR of the delivered U and cosine of each matcher's embedding;
-- train: stage unmask with the training module's own step and loss, batch 8, 16 and 32;
-- compiled (--compile): f, g, f+g and the stage again with torch.compile'd f and g.
+  the device first (JPEG decode with its CPU fallback, MTCNN, the alignment warp);
+- numerics: the job's bf16 networks against true fp32 ones, as PSNR of U and cosine of each embedding;
+- f_g: f, g and f+g in bf16 (the job's networks), TF32 and fp32 (networks built without bf16);
+- compiled (--compile): the stage and f, g, f+g in bf16 with torch.compile'd networks.
 
 Models are a random-weight model set of the reference architectures (speed does not depend on the
-values). `--device cpu --size 64 --quick` is the CI dry run of every section.
+values). `--device cpu --size 64 --quick --cuda-state` is the CI dry run: every section, on a CPU put in
+the state CUDA puts the code in (unmask_core/accelerator.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import importlib
 import json
 import math
@@ -38,7 +39,6 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -48,80 +48,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.benchmarks_md import machine_description
+from bench.gpu_plan import SECTIONS, format_time_plan, job_stage_shape, make_plan, spec_bf16_tflops, time_plan
+from unmask_core.accelerator import CUDA_STATE_ENV, configure_backends, cuda_state, tf32
 
-SECTIONS = ("peak", "f_g", "unmask_stage", "photos", "numerics", "train", "compiled")
 GOALS = {"unmask_stage": "≥ 1,300 faces/s per H100-class GPU", "train": "≥ 400 samples/s"}
-
-# Dense (no sparsity) bf16 tensor-core TFLOP/s from the vendor's data sheets, matched in this order
-# against torch.cuda.get_device_name (so 'GH200' before 'H200', 'L40S' before 'L40' before 'L4').
-SPEC_BF16_TFLOPS = (
-    ("GH200", 989.0),
-    ("H200 NVL", 835.0),
-    ("H200", 989.0),
-    ("H100 NVL", 835.0),
-    ("H100 PCIe", 756.0),
-    ("H100", 989.0),  # 'NVIDIA H100 80GB HBM3' is the SXM card
-    ("B200", 2250.0),
-    ("A100", 312.0),
-    ("L40S", 362.0),
-    ("L40", 181.0),
-    ("L4", 121.0),
-)
-
-
-def spec_bf16_tflops(device_name: str) -> float | None:
-    for key, tflops in SPEC_BF16_TFLOPS:
-        if key in device_name:
-            return tflops
-    return None
-
-
-@dataclasses.dataclass(frozen=True)
-class Plan:
-    """How much each section measures; `--quick` and the CPU shrink it."""
-
-    matmul_sizes: tuple[int, ...]
-    batches: tuple[int, ...]  # f, g, f+g and compiled
-    # (shard size, batch size) of the stage rows, as `unmask` job flags; None: the job's defaults
-    stage_shapes: tuple[tuple[int, int] | None, ...]
-    photo_batches: tuple[int, ...]  # photos per stage call in `photos`
-    numerics_faces: int
-    train_batches: tuple[int, ...]
-    train_steps: int  # timed steps after the warm-up
-    warmup_s: float
-    warmup_calls: int
-    trials: int
-    trial_s: float
-    caps: dict[str, float]  # seconds after which a section starts no new row
-
-
-# On an H200 the sections' caps add up to 7.5 minutes, inside the 9 the run may take (docs/gpu.md).
-CAPS = {"peak": 25, "f_g": 80, "unmask_stage": 70, "photos": 40, "numerics": 20, "train": 75, "compiled": 140}
-
-
-def make_plan(device: str, quick: bool) -> Plan:
-    if device == "cuda" and not quick:
-        return Plan(
-            matmul_sizes=(4096, 8192, 16384),
-            batches=(16, 64, 256),
-            stage_shapes=(None, (256, 64), (256, 128), (512, 256)),
-            photo_batches=(16, 64),
-            numerics_faces=64,
-            train_batches=(8, 16, 32),
-            train_steps=10,
-            warmup_s=0.5,
-            warmup_calls=2,
-            trials=5,
-            trial_s=0.2,
-            caps=CAPS,
-        )
-    half_caps = {name: cap / 2 for name, cap in CAPS.items()}
-    if device == "cuda":
-        return Plan((4096, 8192), (32,), (None,), (16,), 16, (8, 32), 10, 0.3, 2, 3, 0.1, half_caps)
-    if not quick:
-        return Plan((256, 512), (8, 32), (None,), (4,), 16, (8, 16, 32), 10, 0.3, 2, 3, 0.2, CAPS)
-    # The CI dry run: every code path once, in well under a minute on two free cores.
-    return Plan((256,), (2,), ((4, 2),), (2,), 4, (2, 4), 2, 0.0, 1, 2, 0.0, half_caps)
 
 
 # ---------------------------------------------------------------- measuring
@@ -131,6 +61,10 @@ class SectionSkipped(Exception):
     """A section that cannot run here, with the reason (recorded, not a failure)."""
 
 
+class CapReached(Exception):
+    """The section's time cap passed before this row had a timed call."""
+
+
 class Deadline:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
@@ -138,6 +72,14 @@ class Deadline:
 
     def passed(self) -> bool:
         return time.perf_counter() - self.started > self.seconds
+
+    def check(self) -> None:
+        if self.passed():
+            raise CapReached
+
+
+NO_DEADLINE = Deadline(math.inf)
+CAP_NOTE = {"note": "section time cap reached; later rows not measured"}
 
 
 def synchronize(device: str) -> None:
@@ -162,16 +104,26 @@ class Timing:
     seconds: float  # median seconds per call
     calls: int  # timed calls
     peak_memory_gib: float  # after warm-up
+    cut: bool = False  # fewer trials than planned: the section's cap passed
 
 
 def measure(
-    fn: Callable[[], Any], device: str, warmup_s: float, trials: int, trial_s: float, warmup_calls: int = 2
+    fn: Callable[[], Any],
+    device: str,
+    warmup_s: float,
+    trials: int,
+    trial_s: float,
+    warmup_calls: int = 2,
+    deadline: Deadline = NO_DEADLINE,
 ) -> Timing:
     """Median seconds per call of `fn` over `trials` trials of about `trial_s` each (at least one call),
-    after at least `warmup_s` and `warmup_calls` of warm-up. CUDA events on a GPU, perf_counter on CPU."""
+    after at least `warmup_s` and `warmup_calls` of warm-up. CUDA events on a GPU, perf_counter on CPU.
+    The deadline is checked before every call: past it, the warm-up ends, and the trials end once one
+    was timed (CapReached if none was), so a cap is overrun by at most one call."""
     started = time.perf_counter()
     calls = 0
     while True:
+        deadline.check()
         fn()
         synchronize(device)
         calls += 1
@@ -181,8 +133,12 @@ def measure(
     per_call = (time.perf_counter() - started) / calls
     per_trial = max(1, min(1000, round(trial_s / per_call)))
     reset_peak_memory(device)
-    times = []
+    times: list[float] = []
     for _ in range(trials):
+        if deadline.passed():
+            if not times:
+                raise CapReached
+            break
         if device == "cuda":
             begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             begin.record()
@@ -196,7 +152,9 @@ def measure(
             for _ in range(per_trial):
                 fn()
             times.append((time.perf_counter() - began) / per_trial)
-    return Timing(statistics.median(times), trials * per_trial, peak_memory_gib(device))
+    return Timing(
+        statistics.median(times), len(times) * per_trial, peak_memory_gib(device), len(times) < trials
+    )
 
 
 def count_flops(fn: Callable[[], Any]) -> float:
@@ -206,65 +164,101 @@ def count_flops(fn: Callable[[], Any]) -> float:
     return float(counter.get_total_flops())
 
 
-@contextmanager
-def tf32(enabled: bool):
-    """TF32 for matmuls and convolutions on or off, restored afterwards (torch's defaults differ:
-    matmul off, cuDNN on)."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
 def synthetic_faces(count: int, size: int, seed: int = 0) -> np.ndarray:
     """Smooth random aligned 'faces', uint8 [count, size, size, 3], lower half covered as by a mask."""
-    from tests.support.synthetic import smooth_image
+    import cv2
 
     rng = np.random.default_rng(seed)
-    faces = np.stack([smooth_image(rng, size) for _ in range(count)])
+    coarse = rng.integers(0, 256, size=(count, 8, 8, 3), dtype=np.uint8)
+    faces = np.stack([cv2.resize(c, (size, size), interpolation=cv2.INTER_CUBIC) for c in coarse])
     faces[:, size // 2 :] = 0
     return faces
+
+
+def weights_dtype(module: torch.nn.Module) -> str:
+    """The dtype of a network's first convolution weight: what its rows truly compute in."""
+    weight = next(p for p in module.parameters() if p.ndim == 4)
+    return str(weight.dtype).removeprefix("torch.")
 
 
 # ---------------------------------------------------------------- shared state
 
 
 class Bench:
-    """What sections share: arguments, the plan, the model set (made once, lazily) and the peak."""
+    """What sections share: arguments, the plan, the peak, and the networks `setup` builds once: the
+    job's unmask stage (its Unmasker is the job's: bf16 in the CUDA state), the same stage finding faces
+    on whole photos (with --photos), and the same networks built without bf16 (true fp32)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.device: str = args.device
+        self.cuda_state = cuda_state(self.device)
+        configure_backends(self.device)  # what a GPU actor's first step does, before any section
         self.plan = make_plan(self.device, args.quick)
         self.device_name = torch.cuda.get_device_name(0) if self.device == "cuda" else platform.processor()
         self.spec_tflops = spec_bf16_tflops(self.device_name) if self.device == "cuda" else None
         self.measured_peak_tflops: float | None = None
-        self._models_folder: str | None = None
-        self._models_error: BaseException | None = None
+        self.models_folder: str | None = None
+        self.setup_error: str | None = None
+        self._stage = self._photo_stage = self._fp32 = None
 
-    def models_uri(self) -> str:
-        """A random-weight model set at --size, written once into a temporary folder (not under --out:
-        a 256 px set is 2 GiB)."""
-        if self._models_error is not None:
-            raise RuntimeError(f"the model set could not be made: {self._models_error}")
-        if self._models_folder is None:
-            from unmask_core.models.model_set import init_model_set
+    def setup(self) -> dict[str, Any]:
+        """Make the random-weight model set at --size (in a temporary folder, not under --out: a 256 px
+        set is 2 GiB) and load the networks; seconds of each step, or the error that stopped it."""
+        from unmask_core.bulk.config import BulkConfig
+        from unmask_core.bulk.stages import UnmaskingStage
+        from unmask_core.inference import Unmasker
+        from unmask_core.models.model_set import init_model_set
 
-            folder = tempfile.mkdtemp(prefix="gpu_unmask_models_")
-            try:
-                init_model_set(self.args.size, folder)
-            except BaseException as exc:
-                self._models_error = exc
-                shutil.rmtree(folder, ignore_errors=True)
-                raise
-            self._models_folder = folder
-        return self._models_folder
+        seconds: dict[str, float] = {}
+
+        def timed(name: str, build: Callable[[], Any]) -> Any:
+            started = time.perf_counter()
+            built = build()
+            seconds[name] = time.perf_counter() - started
+            return built
+
+        try:
+            self.models_folder = tempfile.mkdtemp(prefix="gpu_unmask_models_")
+            timed("model_set_s", lambda: init_model_set(self.args.size, self.models_folder))
+            job = BulkConfig(input="synthetic", output="unused", models=self.models_folder)
+            self._stage = timed("stage_load_s", lambda: UnmaskingStage(job))
+            self._fp32 = timed(
+                "fp32_load_s", lambda: Unmasker(self.models_folder, job.matchers, self.device, bf16=False)
+            )
+            if self.args.photos is not None:
+                photos = dataclasses.replace(job, input="photos", faces="all")
+                self._photo_stage = timed(
+                    "photo_stage_load_s", lambda: UnmaskingStage(photos, find_faces=True)
+                )
+        except Exception as exc:
+            self.setup_error = f"{type(exc).__name__}: {exc}"
+            return {"status": "failed", "error": self.setup_error, **seconds}
+        return {"status": "ok", **seconds}
+
+    def _built(self, network):
+        if network is None:
+            raise RuntimeError(f"setup failed: {self.setup_error}")
+        return network
+
+    @property
+    def stage(self):
+        """The bulk job's UnmaskingStage, as an unmask actor builds it."""
+        return self._built(self._stage)
+
+    @property
+    def photo_stage(self):
+        """The same stage finding the faces of whole photos on the device (faces='all')."""
+        return self._built(self._photo_stage)
+
+    @property
+    def fp32(self):
+        """An Unmasker of the same model set built with bf16 off: fp32 weights, no autocast."""
+        return self._built(self._fp32)
 
     def close(self) -> None:
-        if self._models_folder is not None:
-            shutil.rmtree(self._models_folder, ignore_errors=True)
+        if self.models_folder is not None:
+            shutil.rmtree(self.models_folder, ignore_errors=True)
 
     def mfu(self, flops_per_second: float) -> dict[str, float | None]:
         return {
@@ -288,17 +282,21 @@ def section_peak(bench: Bench, deadline: Deadline) -> dict:
     rows = []
     for n in plan.matmul_sizes:
         if deadline.passed():
+            rows.append(CAP_NOTE)
             break
         a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
         b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-        timing = measure(lambda a=a, b=b: a @ b, device, max(1.0, plan.warmup_s), plan.trials + 2, 0.1)
+        timing = measure(
+            lambda a=a, b=b: a @ b, device, max(1.0, plan.warmup_s), plan.trials + 2, 0.1, deadline=deadline
+        )
         tflops = 2 * n**3 / timing.seconds / 1e12
         rows.append({"n": n, "tflops": tflops, "ms_per_matmul": timing.seconds * 1e3, "calls": timing.calls})
         del a, b
-    if not rows:
+    measured = [r for r in rows if "tflops" in r]
+    if not measured:
         raise RuntimeError("no matmul size was measured within the section's time cap")
-    bench.measured_peak_tflops = max(r["tflops"] for r in rows)
-    for row in rows:
+    bench.measured_peak_tflops = max(r["tflops"] for r in measured)
+    for row in measured:
         row["of_measured_peak"] = row["tflops"] / bench.measured_peak_tflops
         row["of_spec"] = row["tflops"] / bench.spec_tflops if bench.spec_tflops else None
     of_spec = f", {bench.measured_peak_tflops / bench.spec_tflops:.0%} of spec" if bench.spec_tflops else ""
@@ -311,66 +309,75 @@ def section_peak(bench: Bench, deadline: Deadline) -> dict:
     }
 
 
-def _precisions(device: str) -> list[tuple[str, bool, bool]]:
-    """(name, TF32 on, bf16 autocast); TF32 exists only on NVIDIA GPUs."""
-    names = [("fp32", False, False), ("tf32", True, False), ("bf16", False, True)]
-    return names if device == "cuda" else [p for p in names if p[0] != "tf32"]
+def _precisions(bench: Bench) -> list[tuple[str, Any, bool]]:
+    """(name, the Unmasker whose f and g it runs, TF32 on): bf16 first (the job's own networks, where
+    they are bf16), then TF32 (only in the CUDA state: NVIDIA's) and fp32 on the fp32 networks."""
+    rows = [("bf16", bench.stage.unmasker, False)] if bench.stage.unmasker.bf16 else []
+    if bench.cuda_state:
+        rows.append(("tf32", bench.fp32, True))
+    return rows + [("fp32", bench.fp32, False)]
 
 
-def _networks(bench: Bench, matchers: list[str]):
-    """f and g exactly as the job's Unmasker holds them (eval, frozen, channels_last on a GPU)."""
-    from unmask_core.inference import Unmasker
-
-    return Unmasker(bench.models_uri(), matchers, device=bench.device, bf16=bench.device == "cuda")
-
-
-def _f_g_flops(bench: Bench, encoder, generator) -> dict[str, float]:
+def _f_g_flops(bench: Bench, model) -> dict[str, float]:
     """FLOPs per image of f, g and f+g (uncompiled modules: the counter sees no compiled graph)."""
     size = bench.args.size
     with torch.inference_mode():
         probe = torch.zeros(1, 3, size, size, device=bench.device)
-        codes = encoder(probe)
-        flops = {"f": count_flops(lambda: encoder(probe)), "g": count_flops(lambda: generator(codes))}
+        codes = model.encode(probe)
+        flops = {"f": count_flops(lambda: model.encode(probe)), "g": count_flops(lambda: model.decode(codes))}
     return {**flops, "f+g": flops["f"] + flops["g"]}
+
+
+def _f_g_calls(
+    encode: Callable, decode: Callable, x: torch.Tensor, codes: torch.Tensor
+) -> dict[str, Callable]:
+    return {"f": lambda: encode(x), "g": lambda: decode(codes), "f+g": lambda: decode(encode(x))}
 
 
 def _f_g_rows(
     bench: Bench,
     deadline: Deadline,
-    encoder,
-    generator,
-    precisions,
+    precisions: list[tuple[str, Any, bool]],
     flops: dict[str, float],
-    compiled: bool = False,
+    compile_networks: bool = False,
     batches: tuple[int, ...] = (),
 ) -> list[dict]:
+    """f (PSP.encode), g (PSP.decode) and f+g of each precision's networks, batch by batch."""
     plan, device = bench.plan, bench.device
     size = bench.args.size
     rows = []
     for batch in batches or plan.batches:
         x = torch.rand(batch, 3, size, size, device=device) * 2 - 1  # contiguous, as Unmasker.run feeds f
-        with torch.inference_mode():
-            codes = encoder(x).float()
-        calls = {"f": lambda x=x: encoder(x), "g": lambda c=codes: generator(c)}
-        calls["f+g"] = lambda x=x: generator(encoder(x))
-        for precision, use_tf32, bf16 in precisions:
+        for precision, unmasker, use_tf32 in precisions:
+            model = unmasker.model
+            encode, decode = model.encode, model.decode
+            if compile_networks:
+                encode, decode = torch.compile(encode), torch.compile(decode)
+            with torch.inference_mode():
+                codes = model.encode(x)
+            calls = _f_g_calls(encode, decode, x, codes)
             for module in ("f", "g", "f+g"):
                 if deadline.passed():
-                    return rows + [{"note": "section time cap reached; later rows not measured"}]
-                row = {"module": module, "precision": precision, "batch": batch}
+                    return rows + [CAP_NOTE]
+                network = {"f": model.encoder, "g": model.decoder, "f+g": model}[module]
+                row = {
+                    "module": module,
+                    "precision": precision,
+                    "batch": batch,
+                    "weights": weights_dtype(network),
+                }
                 try:
-                    with (
-                        tf32(use_tf32),
-                        torch.inference_mode(),
-                        torch.autocast(device, dtype=torch.bfloat16, enabled=bf16),
-                    ):
+                    with tf32(use_tf32), torch.inference_mode():
                         timing = measure(
-                            calls[module], device, plan.warmup_s, plan.trials, plan.trial_s, plan.warmup_calls
-                        )
+                            calls[module], device, plan.warmup_s, plan.trials, plan.trial_s,
+                            plan.warmup_calls, deadline,
+                        )  # fmt: skip
                 except torch.OutOfMemoryError:
                     bench.free_memory()
                     rows.append({**row, "note": "out of memory"})
                     continue
+                except CapReached:
+                    return rows + [CAP_NOTE]
                 rate = batch / timing.seconds
                 rows.append(
                     {
@@ -380,83 +387,96 @@ def _f_g_rows(
                         "gflop_per_image": flops[module] / 1e9,
                         **bench.mfu(rate * flops[module]),
                         "peak_memory_gib": timing.peak_memory_gib,
-                        **({"compiled": True} if compiled else {}),
+                        **({"compiled": True} if compile_networks else {}),
+                        **({"cut": True} if timing.cut else {}),
                     }
                 )
-        del x, codes
+            del codes
+        del x
         bench.free_memory()
     return rows
 
 
 def section_f_g(bench: Bench, deadline: Deadline) -> dict:
-    unmasker = _networks(bench, matchers=[])
-    encoder, generator = unmasker.model.encode, unmasker.model.decoder
-    flops = _f_g_flops(bench, encoder, generator)
-    rows = _f_g_rows(bench, deadline, encoder, generator, _precisions(bench.device), flops)
-    best = max((r for r in rows if r.get("module") == "f+g" and "images_per_s" in r),
-               key=lambda r: r["images_per_s"], default=None)  # fmt: skip
-    summary = f"f+g best {best['images_per_s']:.0f} images/s ({best['precision']}, batch {best['batch']})"
-    return {"summary": summary if best else "no f+g row measured", "rows": rows}
+    flops = _f_g_flops(bench, bench.fp32.model)
+    rows = _f_g_rows(bench, deadline, _precisions(bench), flops)
+    measured = [r for r in rows if r.get("module") == "f+g" and "images_per_s" in r]
+    if not measured:
+        return {"summary": "no f+g row measured", "rows": rows}
+    best = max(measured, key=lambda r: r["images_per_s"])
+    return {
+        "summary": f"f+g best {best['images_per_s']:.0f} images/s "
+        f"({best['precision']}, batch {best['batch']})",
+        "rows": rows,
+    }
 
 
-def _stage_rows(bench: Bench, deadline: Deadline, compile_networks: bool = False) -> list[dict]:
-    """One row per (shard size, batch size): a fresh stage built from the job's config, as an actor is."""
-    # The bulk job's stage class and config: the one import to follow if bulk moves or renames them.
-    from unmask_core.bulk.config import BulkConfig
-    from unmask_core.bulk.stages import STAGE_SCHEMA, UnmaskingStage
+def _stage_table(shard: np.ndarray) -> pa.Table:
+    """A shard of aligned faces as the face-finding stage hands it to the unmask stage."""
+    from unmask_core.bulk.stages import STAGE_SCHEMA
 
-    defaults = BulkConfig()
-    shapes = [s or (defaults.shard_size, defaults.batch_size) for s in bench.plan.stage_shapes]
-    if compile_networks:
-        shapes = shapes[:1]
-    faces = synthetic_faces(max(shard for shard, _ in shapes), 256)
+    base = {"shard": 0, "shard_inputs": len(shard), "source_uri": "synthetic", "input_rows": 1}
+    records = [
+        dict(base, id=f"face{i}", status="ok", error="", face_index=0, face=face.tobytes())
+        for i, face in enumerate(shard)
+    ]
+    return pa.Table.from_pylist(
+        [{n: r.get(n) for n in STAGE_SCHEMA.names} for r in records], schema=STAGE_SCHEMA
+    )
+
+
+def stage_flops(bench: Bench) -> float:
+    """FLOPs per face of the unmask stage's compute (f, g, the matchers on M and U), counted on the
+    uncompiled job stage (the counter sees no compiled graph; compiling changes no FLOP)."""
+    return count_flops(lambda: bench.stage.unmasker.run(synthetic_faces(1, 256), 1))
+
+
+def _stage_rows(
+    bench: Bench, deadline: Deadline, stage, shapes: tuple[tuple[int, int] | None, ...], flops: float
+) -> list[dict]:
+    """One row per (shard size, batch size) of `stage`, in the plan's order; None: the job's defaults."""
+    base_cfg = stage.cfg
+    sizes = [shape or job_stage_shape() for shape in shapes]
+    faces = synthetic_faces(max(shard for shard, _ in sizes), 256)
     rows = []
-    for (shard_size, batch_size), flags in zip(shapes, bench.plan.stage_shapes):
+    for (shard_size, batch_size), flags in zip(sizes, shapes):
         if deadline.passed():
-            rows.append({"note": "section time cap reached; later rows not measured"})
+            rows.append(CAP_NOTE)
             break
-        cfg = BulkConfig(
-            input="synthetic", output="unused", models=bench.models_uri(), batch_size=batch_size,
-            shard_size=shard_size,
-        )  # fmt: skip
-        stage = UnmaskingStage(cfg)
+        # The stage reads its batch size from its config, as an actor does.
+        stage.cfg = dataclasses.replace(base_cfg, batch_size=batch_size, shard_size=shard_size)
         shard = faces[:shard_size]
-        flops = count_flops(functools.partial(stage.unmasker.run, shard[:1], batch_size))
-        if compile_networks:
-            stage.unmasker.model = torch.compile(stage.unmasker.model)  # the one g∘f module
-        records = [
-            {"shard": 0, "shard_inputs": shard_size, "id": f"face{i}", "source_uri": "synthetic",
-             "input_rows": 1, "status": "ok", "error": "", "face_index": 0, "face": face.tobytes()}
-            for i, face in enumerate(shard)
-        ]  # fmt: skip
-        table = pa.Table.from_pylist(
-            [{n: r.get(n) for n in STAGE_SCHEMA.names} for r in records], schema=STAGE_SCHEMA
-        )
         row = {
             "config": "job defaults" if flags is None else "flags",
             "shard_size": shard_size,
             "batch_size": batch_size,
             "device": stage.unmasker.device.type,
             "bf16": stage.unmasker.bf16,
-            **({"compiled": True} if compile_networks else {}),
+            "weights": weights_dtype(stage.unmasker.model),
+            **({"compiled": True} if stage.unmasker.compiled else {}),
         }
         try:
-            row.update(_measure_stage(bench, stage, table, shard, batch_size, flops))
+            row.update(_measure_stage(bench, stage, _stage_table(shard), shard, batch_size, flops, deadline))
         except torch.OutOfMemoryError:
             row["note"] = "out of memory"
+        except CapReached:
+            rows.append(CAP_NOTE)
+            break
         rows.append(row)
-        del stage
         bench.free_memory()
+    stage.cfg = base_cfg
     return rows
 
 
 def _measure_stage(
-    bench: Bench, stage, table: pa.Table, faces: np.ndarray, batch_size: int, flops: float
+    bench: Bench, stage, table: pa.Table, faces: np.ndarray, batch_size: int, flops: float, deadline: Deadline
 ) -> dict:
     unmasker, plan = stage.unmasker, bench.plan
     device = unmasker.device.type
-    whole = measure(lambda: stage(table), device, plan.warmup_s, plan.trials, 0.0, plan.warmup_calls)
-    compute = measure(lambda: unmasker.run(faces, batch_size), device, 0.0, plan.trials, 0.0, 1)
+    whole = measure(
+        lambda: stage(table), device, plan.warmup_s, plan.trials, 0.0, plan.warmup_calls, deadline
+    )
+    compute = measure(lambda: unmasker.run(faces, batch_size), device, 0.0, plan.trials, 0.0, 1, deadline)
     rate = len(faces) / whole.seconds
     return {
         "images_per_s": rate,
@@ -465,6 +485,7 @@ def _measure_stage(
         "gflop_per_image": flops / 1e9,
         **bench.mfu(rate * flops),
         "peak_memory_gib": max(whole.peak_memory_gib, compute.peak_memory_gib),
+        **({"cut": True} if whole.cut or compute.cut else {}),
     }
 
 
@@ -477,7 +498,7 @@ def _best_row(rows: list[dict], rate: str, what: str) -> dict:
 
 
 def section_unmask_stage(bench: Bench, deadline: Deadline) -> dict:
-    rows = _stage_rows(bench, deadline)
+    rows = _stage_rows(bench, deadline, bench.stage, bench.plan.stage_shapes, stage_flops(bench))
     best = _best_row(rows, "images_per_s", "stage")
     return {
         "summary": f"best {best['images_per_s']:.0f} faces/s (shard {best['shard_size']}, batch "
@@ -499,85 +520,119 @@ def section_photos(bench: Bench, deadline: Deadline) -> dict:
     rows = []
     for batch in bench.plan.photo_batches:
         if deadline.passed():
-            rows.append({"note": "section time cap reached; later rows not measured"})
+            rows.append(CAP_NOTE)
             break
-        rows.append(_photo_row(bench, [files[i % len(files)] for i in range(batch)]))
+        try:
+            rows.append(_photo_row(bench, [files[i % len(files)] for i in range(batch)], deadline))
+        except CapReached:
+            rows.append(CAP_NOTE)
+            break
         bench.free_memory()
     best = _best_row(rows, "faces_per_s", "photo")
     return {
         "summary": f"best {best['faces_per_s']:.0f} faces/s, {best['photos_per_s']:.0f} photos/s "
         f"({best['photos']} photos a call); goal {GOALS['unmask_stage']}",
-        "what": "UnmaskingStage(find_faces=True).__call__ on photos from --photos: JPEG decode, MTCNN "
-        "and the alignment warp on the device, then f, g and the matchers on every face (faces='all'); "
-        "finding_photos_per_s is the face finding alone",
+        "what": "UnmaskingStage(find_faces=True).__call__ on photos from --photos: JPEG decode (on the "
+        "device, the CPU where the device refuses one), MTCNN and the alignment warp on the device, then "
+        "f, g and the matchers on every face (faces='all'); finding_photos_per_s is the face finding alone",
         "rows": rows,
     }
 
 
-def _photo_row(bench: Bench, files: list[Path]) -> dict:
-    from unmask_core.bulk.config import BulkConfig
-    from unmask_core.bulk.stages import STAGE_SCHEMA, UnmaskingStage, photo_for_device
+def _photo_row(bench: Bench, files: list[Path], deadline: Deadline) -> dict:
+    from unmask_core.bulk.stages import STAGE_SCHEMA, photo_for_device
 
-    cfg = BulkConfig(input="photos", output="unused", models=bench.models_uri(), faces="all")
-    stage = UnmaskingStage(cfg, find_faces=True)
+    stage = bench.photo_stage
     base = {"shard": 0, "shard_inputs": len(files), "input_rows": 1, "status": "ok", "error": ""}
     records = [
-        dict(base, id=f"photo{i}", source_uri=f.name, **photo_for_device(f.read_bytes(), cfg.max_pixels))
+        dict(
+            base, id=f"photo{i}", source_uri=f.name, **photo_for_device(f.read_bytes(), stage.cfg.max_pixels)
+        )
         for i, f in enumerate(files)
     ]
     table = pa.Table.from_pylist(
         [{n: r.get(n) for n in STAGE_SCHEMA.names} for r in records], schema=STAGE_SCHEMA
     )
-    faces = stage(table).column("status").to_pylist().count("ok")
+    stage.face_finder.decoded.clear()
+    outputs: list[pa.Table] = []  # the first call's rows say how many faces each call unmasks
     plan, device = bench.plan, stage.unmasker.device.type
-    whole = measure(lambda: stage(table), device, plan.warmup_s, plan.trials, 0.0, plan.warmup_calls)
-    finding = measure(lambda: stage.face_finder(table), device, 0.0, plan.trials, 0.0, 1)
+    whole = measure(
+        lambda: outputs.append(stage(table)),
+        device,
+        plan.warmup_s,
+        plan.trials,
+        0.0,
+        plan.warmup_calls,
+        deadline,
+    )
+    faces = outputs[0].column("status").to_pylist().count("ok")
+    decoded = {where: n // len(outputs) for where, n in stage.face_finder.decoded.items()}  # per call
+    finding = measure(lambda: stage.face_finder(table), device, 0.0, plan.trials, 0.0, 1, deadline)
     return {
         "photos": len(files),
-        "decoded_on_device": sum(r["jpeg"] is not None for r in records),
+        "jpegs": sum(r["jpeg"] is not None for r in records),
+        "decoded_on_device": decoded.get("device", 0),
+        "decoded_on_cpu": decoded.get("cpu", 0),
         "faces": faces,
-        "batch_size": cfg.batch_size,
+        "batch_size": stage.cfg.batch_size,
         "photos_per_s": len(files) / whole.seconds,
         "faces_per_s": faces / whole.seconds,
         "finding_photos_per_s": len(files) / finding.seconds,
         "peak_memory_gib": max(whole.peak_memory_gib, finding.peak_memory_gib),
+        **({"cut": True} if whole.cut or finding.cut else {}),
     }
 
 
+def psnr(a: np.ndarray, b: np.ndarray) -> float | None:
+    """PSNR in dB of two uint8-valued images; None when they are equal (no finite value)."""
+    mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
+    return 10 * math.log10(255**2 / mse) if mse > 0 else None
+
+
 def section_numerics(bench: Bench, deadline: Deadline) -> dict:
-    """U and embeddings with bf16 autocast against fp32 (TF32 off), same weights, same faces."""
-    from unmask_core.bulk.config import BulkConfig
+    """U and embeddings of the job's networks (bf16 in the CUDA state) against the same weights built
+    without bf16 (fp32 weights, no autocast, TF32 off), on the same faces."""
     from unmask_core.inference import to_tensor, to_uint8
 
-    matchers = BulkConfig().matchers
-    unmasker = _networks(bench, matchers)
+    job, reference = bench.stage.unmasker, bench.fp32
+    if not job.bf16:
+        raise SectionSkipped("the job's networks are fp32 here (no CUDA state): nothing to compare")
     faces = synthetic_faces(bench.plan.numerics_faces, 256, seed=1)
-    device = bench.device
     outputs = {}
-    # The autocast of Unmasker.unmask, on the device's own type so that the CPU dry run exercises bf16.
-    for precision, bf16 in (("fp32", False), ("bf16", True)):
+    for precision, unmasker in (("fp32", reference), ("bf16", job)):
+        deadline.check()
         with tf32(False), torch.inference_mode():
-            with torch.autocast(device, torch.bfloat16, enabled=bf16):
-                unmasked = unmasker.model(to_tensor(faces, unmasker.image_size, device))
-            # Matchers outside autocast, as in Unmasker.run: only U's precision differs.
-            unmasked = unmasked.float().clamp(-1, 1)
-            embeddings = {name: m.embed(unmasked) for name, m in unmasker.matchers.items()}
-        outputs[precision] = (to_uint8(unmasked).astype(np.float64), embeddings)
-    (u32, e32), (u16, e16) = outputs["fp32"], outputs["bf16"]
-    squared = ((u32 - u16) ** 2).reshape(len(faces), -1).mean(axis=1)
-    psnr = [10 * math.log10(255**2 / s) if s > 0 else math.inf for s in squared]
+            unmasked = unmasker.unmask(to_tensor(faces, unmasker.image_size, unmasker.device))
+            # The matchers as Unmasker.run feeds them U: each in its network's own precision.
+            embeddings = {name: m.embed(unmasked.clamp(-1, 1)) for name, m in unmasker.matchers.items()}
+        outputs[precision] = (to_uint8(unmasked), embeddings, weights_dtype(unmasker.model))
+    (u32, e32, w32), (u16, e16, w16) = outputs["fp32"], outputs["bf16"]
+    per_face = [psnr(a, b) for a, b in zip(u32, u16)]
+    finite = [p for p in per_face if p is not None]
     rows = [
-        {"measure": "PSNR of U (uint8, dB)", "mean": float(np.mean(psnr)), "min": float(np.min(psnr))},
+        {
+            "measure": "PSNR of U (uint8, dB)",
+            "mean": float(np.mean(finite)) if finite else None,
+            "min": float(np.min(finite)) if finite else None,
+            "identical_faces": len(per_face) - len(finite),  # bf16 equal to fp32: a sign of no bf16 at all
+        }
     ]
-    for name in matchers:
+    for name in e32:
         a, b = e32[name], e16[name]
         cosine = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
-        rows.append({"measure": f"cosine of {name} embedding", "mean": float(cosine.mean()),
-                     "min": float(cosine.min())})  # fmt: skip
+        rows.append(
+            {
+                "measure": f"cosine of {name} embedding",
+                "mean": float(cosine.mean()),
+                "min": float(cosine.min()),
+            }
+        )
+    psnr_text = f"PSNR {rows[0]['mean']:.1f} dB" if finite else "U identical in bf16 and fp32"
     return {
-        "summary": f"PSNR {rows[0]['mean']:.1f} dB; "
+        "summary": f"{psnr_text}; "
         + ", ".join(f"{r['measure'].split()[2]} cosine {r['min']:.4f} min" for r in rows[1:]),
         "faces": len(faces),
+        "weights": {"reference": w32, "job": w16},
         "rows": rows,
     }
 
@@ -588,30 +643,34 @@ def section_train(bench: Bench, deadline: Deadline) -> dict:
         importlib.import_module("lpips")
     except ImportError as exc:
         raise SectionSkipped(f"LPIPS needs the lpips package ({exc}); see docs/gpu.md, gpu_wheels") from None
-    # The training module's own config, models and step; the one import to follow if training moves.
+    # The training module's own config, models, step, precision and optimizer: the imports to follow.
     from unmask_core.training.config import TrainConfig
-    from unmask_core.training.loop import build_training_models, make_optimizer, training_step
+    from unmask_core.training.loop import build_training_models, make_optimizer, step_autocast, training_step
 
-    device, plan = bench.device, bench.plan
+    device, plan = torch.device(bench.device), bench.plan
+    if bench.models_folder is None or bench.setup_error:
+        raise RuntimeError(f"setup failed: {bench.setup_error}")
     cfg = TrainConfig(
-        stage="unmask", pairs="synthetic", models=bench.models_uri(), out="unused", lpips_backbone="random",
-        gpu=device == "cuda", batch_size=max(plan.train_batches),
+        stage="unmask", pairs="synthetic", models=bench.models_folder, out="unused", lpips_backbone="random",
+        gpu=bench.cuda_state, batch_size=max(plan.train_batches),
     )  # fmt: skip
     parts = build_training_models(cfg, device)
-    optimizer = make_optimizer(parts.encoder, cfg.lr, torch.device(device))
+    optimizer = make_optimizer(parts.encoder, cfg.lr, device)
+    autocast = step_autocast(cfg, device)
     size = bench.args.size
     faces = synthetic_faces(max(plan.train_batches), size, seed=2)
     full = torch.from_numpy(faces).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(device)
     rows = []
+    flops_per_sample = None
     for batch_size in plan.train_batches:
         if deadline.passed():
-            rows.append({"note": "section time cap reached; later rows not measured"})
+            rows.append(CAP_NOTE)
             break
         masked = full[:batch_size]
         batch = {"M": masked, "T": masked.flip(2)}  # any T: only shapes matter for speed
 
         def step(batch=batch) -> None:
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.gpu and device == "cuda"):
+            with autocast:
                 loss, _ = training_step(
                     cfg.stage, batch, parts.encoder, parts.generator, parts.teacher, parts.criterion
                 )
@@ -621,45 +680,60 @@ def section_train(bench: Bench, deadline: Deadline) -> dict:
 
         row = {"batch": batch_size}
         try:
+            if flops_per_sample is None:  # forward and backward: the same per sample at any batch size
+                flops_per_sample = count_flops(step) / batch_size
             # One step per trial: at least train_steps timed steps after the warm-up.
-            timing = measure(step, device, plan.warmup_s, plan.train_steps, 0.0, plan.warmup_calls)
+            timing = measure(
+                step, device.type, plan.warmup_s, plan.train_steps, 0.0, plan.warmup_calls, deadline
+            )
         except torch.OutOfMemoryError:
             bench.free_memory()
             rows.append({**row, "note": "out of memory"})
+            continue
+        except CapReached:
+            rows.append(CAP_NOTE)
             break
+        rate = batch_size / timing.seconds
         rows.append(
             {
                 **row,
-                "samples_per_s": batch_size / timing.seconds,
+                "samples_per_s": rate,
                 "ms_per_step": timing.seconds * 1e3,
                 "steps": timing.calls,
+                "gflop_per_sample": flops_per_sample / 1e9,
+                **bench.mfu(rate * flops_per_sample),
                 "peak_memory_gib": timing.peak_memory_gib,
+                **({"cut": True} if timing.cut else {}),
             }
         )
     best = _best_row(rows, "samples_per_s", "training")
     return {
         "summary": f"best {best['samples_per_s']:.1f} samples/s (batch {best['batch']}); "
         f"goal {GOALS['train']}",
-        "what": "training_step (L2 + LPIPS + ID + L_LR, f0 teacher), backward and Adam step, autocast as "
-        "train_loop; LPIPS AlexNet random (speed only)",
+        "what": "training_step (L2 + LPIPS + ID + L_LR, f0 teacher), backward and the fused Adam step, "
+        "autocast as train_loop (step_autocast); LPIPS AlexNet random (speed only)",
+        "precision": "bf16 autocast" if cfg.gpu else "fp32",
         "rows": rows,
     }
 
 
 def section_compiled(bench: Bench, deadline: Deadline) -> dict:
-    """The stage with the job's defaults, then f, g and f+g, with f and g torch.compile'd, bf16 only (the
-    job's precision: every other one would compile everything again)."""
+    """The stage at the job's defaults as `--compile` builds it, then f, g and f+g of the job's networks
+    torch.compile'd, bf16 only (the job's precision: every other one would compile everything again)."""
     if not bench.args.compile:
         raise SectionSkipped("--compile not given")
-    rows = _stage_rows(bench, deadline, compile_networks=True)
-    unmasker = _networks(bench, matchers=[])
-    flops = _f_g_flops(bench, unmasker.model.encode, unmasker.model.decoder)
-    encoder, generator = torch.compile(unmasker.model.encode), torch.compile(unmasker.model.decoder)
-    bf16 = [p for p in _precisions(bench.device) if p[0] == "bf16"]
-    # The stage's micro-batch size first: each new batch size compiles again.
-    stage_batch = rows[0].get("batch_size") or bench.plan.batches[0]
-    batches = tuple(sorted(set(bench.plan.batches) | {stage_batch}, key=lambda b: b != stage_batch))
-    rows += _f_g_rows(bench, deadline, encoder, generator, bf16, flops, compiled=True, batches=batches)
+    from unmask_core.bulk.stages import UnmaskingStage
+
+    compiled_stage = UnmaskingStage(dataclasses.replace(bench.stage.cfg, compile=True))
+    shape = bench.plan.stage_shapes[0]
+    rows = _stage_rows(bench, deadline, compiled_stage, (shape,), stage_flops(bench))
+    del compiled_stage
+    bench.free_memory()
+    job = [p for p in _precisions(bench) if p[0] == "bf16"]
+    # The stage's micro-batch size first (its compiled shape in the job), then the largest.
+    stage_batch = (shape or job_stage_shape())[1]
+    batches = tuple(dict.fromkeys([stage_batch, *bench.plan.batches]))
+    rows += _f_g_rows(bench, deadline, job, _f_g_flops(bench, bench.stage.unmasker.model), True, batches)
     stage = [r for r in rows if "shard_size" in r and "images_per_s" in r]
     summary = f"stage {stage[0]['images_per_s']:.0f} faces/s compiled" if stage else "no stage row measured"
     return {"summary": summary, "rows": rows}
@@ -703,6 +777,18 @@ def section_markdown(name: str, result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def finite(value: Any) -> Any:
+    """`value` with every non-finite float (a rate over no time, a PSNR of equal images) as None: the
+    JSON holds numbers a reader can use, and json.dumps(allow_nan=False) enforces it."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
 class Report:
     """DIR/gpu_unmask.json and DIR/gpu_unmask.md, rewritten (atomically) after every section."""
 
@@ -716,8 +802,8 @@ class Report:
         self.write()
 
     def write(self) -> None:
-        payload = {**self.meta, "sections": self.sections}
-        self._write("gpu_unmask.json", json.dumps(payload, indent=2, default=str) + "\n")
+        payload = finite({**self.meta, "sections": self.sections})
+        self._write("gpu_unmask.json", json.dumps(payload, indent=2, default=str, allow_nan=False) + "\n")
         self._write("gpu_unmask.md", self.markdown())
 
     def markdown(self) -> str:
@@ -726,6 +812,8 @@ class Report:
             "# GPU benchmark (`bench/gpu_unmask.py`)",
             "",
             f"Machine: {meta['machine']}. Command: `{meta['command']}`. Started {meta['started']}.",
+            "",
+            f"Setup (model set made, networks loaded; outside every cap): {_cell(meta.get('setup'))}",
             "",
             "| section | status | seconds | summary |",
             "|---|---|---|---|",
@@ -796,6 +884,11 @@ def main(argv: list[str] | None = None) -> int:
         "--device", choices=["cuda", "cpu"], default="cuda" if torch.cuda.is_available() else "cpu"
     )
     parser.add_argument(
+        "--cuda-state",
+        action="store_true",
+        help=f"on the CPU, take every path CUDA takes (sets {CUDA_STATE_ENV}=1): the dry run's mode",
+    )
+    parser.add_argument(
         "--size", type=int, choices=[256, 64], default=256, help="model set size (64: tiny, CPU)"
     )
     parser.add_argument("--quick", action="store_true", help="fewer sizes, batches and trials (a smoke run)")
@@ -809,18 +902,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda, but torch sees no CUDA device")
+    if args.cuda_state:
+        os.environ[CUDA_STATE_ENV] = "1"
     args.out.mkdir(parents=True, exist_ok=True)
     bench = Bench(args)
+    planned = time_plan(bench.plan)
+    print(format_time_plan(planned), flush=True)
     meta = {
         "machine": machine_description(),
         "device": args.device,
         "device_name": bench.device_name,
+        "cuda_state": bench.cuda_state,
         "command": " ".join(["python -m bench.gpu_unmask", *(argv if argv is not None else sys.argv[1:])]),
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "python": platform.python_version(),
         "packages": package_versions(),
         "args": {k: str(v) for k, v in vars(args).items()},
         "plan": dataclasses.asdict(bench.plan),
+        "time_plan": planned,
         "goals": GOALS,
         "planned": list(SECTIONS),
     }
@@ -828,6 +927,10 @@ def main(argv: list[str] | None = None) -> int:
     report.write()
     started = time.perf_counter()
     try:
+        print("== setup: the model set made and the networks loaded (no cap)", flush=True)
+        meta["setup"] = bench.setup()
+        print(f"setup: {meta['setup']}", flush=True)
+        report.write()
         for name in SECTIONS:
             run_section(bench, report, name)
     except KeyboardInterrupt:
@@ -839,7 +942,7 @@ def main(argv: list[str] | None = None) -> int:
         report.write()
     failed = [n for n, r in report.sections.items() if r["status"] == "failed"]
     print(f"done in {report.meta['total_seconds']:.0f} s; failed: {', '.join(failed) or 'none'}", flush=True)
-    return 1 if failed else 0
+    return 1 if failed or meta["setup"]["status"] != "ok" else 0
 
 
 if __name__ == "__main__":

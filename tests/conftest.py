@@ -69,6 +69,21 @@ def tiny_model_set(tmp_path_factory: pytest.TempPathFactory) -> str:
     return make_tiny_model_set(tmp_path_factory.mktemp("tiny_model_set"))
 
 
+@pytest.fixture
+def cuda_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """This process in the CUDA state (unmask_core/accelerator.py): the code takes every path a GPU
+    would. The backend flags that state sets are put back afterwards."""
+    import torch
+
+    from unmask_core.accelerator import CUDA_STATE_ENV
+
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    saved = matmul.fp32_precision, conv.fp32_precision, torch.backends.cudnn.benchmark
+    monkeypatch.setenv(CUDA_STATE_ENV, "1")
+    yield
+    matmul.fp32_precision, conv.fp32_precision, torch.backends.cudnn.benchmark = saved
+
+
 # A Ray agent whose raylet was killed spins on a core until it is killed: one left by the first module
 # made the rest of the suite run on one core of two. A Ray that was shut down may take seconds to exit,
 # so an orphaned Ray process is an error once it has been seen for ORPHAN_GRACE_S.

@@ -1,6 +1,7 @@
 """The bulk job where GPUs are declared: a local Ray of its own that declares one GPU (torch falls back to
-the CPU inside the actors), with one unmask actor per GPU and with two actors sharing it. Ray refuses some
-plans only when GPUs are requested, which a CPU-only CI never sees."""
+the CPU inside the actors), in the CUDA state (bf16 weights, NHWC, bf16 matchers, device decode: what the
+actors do on a GPU), with one unmask actor per GPU and with two actors sharing it. Ray refuses some plans
+only when GPUs are requested, which a CPU-only CI never sees."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 from PIL import Image
 
 from tests.images import encode
+from unmask_core.accelerator import CUDA_STATE_ENV
 from unmask_core.faces.samples import load_rgb, sample_photo
 from unmask_core.models.model_set import init_model_set
 
@@ -56,6 +58,7 @@ def test_bulk_job_runs_on_a_ray_that_declares_a_gpu(tmp_path: Path) -> None:
     init_model_set(64, models, seed=1)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONPATH"] = str(REPO)
+    env[CUDA_STATE_ENV] = "1"  # the driver's Ray hands it to every actor
     env.setdefault("RAY_raylet_start_wait_time_s", "120")  # a loaded CI machine starts Ray slowly
     done = subprocess.run(
         [sys.executable, "-c", JOBS, str(tmp_path), str(tmp_path / "gallery"), models],
@@ -78,6 +81,8 @@ def test_bulk_job_runs_on_a_ray_that_declares_a_gpu(tmp_path: Path) -> None:
         rows = shards.read_rows(str(out / "rows")).to_pylist()
         assert sorted({r["id"] for r in rows}) == sorted(p.name for p in (tmp_path / "gallery").iterdir())
         assert {r["status"] for r in rows if r["id"] == "blank.png"} == {"no_face"}
+        # The JPEGs travelled as their bytes and were decoded on the device; the PNG by the first stage.
+        assert (summary["decoded_on_device"], summary["decoded_on_cpu"]) == (n_inputs - 1, 1)
         ok = [r for r in rows if r["status"] == "ok"]
         assert len(ok) >= 4
         assert all(Path(r["unmasked_uri"]).is_file() for r in ok)

@@ -152,7 +152,9 @@ def test_faces_found_on_the_device_are_the_faces_the_cpu_stage_finds(tmp_path: P
         "truncated.jpg": "decode_error",
         "bogus.jpg": "decode_error",
     }
-    assert "sampling factors" in next(r["error"] for r in device if r["id"] == "bogus.jpg")
+    # A JPEG the device decoder refuses is decoded on the CPU: its reason is the CPU path's, word for word.
+    error_of = lambda rows, name: next(r["error"] for r in rows if r["id"] == name)  # noqa: E731
+    assert error_of(device, "bogus.jpg") == error_of(cpu, "bogus.jpg") != ""
     assert sorted(r["face_index"] for r in device if r["id"] == "t1.jpg") == list(range(6))
     for c in (r for r in cpu if r["status"] == "ok"):
         # Faces of about one size may come in another order (largest first): pair them by their boxes.
@@ -195,11 +197,54 @@ def test_plain_jpegs_travel_as_their_bytes_and_decode_on_the_device(tmp_path: Pa
     }
     t1 = next(r for r in rows if r["id"] == "t1.jpg")
     assert len(t1["jpeg"]) == sample_photo("t1.jpg").stat().st_size
-    photos = DeviceFaceFinder(cfg, "cpu").photos([r for r in rows if r["status"] == "ok"])
+    finder = DeviceFaceFinder(cfg, "cpu")
+    photos = finder.photos([r for r in rows if r["status"] == "ok"])
     by_id = dict(zip([r["id"] for r in rows if r["status"] == "ok"], photos))
-    assert isinstance(by_id["bogus.jpg"], Exception)
-    decoded = by_id["t1.jpg"].numpy().astype(int)
-    assert np.abs(decoded - load_rgb(sample_photo("t1.jpg"))).mean() < 1
+    assert isinstance(by_id["bogus.jpg"][0], Exception) and by_id["bogus.jpg"][1] is None
+    decoded, where = by_id["t1.jpg"]
+    assert where == "device"
+    assert np.abs(decoded.numpy().astype(int) - load_rgb(sample_photo("t1.jpg"))).mean() < 1
+    # The PNGs were decoded by the first stage's host; bogus.jpg by nobody.
+    assert finder.decoded == {"device": 1, "cpu": 2}
+
+
+def test_a_jpeg_the_device_decoder_refuses_is_decoded_on_the_cpu(
+    tmp_path: Path, tiny_model_set, cuda_state, monkeypatch
+) -> None:
+    """nvJPEG failing on a node (here: the device decoder made to fail) costs no photo: each is decoded
+    on the CPU instead, counted, and after a few such photos the actor stops asking the device."""
+    from unmask_core.bulk.stages import DeviceFaceFinder, UnmaskingStage
+
+    calls = []
+
+    def refuse(self, encoded):
+        calls.append(len(encoded))
+        raise RuntimeError("nvJPEG is not available on this node")
+
+    monkeypatch.setattr(DeviceFaceFinder, "decode_on_device", refuse)
+    cfg = BulkConfig(input="-", output="-", models=tiny_model_set, matchers=["arcface"], faces="all")
+    records = _photo_gallery(tmp_path / "gallery")
+    found = FaceFindingStage(cfg, detect=False)(
+        {"shard": np.array([0]), "records": np.array([json.dumps(records)])}
+    )
+    stage = UnmaskingStage(cfg, find_faces=True)
+    assert stage.unmasker.bf16  # the CUDA state: the job's GPU precision
+    rows = stage(found).to_pylist()
+    status = {r["id"]: r["status"] for r in rows}
+    assert status == {
+        "t1.jpg": "ok", "crop.png": "ok", "blank.png": "no_face", "truncated.jpg": "decode_error",
+        "bogus.jpg": "decode_error",
+    }  # fmt: skip
+    assert sum(r["id"] == "t1.jpg" and r["unmasked"] is not None for r in rows) == 6
+    assert {r["decoded_on"] for r in rows if r["id"] == "t1.jpg"} == {"cpu"}
+    # t1.jpg decoded on the CPU after the device refused it; the PNGs on the first stage's host.
+    assert stage.face_finder.decoded == {"cpu": 3}
+    assert calls == [2, 1, 1]  # the batch, then each JPEG on its own
+    # Strikes: a node whose device decoder refuses photos the CPU reads stops asking it.
+    finder = stage.face_finder
+    finder.device_decode_strikes = finder.DEVICE_DECODE_STRIKES
+    stage(found)
+    assert calls == [2, 1, 1] and finder.decoded == {"cpu": 6}
 
 
 def test_faces_filling_their_frame_are_found_on_the_device_too(demo_masked_crops, tiny_model_set) -> None:

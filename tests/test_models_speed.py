@@ -21,7 +21,6 @@ from unmask_core.models.psp import PSP, LatentEncoder
 from unmask_core.models.runtime import (
     build_on_meta,
     compile_in_place,
-    configure_backends,
     prepare_for_inference,
 )
 from unmask_core.models.stylegan2 import (
@@ -247,28 +246,6 @@ def test_prepare_for_inference_casts_once_and_keeps_fp32_where_autocast_does() -
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         image = g(f(x))
     assert psnr(image.float(), reference) > 30
-
-
-def test_configure_backends_sets_cuda_flags_only_for_cuda() -> None:
-    saved = (
-        torch.backends.cudnn.benchmark,
-        torch.backends.cuda.matmul.fp32_precision,
-        torch.backends.cudnn.conv.fp32_precision,
-    )
-    try:
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cuda.matmul.fp32_precision = "ieee"
-        configure_backends("cpu")
-        assert not torch.backends.cudnn.benchmark
-        assert torch.backends.cuda.matmul.fp32_precision == "ieee"
-        configure_backends("cuda")  # only flags: no device needed
-        assert torch.backends.cudnn.benchmark
-        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
-        assert torch.backends.cudnn.conv.fp32_precision == "tf32"
-    finally:
-        torch.backends.cudnn.benchmark = saved[0]
-        torch.backends.cuda.matmul.fp32_precision = saved[1]
-        torch.backends.cudnn.conv.fp32_precision = saved[2]
 
 
 def test_build_on_meta_equals_a_normal_build_and_load() -> None:

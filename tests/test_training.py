@@ -74,6 +74,38 @@ def test_overfitting_a_fixed_batch_halves_the_loss(tiny_model_set: str, tiny_pai
     assert losses[-1] <= 0.5 * losses[0], losses
 
 
+@pytest.mark.parametrize("state", ["cuda", "plain cpu"])
+def test_a_gpu_runs_step_in_bf16_with_the_fused_optimizer_in_the_cuda_state(
+    state: str, tiny_model_set: str, tiny_pairs: str, tmp_path, request
+) -> None:
+    """`train --gpu` takes the CUDA state's paths wherever the device is in it (bf16 autocast, fused
+    Adam), and a plain CPU stays fp32 with the plain optimizer."""
+    from unmask_core.training.loop import make_optimizer, step_autocast
+
+    if state == "cuda":
+        request.getfixturevalue("cuda_state")
+    device = torch.device("cpu")
+    cfg = _config(tiny_model_set, tiny_pairs, str(tmp_path), gpu=True)
+    parts = build_training_models(cfg, device)
+    optimizer = make_optimizer(parts.encoder, cfg.lr, device)
+    batch = _fixed_batch(tiny_pairs, n=2)
+    before = [p.detach().clone() for p in parts.encoder.parameters()]
+    with step_autocast(cfg, device):
+        # The encoder's own output (before latent_avg, which keeps codes fp32) is bf16 under autocast.
+        features_dtype = parts.encoder.encoder(batch["M"].float().div(127.5).sub(1)).dtype
+        loss, _ = training_step(
+            "unmask", batch, parts.encoder, parts.generator, parts.teacher, parts.criterion
+        )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    in_cuda_state = state == "cuda"
+    assert optimizer.defaults["fused"] is in_cuda_state
+    assert features_dtype == (torch.bfloat16 if in_cuda_state else torch.float32)
+    assert torch.isfinite(loss)
+    assert any(not torch.equal(a, b) for a, b in zip(before, parts.encoder.parameters()))
+
+
 def _gradient(cfg: TrainConfig, batch) -> tuple[torch.Tensor, dict[str, float]]:
     torch.manual_seed(0)
     parts = build_training_models(cfg, "cpu")

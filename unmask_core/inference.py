@@ -9,8 +9,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from unmask_core.accelerator import configure_backends, cuda_state
 from unmask_core.models.psp import PSP
-from unmask_core.models.runtime import compile_in_place, configure_backends, prepare_for_inference
+from unmask_core.models.runtime import compile_in_place, prepare_for_inference
 
 OUTPUT_SIZE = 256  # unmasked faces are delivered at the reference size, whatever the generator's
 
@@ -52,7 +53,8 @@ def to_uint8(images: torch.Tensor, size: int = OUTPUT_SIZE) -> np.ndarray:
 
 class Unmasker:
     """Loads a model set once (g∘f as one PSP module, and the matchers) and unmasks batches of aligned
-    faces. On CUDA: backend flags set, NHWC weights, and with bf16 the weights cast once."""
+    faces. In the CUDA state (accelerator.py): backend flags set, NHWC weights, and with `bf16` the
+    weights of g∘f and the torch matchers cast once; `bf16=False` serves true fp32 anywhere."""
 
     def __init__(
         self,
@@ -70,8 +72,8 @@ class Unmasker:
         model_set = ModelSet(models_uri, device=self.device)
         model_set.validate(encoders=("unmask",))
         self.image_size = model_set.image_size
-        self.bf16 = bf16 and self.device.type == "cuda"
-        on_cuda = self.device.type == "cuda"
+        on_cuda = cuda_state(self.device)
+        self.bf16 = bf16 and on_cuda
         generator = model_set.generator()
         # U at the generator's size: to_uint8 delivers OUTPUT_SIZE, and matchers resize for themselves.
         self.model = PSP.compose(

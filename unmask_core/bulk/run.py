@@ -112,6 +112,8 @@ def run_bulk(cfg: BulkConfig) -> dict[str, Any]:
             bar.update(inputs)
     bar.close()
     summary = summarize(cfg.output, records, skipped_shards=len(run.done), processed_shards=len(run.todo))
+    if run.todo:  # photos decoded on the unmask actors' device, and those their CPU decoded instead
+        summary.update({f"decoded_on_{where}": n for where, n in sorted(committer.decoded.items())})
     storage.write_json(storage.join(cfg.output, "summary.json"), summary)
     return summary
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
-from collections import defaultdict
+from collections import Counter, defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
@@ -180,6 +180,7 @@ STAGE_SCHEMA = pa.schema(
         ("jpeg", pa.binary()),
         ("image", pa.binary()),
         ("image_size", pa.list_(pa.int32(), 2)),
+        ("decoded_on", pa.string()),  # where a photo's pixels were decoded when faces are found on the device
     ]
 )
 IMAGE_COLUMNS = ["jpeg", "image", "image_size"]
@@ -199,18 +200,14 @@ class UnmaskingStage:
     raw pixels: PNG encoding is host work for the writers, off the accelerator's critical path."""
 
     def __init__(self, cfg: BulkConfig, find_faces: bool = False) -> None:
-        import torch
-
+        from unmask_core.accelerator import best_device
         from unmask_core.inference import Unmasker
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = best_device()
         self.cfg = cfg
+        # bf16 where the device is in its CUDA state (the Unmasker decides): fp32 on a plain CPU.
         self.unmasker = Unmasker(
-            cfg.models,
-            cfg.matchers,
-            device=device,
-            bf16=cfg.bf16 and device == "cuda",
-            compile_networks=cfg.compile,
+            cfg.models, cfg.matchers, device=device, bf16=cfg.bf16, compile_networks=cfg.compile
         )
         self.face_finder = DeviceFaceFinder(cfg, device) if find_faces else None
 
@@ -249,60 +246,77 @@ class DeviceFaceFinder:
     """Faces of whole photos, found on the unmask actor's device: JPEGs are decoded there (nvJPEG on
     CUDA, in batches), the host-decoded pixels go up in one (pinned) copy, MTCNN runs on letterboxed
     batches (`detect_batch`), and the similarity warp runs there too, with the CPU path's transform and
-    filters. The crops never leave the device before f."""
+    filters. The crops never leave the device before f.
 
-    def __init__(self, cfg: BulkConfig, device: str) -> None:
+    A JPEG the device decoder refuses is decoded on the CPU, with the host's limits, and uploaded: a
+    node whose nvJPEG fails still unmasks every photo. After DEVICE_DECODE_STRIKES such photos in a row,
+    this actor stops asking the device decoder. `decoded` counts where photos were decoded, and every
+    row carries it (`decoded_on`)."""
+
+    DEVICE_DECODE_STRIKES = 8
+
+    def __init__(self, cfg: BulkConfig, device) -> None:
         import torch
 
         from unmask_core.faces.detect import build_detector
 
         self.cfg = cfg
         self.device = torch.device(device)
-        self.detector = build_detector(cfg.detector, device)
+        self.detector = build_detector(cfg.detector, str(self.device))
+        self.decoded: Counter[str] = Counter()
+        self.device_decode_strikes = 0
 
     def upload(self, images: list[np.ndarray]) -> list:
         """The images as uint8 [H, W, 3] tensors on the device, from one host-to-device copy."""
         import torch
 
-        flat = torch.from_numpy(np.concatenate([image.reshape(-1) for image in images]))
-        if self.device.type == "cuda":
-            flat = flat.pin_memory()
-        flat = flat.to(self.device, non_blocking=True)
+        from unmask_core.accelerator import upload
+
+        flat = upload(torch.from_numpy(np.concatenate([image.reshape(-1) for image in images])), self.device)
         views, start = [], 0
         for image in images:
             views.append(flat[start : start + image.size].view(image.shape))
             start += image.size
         return views
 
-    def decode_jpegs(self, blobs: list[bytes], sizes: list[list[int]]) -> list:
-        """JPEG bytes -> uint8 [H, W, 3] tensors on the device (one batched call), or the exception
-        decoding one of them raised."""
-        import torch
+    def decode_on_device(self, encoded: list) -> list:
+        """JPEG byte tensors -> uint8 [H, W, 3] tensors on the device, in one batched call."""
         from torchvision.io import ImageReadMode, decode_jpeg
 
-        def decode(encoded: list) -> list:
-            return [
-                x.permute(1, 2, 0) for x in decode_jpeg(encoded, mode=ImageReadMode.RGB, device=self.device)
-            ]
+        return [x.permute(1, 2, 0) for x in decode_jpeg(encoded, mode=ImageReadMode.RGB, device=self.device)]
 
-        def decode_one(encoded, size: list[int]):
-            photo = decode([encoded])[0]
-            if list(photo.shape[:2]) != size:
-                raise ValueError(f"decoded {tuple(photo.shape[:2])} px, its header said {tuple(size)}")
-            return photo
+    def decode_jpegs(self, blobs: list[bytes], sizes: list[list[int]]) -> list[tuple]:
+        """(uint8 [H, W, 3] tensor on the device, "device" or "cpu") per JPEG, or (the exception that
+        neither decoder got past, None)."""
+        import torch
 
-        encoded = [torch.frombuffer(bytearray(blob), dtype=torch.uint8) for blob in blobs]
-        try:
-            photos = decode(encoded)
-        except Exception:  # one broken file fails the whole batch: then each on its own
-            return [_or_exception(decode_one, x, size) for x, size in zip(encoded, sizes)]
-        return [
-            photo if list(photo.shape[:2]) == size else _or_exception(decode_one, x, size)
-            for photo, x, size in zip(photos, encoded, sizes)
-        ]
+        on_device: list = [None] * len(blobs)
+        if self.device_decode_strikes < self.DEVICE_DECODE_STRIKES:
+            encoded = [torch.frombuffer(bytearray(blob), dtype=torch.uint8) for blob in blobs]
+            try:
+                on_device = self.decode_on_device(encoded)
+            except Exception:  # one file the decoder refuses fails the whole batch: then each on its own
+                on_device = [_or_exception(lambda x: self.decode_on_device([x])[0], x) for x in encoded]
+        results: list = [None] * len(blobs)
+        fallback, pixels = [], []
+        for i, (photo, size) in enumerate(zip(on_device, sizes)):
+            if isinstance(photo, torch.Tensor) and list(photo.shape[:2]) == size:
+                results[i], self.device_decode_strikes = (photo, "device"), 0
+                continue
+            try:
+                pixels.append(data.decode_image(blobs[i], self.cfg.max_pixels))
+            except Exception as exc:  # a file no decoder reads: the input's own fault
+                results[i] = (exc, None)
+                continue
+            fallback.append(i)
+            self.device_decode_strikes += 1  # the device refused a photo the CPU could decode
+        for i, photo in zip(fallback, self.upload(pixels) if pixels else []):
+            results[i] = (photo, "cpu")
+        return results
 
-    def photos(self, rows: list[dict]) -> list:
-        """Each photo row's pixels as a uint8 [H, W, 3] tensor on the device, or why it has none."""
+    def photos(self, rows: list[dict]) -> list[tuple]:
+        """(pixels as a uint8 [H, W, 3] tensor on the device, where they were decoded) per photo row,
+        or (why it has none, None)."""
         photos: list = [None] * len(rows)
         jpegs = [i for i, row in enumerate(rows) if row["jpeg"] is not None]
         decoded = [i for i, row in enumerate(rows) if row["jpeg"] is None]
@@ -315,7 +329,8 @@ class DeviceFaceFinder:
                 np.frombuffer(rows[i]["image"], np.uint8).reshape(*rows[i]["image_size"], 3) for i in decoded
             ]
             for i, photo in zip(decoded, self.upload(images)):
-                photos[i] = photo
+                photos[i] = (photo, "cpu")  # decoded by the first stage, on its host
+        self.decoded.update(where for _, where in photos if where)
         return photos
 
     def detect(self, photos: list) -> list:
@@ -336,18 +351,18 @@ class DeviceFaceFinder:
         rows = table.to_pylist()
         todo = [i for i, row in enumerate(rows) if row["status"] == "ok"]
         photos = dict(zip(todo, self.photos([rows[i] for i in todo])))
-        decoded = [i for i in todo if not isinstance(photos[i], Exception)]
-        found = dict(zip(decoded, self.detect([photos[i] for i in decoded])))
+        decoded = [i for i in todo if photos[i][1] is not None]
+        found = dict(zip(decoded, self.detect([photos[i][0] for i in decoded])))
         out, crops = [], []
         for i, row in enumerate(rows):
             base = {k: row[k] for k in ("shard", "shard_inputs", "id", "source_uri")}
             if i not in photos:
                 faces_of_input = [row]
             elif i not in found:
-                error = f"{type(photos[i]).__name__}: {photos[i]}"
-                faces_of_input = [dict(base, status="decode_error", error=error)]
+                faces_of_input = [dict(base, **_decode_error_row(photos[i][0]))]
             else:
-                faces_of_input = self.faces_of(base, found[i], photos[i], crops)
+                base["decoded_on"] = photos[i][1]
+                faces_of_input = self.faces_of(base, found[i], photos[i][0], crops)
             for face in faces_of_input:
                 photo_columns = dict.fromkeys(IMAGE_COLUMNS)  # the pixels stop here
                 out.append(_complete(dict(face, input_rows=len(faces_of_input), **photo_columns)))
@@ -373,6 +388,13 @@ class DeviceFaceFinder:
             crops.append(aligned.round().to(image.dtype).permute(0, 2, 3, 1))
             rows.append(face_row(base, index, face, matrices[0]))
         return rows
+
+
+def _decode_error_row(error: Exception) -> dict:
+    """The status and reason of a photo that no decoder could read."""
+    if isinstance(error, data.ImageDecodeError):
+        return {"status": error.status, "error": error.reason}
+    return {"status": "decode_error", "error": f"{type(error).__name__}: {error}"}
 
 
 def _or_exception(function, *args):
@@ -460,6 +482,7 @@ class ShardCommitter:
         self.pool = ThreadPoolExecutor(max_workers=threads)
         self.submitted: set[int] = set()
         self.commits: list[Future] = []
+        self.decoded: Counter[str] = Counter()  # where the committed photos were decoded (device finding)
 
     def add(self, table: pa.Table) -> None:
         touched = set()
@@ -473,9 +496,9 @@ class ShardCommitter:
         for shard in touched:
             if self._complete(shard):
                 self.submitted.add(shard)
-                self.commits.append(
-                    self.pool.submit(self._commit, shard, list(self.pending.pop(shard).values()))
-                )
+                rows = list(self.pending.pop(shard).values())
+                self.decoded.update(r["decoded_on"] for r in rows if r["decoded_on"] and not r["face_index"])
+                self.commits.append(self.pool.submit(self._commit, shard, rows))
 
     def _complete(self, shard: int) -> bool:
         rows_of: dict[str, list[dict]] = defaultdict(list)

@@ -1,5 +1,6 @@
-"""How the networks are run fast: backend flags, frozen weights cast once, NHWC, meta-device builds,
-torch.compile. Nothing here changes what a model computes (beyond bf16 rounding when asked for).
+"""How the networks are run fast: frozen weights cast once, NHWC, meta-device builds, torch.compile (the
+backend flags and the CUDA state are accelerator.py's). Nothing here changes what a model computes
+(beyond bf16 rounding when asked for).
 """
 
 from __future__ import annotations
@@ -16,16 +17,6 @@ ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 # Autocast runs normalisation layers with fp32 parameters; their weights stay fp32 when the rest is cast.
 NORMALISATION_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d)
-
-
-def configure_backends(device: str | torch.device) -> None:
-    """On CUDA: cuDNN picks the fastest algorithm per shape, and fp32 matmuls and convolutions may use
-    TF32 tensor cores. Nothing on other devices."""
-    if torch.device(device).type != "cuda":
-        return
-    torch.backends.cudnn.benchmark = True
-    torch.backends.cuda.matmul.fp32_precision = "tf32"
-    torch.backends.cudnn.conv.fp32_precision = "tf32"
 
 
 def to_channels_last(module: ModuleT) -> ModuleT:

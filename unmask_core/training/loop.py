@@ -20,6 +20,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from unmask_core import storage
+from unmask_core.accelerator import bf16_autocast, cuda_state, pins_memory
 from unmask_core.errors import UserError
 from unmask_core.losses import TrainingLoss
 from unmask_core.models.runtime import compile_in_place
@@ -86,9 +87,15 @@ def build_training_models(cfg: TrainConfig, device: torch.device | str) -> Train
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, device: torch.device) -> torch.optim.Adam:
-    """Adam over the trainable parameters; fused (one kernel for all of them) on CUDA."""
+    """Adam over the trainable parameters; fused (one kernel for all of them) in the CUDA state (torch
+    has a fused CPU Adam too, so the CUDA state on a CPU takes this path)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.Adam(params, lr=lr, fused=device.type == "cuda")
+    return torch.optim.Adam(params, lr=lr, fused=cuda_state(device))
+
+
+def step_autocast(cfg: TrainConfig, device: torch.device) -> torch.autocast:
+    """The training step's precision: bf16 autocast for a --gpu run in the CUDA state, else fp32."""
+    return bf16_autocast(device, enabled=cfg.gpu and cuda_state(device))
 
 
 def prepare_ddp(encoder: torch.nn.Module, bf16_allreduce: bool) -> torch.nn.Module:
@@ -248,7 +255,7 @@ def train_loop(config: dict[str, Any]) -> None:
     if rank == 0:
         truncate_metrics(run_uri, step)  # rows past the checkpoint are done again
 
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.gpu and device.type == "cuda")
+    autocast = step_autocast(cfg, device)
 
     def loss_of(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         with autocast:
@@ -265,7 +272,7 @@ def train_loop(config: dict[str, Any]) -> None:
             device=device,
             drop_last=True,
             prefetch_batches=PREFETCH_BATCHES,
-            pin_memory=device.type == "cuda",
+            pin_memory=pins_memory(device),
         ):
             batches += 1
             micro_batches.append(batch)
