@@ -27,13 +27,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import json
 import math
 import os
 import platform
-import resource
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -45,140 +42,23 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from bench.benchmarks_md import machine_description
+from bench.gpu_measure import (
+    CAP_NOTE,
+    CapReached,
+    Deadline,
+    SectionSkipped,
+    count_flops,
+    measure,
+    synthetic_faces,
+    weights_dtype,
+)
 from bench.gpu_plan import SECTIONS, format_time_plan, job_stage_shape, make_plan, spec_bf16_tflops, time_plan
+from bench.gpu_report import Report, section_markdown
 from unmask_core.accelerator import CUDA_STATE_ENV, configure_backends, cuda_state, tf32
 
 GOALS = {"unmask_stage": "≥ 1,300 faces/s per H100-class GPU", "train": "≥ 400 samples/s"}
-
-
-# ---------------------------------------------------------------- measuring
-
-
-class SectionSkipped(Exception):
-    """A section that cannot run here, with the reason (recorded, not a failure)."""
-
-
-class CapReached(Exception):
-    """The section's time cap passed before this row had a timed call."""
-
-
-class Deadline:
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.started = time.perf_counter()
-
-    def passed(self) -> bool:
-        return time.perf_counter() - self.started > self.seconds
-
-    def check(self) -> None:
-        if self.passed():
-            raise CapReached
-
-
-NO_DEADLINE = Deadline(math.inf)
-CAP_NOTE = {"note": "section time cap reached; later rows not measured"}
-
-
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def reset_peak_memory(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-
-
-def peak_memory_gib(device: str) -> float:
-    """GPU: the most torch held since the last reset. CPU: the process's peak RSS (its whole life)."""
-    if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
-@dataclasses.dataclass
-class Timing:
-    seconds: float  # median seconds per call
-    calls: int  # timed calls
-    peak_memory_gib: float  # after warm-up
-    cut: bool = False  # fewer trials than planned: the section's cap passed
-
-
-def measure(
-    fn: Callable[[], Any],
-    device: str,
-    warmup_s: float,
-    trials: int,
-    trial_s: float,
-    warmup_calls: int = 2,
-    deadline: Deadline = NO_DEADLINE,
-) -> Timing:
-    """Median seconds per call of `fn` over `trials` trials of about `trial_s` each (at least one call),
-    after at least `warmup_s` and `warmup_calls` of warm-up. CUDA events on a GPU, perf_counter on CPU.
-    The deadline is checked before every call: past it, the warm-up ends, and the trials end once one
-    was timed (CapReached if none was), so a cap is overrun by at most one call."""
-    started = time.perf_counter()
-    calls = 0
-    while True:
-        deadline.check()
-        fn()
-        synchronize(device)
-        calls += 1
-        if calls >= warmup_calls and time.perf_counter() - started >= warmup_s:
-            break
-    # The first calls are the slowest (allocation, kernel selection): this errs towards short trials.
-    per_call = (time.perf_counter() - started) / calls
-    per_trial = max(1, min(1000, round(trial_s / per_call)))
-    reset_peak_memory(device)
-    times: list[float] = []
-    for _ in range(trials):
-        if deadline.passed():
-            if not times:
-                raise CapReached
-            break
-        if device == "cuda":
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
-            for _ in range(per_trial):
-                fn()
-            end.record()
-            end.synchronize()
-            times.append(begin.elapsed_time(end) / 1e3 / per_trial)
-        else:
-            began = time.perf_counter()
-            for _ in range(per_trial):
-                fn()
-            times.append((time.perf_counter() - began) / per_trial)
-    return Timing(
-        statistics.median(times), len(times) * per_trial, peak_memory_gib(device), len(times) < trials
-    )
-
-
-def count_flops(fn: Callable[[], Any]) -> float:
-    """FLOPs of one call (torch's flop counter: convolutions and matmuls, a multiply-add is 2)."""
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return float(counter.get_total_flops())
-
-
-def synthetic_faces(count: int, size: int, seed: int = 0) -> np.ndarray:
-    """Smooth random aligned 'faces', uint8 [count, size, size, 3], lower half covered as by a mask."""
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    coarse = rng.integers(0, 256, size=(count, 8, 8, 3), dtype=np.uint8)
-    faces = np.stack([cv2.resize(c, (size, size), interpolation=cv2.INTER_CUBIC) for c in coarse])
-    faces[:, size // 2 :] = 0
-    return faces
-
-
-def weights_dtype(module: torch.nn.Module) -> str:
-    """The dtype of a network's first convolution weight: what its rows truly compute in."""
-    weight = next(p for p in module.parameters() if p.ndim == 4)
-    return str(weight.dtype).removeprefix("torch.")
 
 
 # ---------------------------------------------------------------- shared state
@@ -748,91 +628,6 @@ SECTION_FUNCTIONS = {
     "train": section_train,
     "compiled": section_compiled,
 }
-
-
-# ---------------------------------------------------------------- report
-
-
-def _cell(value: Any) -> str:
-    """A markdown table cell: 3 significant digits, thousands separators, no '|' or line breaks."""
-    if value is None:
-        return ""
-    if isinstance(value, float) and math.isfinite(value):
-        return f"{value:.3g}" if abs(value) < 100 else f"{value:,.0f}"
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def section_markdown(name: str, result: dict) -> str:
-    lines = [f"## {name}: {result['status']} ({result.get('seconds', 0):.1f} s)", ""]
-    for key in ("summary", "reason", "what", "error"):
-        if result.get(key):
-            lines.append(f"{key}: {result[key]}  ")
-    rows = result.get("rows") or []
-    if rows:
-        columns = list(dict.fromkeys(k for row in rows for k in row))
-        lines += ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
-    if result.get("traceback"):
-        lines += ["", "```", result["traceback"].rstrip(), "```"]
-    return "\n".join(lines) + "\n"
-
-
-def finite(value: Any) -> Any:
-    """`value` with every non-finite float (a rate over no time, a PSNR of equal images) as None: the
-    JSON holds numbers a reader can use, and json.dumps(allow_nan=False) enforces it."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite(v) for v in value]
-    return value
-
-
-class Report:
-    """DIR/gpu_unmask.json and DIR/gpu_unmask.md, rewritten (atomically) after every section."""
-
-    def __init__(self, out: Path, meta: dict) -> None:
-        self.out = out
-        self.meta = meta
-        self.sections: dict[str, dict] = {}
-
-    def record(self, name: str, result: dict) -> None:
-        self.sections[name] = result
-        self.write()
-
-    def write(self) -> None:
-        payload = finite({**self.meta, "sections": self.sections})
-        self._write("gpu_unmask.json", json.dumps(payload, indent=2, default=str, allow_nan=False) + "\n")
-        self._write("gpu_unmask.md", self.markdown())
-
-    def markdown(self) -> str:
-        meta = self.meta
-        lines = [
-            "# GPU benchmark (`bench/gpu_unmask.py`)",
-            "",
-            f"Machine: {meta['machine']}. Command: `{meta['command']}`. Started {meta['started']}.",
-            "",
-            f"Setup (model set made, networks loaded; outside every cap): {_cell(meta.get('setup'))}",
-            "",
-            "| section | status | seconds | summary |",
-            "|---|---|---|---|",
-        ]
-        for name in meta["planned"]:
-            result = self.sections.get(name)
-            if result is None:
-                lines.append(f"| {name} | not run yet | | |")
-                continue
-            summary = result.get("summary") or result.get("reason") or result.get("error", "")
-            lines.append(f"| {name} | {result['status']} | {result['seconds']:.1f} | {_cell(summary)} |")
-        lines.append("")
-        lines += [section_markdown(name, self.sections[name]) for name in self.sections]
-        return "\n".join(lines)
-
-    def _write(self, filename: str, text: str) -> None:
-        partial = self.out / f".{filename}.partial"
-        partial.write_text(text)
-        os.replace(partial, self.out / filename)
 
 
 def run_section(bench: Bench, report: Report, name: str) -> None:
