@@ -192,7 +192,7 @@ def test_join_a_row_to_its_image(output: Path) -> None:
 def test_rows_files_carry_version_and_meanings(output: Path) -> None:
     for path in (output / "rows").iterdir():
         schema = pq.read_schema(path)
-        assert output_schema.check_version(schema) == output_schema.SCHEMA_VERSION
+        assert output_schema.check_version(schema) == output_schema.SCHEMA_VERSIONS["rows"] == "2"
         meanings = output_schema.column_meanings(schema)
         assert list(meanings) == schema.names
         assert "arcface" in meanings["embedding_unmasked_arcface"]
@@ -210,9 +210,13 @@ def test_pairs_files_carry_version_and_meanings(tmp_path: Path) -> None:
 
 def test_a_file_of_another_version_or_origin_is_refused() -> None:
     schema = row_schema({"arcface": 512})
-    newer = schema.with_metadata({**schema.metadata, output_schema.VERSION_KEY: b"2"})
-    with pytest.raises(UserError, match="version '2'"):
+    newer = schema.with_metadata({**schema.metadata, output_schema.VERSION_KEY: b"3"})
+    with pytest.raises(UserError, match="version '3'; this code reads version 2"):
         output_schema.check_version(newer)
+    # A reader meeting the previous version is told what changed.
+    older = schema.with_metadata({**schema.metadata, output_schema.VERSION_KEY: b"1"})
+    with pytest.raises(UserError, match="version '1': its dlib embeddings are at unit length"):
+        output_schema.check_version(older)
     with pytest.raises(UserError, match="absent"):
         output_schema.check_version(pa.schema([("id", pa.string())]))
 

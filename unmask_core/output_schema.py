@@ -17,7 +17,10 @@ from unmask_core.errors import UserError
 SCHEMA_KEY = b"unmask.schema"
 VERSION_KEY = b"unmask.schema_version"
 COLUMNS_KEY = b"unmask.columns"
-SCHEMA_VERSION = "1"
+# Per kind. rows 2: dlib embeddings are stored as dlib computes them (version 1 stored them at unit length).
+SCHEMA_VERSIONS = {"rows": "2", "pairs": "1"}
+# What changed since each earlier version, for a reader that meets one.
+EARLIER_VERSIONS = {("rows", "1"): "its dlib embeddings are at unit length, not as dlib computes them"}
 
 # The columns a bulk row and a pairs row share (from the input listing and the per-image work).
 _INPUT_COLUMNS = {
@@ -85,7 +88,7 @@ def with_meanings(schema: pa.Schema, kind: str) -> pa.Schema:
     return schema.with_metadata(
         {
             SCHEMA_KEY: kind.encode(),
-            VERSION_KEY: SCHEMA_VERSION.encode(),
+            VERSION_KEY: SCHEMA_VERSIONS[kind].encode(),
             COLUMNS_KEY: json.dumps(meanings).encode(),
         }
     )
@@ -104,6 +107,12 @@ def check_version(schema: pa.Schema, kind: str = "rows") -> str:
     version = metadata.get(VERSION_KEY, b"").decode()
     if found_kind != kind:
         raise UserError(f"not an unmask {kind} file (its unmask.schema is {found_kind or 'absent'!r})")
-    if version != SCHEMA_VERSION:
-        raise UserError(f"unmask {kind} schema version {version!r}; this code reads version {SCHEMA_VERSION}")
+    expected = SCHEMA_VERSIONS[kind]
+    if version != expected:
+        change = EARLIER_VERSIONS.get((kind, version))
+        why = f": {change}" if change else ""
+        raise UserError(
+            f"unmask {kind} schema version {version!r}{why}; this code reads version {expected} "
+            "(rerun the job into a new output to get it)"
+        )
     return version

@@ -98,10 +98,12 @@ def face_chips(faces: Tensor) -> list[np.ndarray]:
 
 
 class DlibResNetMatcher(Matcher):
-    """dlib's `dlib_face_recognition_resnet_model_v1`: 128-D descriptors, L2-normalised here so that
-    cosine scores compare with the other matchers' (dlib itself thresholds Euclidean distance 0.6)."""
+    """dlib's `dlib_face_recognition_resnet_model_v1`: 128-D descriptors exactly as dlib (and so
+    face_recognition) computes them, not normalised (their norms are about 1.3 to 1.6), so that
+    face_recognition's tolerance (Euclidean distance 0.6) and its existing galleries work unchanged.
+    Cosine similarity ranks them as well."""
 
-    name, backend, dim, normalized, pretrained = "dlib", "dlib", 128, True, True
+    name, backend, dim, normalized, pretrained = "dlib", "dlib", 128, False, True
 
     def __init__(self) -> None:
         self.model = dlib_models.face_descriptor_model()
@@ -110,5 +112,4 @@ class DlibResNetMatcher(Matcher):
     def embed(self, faces: Tensor) -> np.ndarray:
         if len(faces) == 0:
             return np.zeros((0, self.dim), np.float32)
-        descriptors = np.asarray(self.model.compute_face_descriptor(face_chips(faces)), dtype=np.float32)
-        return descriptors / np.linalg.norm(descriptors, axis=1, keepdims=True)
+        return np.asarray(self.model.compute_face_descriptor(face_chips(faces)), dtype=np.float32)
