@@ -11,13 +11,12 @@ with randomly initialised weights (speed does not depend on the values). Results
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from bench.benchmarks_md import machine_description, update_section
+from bench.benchmarks_md import LoadWatch, machine_description, update_section
 from unmask_core.models.encoder import GradualStyleEncoder
 from unmask_core.models.irse import Backbone
 from unmask_core.models.model_set import model_set_configs
@@ -92,11 +91,12 @@ def main() -> None:
     skip_upsample = sum(gflops(Upsample, (1, 3, s // 2, s // 2)) for s in (8, 16, 32, 64, 128, 256))
 
     threads = torch.get_num_threads()
-    load_before = os.getloadavg()[0]
     torch.manual_seed(0)
-    reference_size = throughput(GradualStyleEncoder(f256).eval(), Generator(g256).eval(), 4, 256, args.repeat)
-    tiny = throughput(GradualStyleEncoder(tiny_f).eval(), Generator(tiny_g).eval(), 8, 64, 10)
-    load_after = os.getloadavg()[0]
+    with LoadWatch() as load:
+        reference_size = throughput(
+            GradualStyleEncoder(f256).eval(), Generator(g256).eval(), 4, 256, args.repeat
+        )
+        tiny = throughput(GradualStyleEncoder(tiny_f).eval(), Generator(tiny_g).eval(), 8, 64, 10)
 
     lines = [
         "## Models: FLOPs per image and CPU throughput (`bench/flops.py`)",
@@ -135,14 +135,12 @@ def main() -> None:
             for label, batch, r in (("reference 256 px", 4, reference_size), ("tiny 64 px", 8, tiny))
         ),
         "",
-        f"Load average (1 min) {load_before:.1f} before and {load_after:.1f} after the timing on "
-        f"{os.cpu_count()} cores. The machine is shared with other jobs: with a load above the core "
-        "count, wall-clock rates are lower bounds. CPU-seconds per image count only this process, "
-        "but still grow under contention (OpenMP threads spin while a peer is descheduled); "
+        "CPU-seconds per image count only this process, but still grow under contention (OpenMP threads "
+        "spin while a peer is descheduled); "
         f"at full use of {threads} threads, wall time per image is about CPU time / {threads}.",
     ]
     markdown = "\n".join(lines)
-    update_section("models", markdown)
+    update_section("models", markdown, load)
     print(markdown)
 
 

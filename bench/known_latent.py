@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.benchmarks_md import machine_description, update_section
+from bench.benchmarks_md import LoadWatch, machine_description, update_section
 from unmask_core import metrics
 from unmask_core.inference import to_uint8
 from unmask_core.losses import LossWeights, TrainingLoss
@@ -180,14 +180,17 @@ def main() -> None:
     torch.set_num_threads(2)
     started = time.perf_counter()
     per_seed: list[dict[str, dict]] = []
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, LoadWatch() as load:
         for seed in range(args.seeds):
             per_seed.append(run_seed(seed, args, Path(folder)))
             print(f"seed {seed} done at {time.perf_counter() - started:.0f}s", flush=True)
-            write_table(per_seed, args, time.perf_counter() - started)  # each finished seed counts
+            # Each finished seed counts.
+            write_table(per_seed, args, time.perf_counter() - started, load.until_now())
 
 
-def write_table(per_seed: list[dict[str, dict]], args: argparse.Namespace, seconds: float) -> None:
+def write_table(
+    per_seed: list[dict[str, dict]], args: argparse.Namespace, seconds: float, load: LoadWatch
+) -> None:
     names = list(per_seed[0])
     keys = ["masked_psnr", "psnr", "ssim", "latent_error"]
     lines = [
@@ -227,7 +230,7 @@ def write_table(per_seed: list[dict[str, dict]], args: argparse.Namespace, secon
         )
     text = "\n".join(lines + per_seed_rows) + "\n"
     print(text)
-    update_section("known_latent", text)
+    update_section("known_latent", text, load)
 
 
 if __name__ == "__main__":

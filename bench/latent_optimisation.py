@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.benchmarks_md import machine_description, update_section
+from bench.benchmarks_md import LoadWatch, machine_description, update_section
 from unmask_core.faces.align import template
 from unmask_core.inversion import optimise_latents
 from unmask_core.models.model_set import ModelSet, init_model_set
@@ -133,7 +133,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, LoadWatch() as load:
         init_model_set(64, folder, seed=args.seed)
         setup = known_latent_setup(folder, args.latents, seed=args.seed + 100)
         runs = {
@@ -176,7 +176,7 @@ def main() -> None:
     )
     text = "\n".join(lines) + "\n"
     print(text)
-    update_section("latent_optimisation", text)
+    update_section("latent_optimisation", text, load)
 
 
 if __name__ == "__main__":

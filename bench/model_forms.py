@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +19,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from bench.benchmarks_md import machine_description, update_section
+from bench.benchmarks_md import LoadWatch, machine_description, update_section
 from unmask_core.models.encoder import GradualStyleBlock, GradualStyleEncoder, upsample_add
 from unmask_core.models.model_set import model_set_configs
 from unmask_core.models.stylegan2 import Generator, ModulatedConv2d, modulated_conv2d_per_sample
@@ -145,11 +144,9 @@ def main() -> None:
         with per_sample_form(g):
             return g(codes)
 
-    load_before = os.getloadavg()[0]
-    with torch.no_grad():
+    with torch.no_grad(), LoadWatch() as load:
         f_old, f_new, f_diff = compare(lambda: old_f(x), lambda: encoder(x), args.repeats)
         g_old, g_new, g_diff = compare(old_g, lambda: g(codes), args.repeats)
-    load_after = os.getloadavg()[0]
     per_image = args.batch
     traffic = bytes_per_image(modulated_layers(g), args.batch)
     n_weights = sum(layer["weight"] for layer in modulated_layers(g))
@@ -170,9 +167,6 @@ def main() -> None:
         f"| g: per-sample grouped → shared-weight modulated conv | {g_old / per_image:.3f} | "
         f"{g_new / per_image:.3f} | {g_new / g_old:.2f} | {g_diff:.1e} |",
         "",
-        f"Load average (1 min) {load_before:.1f} before and {load_after:.1f} after the timing. "
-        "With a load above the core count, wall times are upper bounds; the ratio is the figure to read.",
-        "",
         f"Bytes moved per image by g's modulated convolutions (analytic, `bytes_per_image`; "
         f"{n_weights / 1e6:.1f} M modulated weight elements; batch {args.batch} for the shared weight's "
         "reads). Noise, bias, activation and blur are left out: in fp32 they move the same bytes in both "
@@ -187,7 +181,7 @@ def main() -> None:
     ]
     text = "\n".join(lines)
     print(text)
-    update_section("model_forms", text)
+    update_section("model_forms", text, load)
 
 
 if __name__ == "__main__":

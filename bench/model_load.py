@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.benchmarks_md import machine_description, update_section
+from bench.benchmarks_md import LoadWatch, machine_description, update_section
 
 LOAD = (
     "from unmask_core.inference import Unmasker; Unmasker({models!r}, ['arcface', 'facenet'], device='cpu')"
@@ -49,7 +49,7 @@ def main() -> None:
     trees = list(labels)
     from unmask_core.models.model_set import init_model_set
 
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, LoadWatch() as load:
         models = str(Path(folder) / "models")
         init_model_set(args.size, models)
         load_seconds(trees[-1], models)  # warm-up: the page cache holds the files for every tree alike
@@ -76,7 +76,7 @@ def main() -> None:
         + "\n"
     )
     print(text)
-    update_section("model_load", text)
+    update_section("model_load", text, load)
 
 
 if __name__ == "__main__":

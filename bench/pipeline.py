@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench.benchmarks_md import machine_description, update_section
+from bench.benchmarks_md import LoadWatch, machine_description, update_section
 from unmask_core.faces.samples import load_rgb, sample_photo
 
 REPO = Path(__file__).resolve().parent.parent
@@ -291,10 +291,9 @@ def main() -> None:
     )
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args()
-    load_at_start = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     from unmask_core.models.model_set import init_model_set
 
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, LoadWatch() as load:
         root = Path(folder)
         models = str(root / "models")
         init_model_set(args.size, models)
@@ -344,11 +343,10 @@ def main() -> None:
         f"| JPEG decoding on the device, `--image-format jpeg` | {jpeg_out:.2f} | **{cores(jpeg_out)}** |\n"
         f"| PIL decoding on the CPU, PNG out | {with_decode:.2f} | **{cores(with_decode)}** |\n\n"
         "Each sum is read + (handoff or decode) + encode + upload. Detection and alignment run on the device "
-        "in the GPU configuration and are not host work. Load average at the start of the run: "
-        f"{load_at_start}.\n"
+        "in the GPU configuration and are not host work.\n"
     )
     print(text)
-    update_section("pipeline", text)
+    update_section("pipeline", text, load)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow.compute as pc
 import torch
 
-from bench.benchmarks_md import machine_description, update_section
+from bench.benchmarks_md import LoadWatch, machine_description, update_section
 from tests.support.synthetic import write_synthetic_pairs
 from unmask_core import ray_session, shards, storage
 from unmask_core.data import png_to_tensor
@@ -183,7 +183,7 @@ def main() -> None:
     epoch_steps = args.steps // 2
     # torch threads -> per round (bare steps/s, Ray steps/s, seconds of the step starting epoch 2)
     rounds: dict[int, list[tuple[float, float, float]]] = {}
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, LoadWatch() as load:
         pairs = write_synthetic_pairs(
             str(Path(folder) / "pairs"), n_identities=4 * epoch_steps * args.batch_size // 3, per_identity=1
         )
@@ -249,7 +249,7 @@ def main() -> None:
         "passes once per pair (one epoch's worth), so it pays from the second epoch on.\n"
     )
     print(text)
-    update_section("train_overhead", text)
+    update_section("train_overhead", text, load)
 
 
 if __name__ == "__main__":
