@@ -199,7 +199,11 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             self.upstream.close()
             self.send_error(502, f"upstream {self.server.upstream_host}:{self.server.upstream_port}: {exc}")
             return
-        self._relay_response(response, kind, target)
+        try:
+            self._relay_response(response, kind, target)
+        except ConnectionError:  # the client hung up mid-answer (a retry, a kill): as S3 would, carry on
+            self.upstream.close()
+            self.close_connection = True
 
     def _send_request_body(self) -> None:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -231,17 +235,17 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         if not delimited:  # the body ends when upstream closes: so must ours
             self.close_connection = True
         self.end_headers()
-        sent = 0
-        while block := response.read(COPY_BLOCK):
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(block), block) if chunked else block)
-            sent += len(block)
-        if chunked:
-            self.wfile.write(b"0\r\n\r\n")
-        if response.will_close:
-            self.upstream.close()
-            self.close_connection = True
-        if kind == "GET":
-            self.server.record_bytes(target, sent)
+        try:
+            while block := response.read(COPY_BLOCK):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(block), block) if chunked else block)
+                if kind == "GET":
+                    self.server.record_bytes(target, len(block))
+            if chunked:
+                self.wfile.write(b"0\r\n\r\n")
+        finally:
+            if response.will_close:
+                self.upstream.close()
+                self.close_connection = True
 
     do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = do_request
 
