@@ -215,14 +215,21 @@ def test_an_optional_file_is_listed_by_checksum_then_read_through_the_cache(
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]).SerializeToString()
     onnx.checker.check_model(onnx.load_from_string(model))
     storage.write_bytes_atomic(storage.join(s3_set, "arcface.onnx"), model)
-    assert not ModelSet(s3_set).has("arcface_onnx")  # a set holds the files its manifest lists
+    onnx_key = f"{s3_set.removeprefix('s3://')}/arcface.onnx"
+    sha = hashlib.sha256(model).hexdigest()
+
+    def describe_twice() -> None:  # the driver's check, then (say) an actor on the same node
+        for _ in range(2):
+            info = describe_model_set(s3_set, ["arcface"])
+            assert info.provenance["matchers"] == f"arcface:{sha}"
+            assert info.embedding_dims == {"arcface": 3}
+
+    describe_twice()  # added by hand: used, read by each process, not cached
+    assert proxy.gets_by_key()[onnx_key] == 2 and not cache_dir.exists()
 
     assert models_job.main(["checksum", "--models", s3_set]) == 0
-    assert ModelSet(s3_set).has("arcface_onnx")
-    for _ in range(2):  # the driver's check, then (say) an actor on the same node
-        info = describe_model_set(s3_set, ["arcface"])
-        assert info.provenance["matchers"] == f"arcface:{hashlib.sha256(model).hexdigest()}"
-        assert info.embedding_dims == {"arcface": 3}
-    onnx_key = f"{s3_set.removeprefix('s3://')}/arcface.onnx"
-    assert proxy.gets_by_key()[onnx_key] == 2  # `models checksum` read it, then the node cache did
-    assert (cache_dir / f"{hashlib.sha256(model).hexdigest()}.onnx").read_bytes() == model
+    assert ModelSet(s3_set).checksum(storage.join(s3_set, "arcface.onnx")) == FileChecksum.of_bytes(model)
+    proxy.reset()
+    describe_twice()  # recorded: through the node cache, once
+    assert proxy.gets_by_key()[onnx_key] == 1
+    assert (cache_dir / f"{sha}.onnx").read_bytes() == model

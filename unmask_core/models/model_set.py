@@ -206,6 +206,7 @@ class ModelSet:
             raise CheckpointError(f"{manifest_uri}: no sha256 for {', '.join(missing)}")
         self._frozen: dict[str, nn.Module] = {}
         self._validated: dict[str, nn.Module] = {}  # encoders validate() loaded, for encoder() to take
+        self._listing: dict[str, int] | None = None
 
     @property
     def size(self) -> int:
@@ -236,25 +237,28 @@ class ModelSet:
 
     def optional_file(self, name: str) -> str | None:
         """Where to read 'arcface_onnx' or 'lpips_alexnet' when the set holds it, else None: on S3, the
-        node cache's copy. A set whose manifest has file checksums holds the files it lists."""
+        node cache's copy of a file the manifest has a checksum for (one added by hand and not yet
+        recorded with `unmask models checksum` is read from the set by every process)."""
         uri = self.file_uri(name)
-        if CHECKSUMS not in self.manifest:
-            return uri if storage.exists(uri) else None
         checksum = self.checksum(uri)
         if checksum is None:
-            return None
+            return uri if posixpath.basename(uri) in self._file_sizes() else None
         return cached_copy(uri, checksum) if storage.is_s3(uri) else uri
 
     def has(self, name: str) -> bool:
-        """Whether the set holds a model: always for the required five, listed in the manifest (or, in
-        a set without file checksums, on disk) for optional files."""
+        """Whether the set holds a model: always for the required five, listed in the manifest or on
+        disk for optional files."""
         name = ALIASES.get(name, name)
         if name in REQUIRED_FILES:
             return True
-        if name not in OPTIONAL_FILES:
-            return False
-        uri = self.file_uri(name)
-        return self.checksum(uri) is not None if CHECKSUMS in self.manifest else storage.exists(uri)
+        uri = self.file_uri(name)  # KeyError for an unknown name
+        return self.checksum(uri) is not None or posixpath.basename(uri) in self._file_sizes()
+
+    def _file_sizes(self) -> dict[str, int]:
+        """The folder's files and their sizes, from one listing made once."""
+        if self._listing is None:
+            self._listing = storage.file_sizes(self.uri)
+        return self._listing
 
     def sha256(self, name: str) -> str:
         """sha256 of a model's weights (as recorded in model_set.json; verified whenever it is loaded)."""
@@ -337,7 +341,7 @@ class ModelSet:
                 f"(a set written before manifests had them); add them once with "
                 f"`unmask models checksum --models {self.uri}`"
             )
-        sizes = storage.file_sizes(self.uri) if checksums else {}
+        sizes = self._file_sizes() if checksums else {}
         for filename, entry in sorted(checksums.items()):
             uri = storage.join(self.uri, filename)
             if filename not in sizes:
