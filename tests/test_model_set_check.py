@@ -4,6 +4,7 @@ headers, never the weights; a broken set is refused in one line. Requests counte
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -157,3 +158,14 @@ def test_a_trained_encoder_saved_into_a_set_keeps_its_checksums_true(
     assert_checksums_true(first)
     assert_checksums_true(models.save_encoder("unmask", f, str(out)))  # the copies kept
     assert_checksums_true(first.save_encoder("baseline", f, str(out)))  # in place
+
+
+def test_a_file_of_the_right_size_but_not_weights_is_refused_from_its_first_bytes(
+    s3_set: str, proxy: CountingProxy
+) -> None:
+    encoder = storage.join(s3_set, "encoder.pt")
+    storage.write_bytes_atomic(encoder, os.urandom(len(storage.read_bytes(encoder))))
+    proxy.reset()
+    with pytest.raises(CheckpointError, match=r"encoder.pt: not a readable PyTorch file .*not a zip archive"):
+        describe_model_set(s3_set, MATCHERS)
+    assert all(n <= HEADER_BYTES for n in _weights_read(proxy).values())

@@ -32,6 +32,7 @@ from unmask_core.models.stylegan2 import Generator, GeneratorConfig
 
 FORMAT = "unmask-checkpoint/1"
 KINDS = ("generator", "encoder", "arcface", "facenet")
+ZIP_MAGIC = b"PK\x03\x04"  # how every file torch.save writes begins
 
 
 class CheckpointError(UserError):
@@ -75,6 +76,12 @@ def torch_load_structure(uri: str, size: int | None = None) -> Any:
     except UserError as exc:
         raise CheckpointError(str(exc)) from None
     with file:
+        # torch's legacy format is one stream, read to its end: refuse it rather than read it in pieces.
+        if file.read(4) != ZIP_MAGIC:
+            raise CheckpointError(
+                f"{uri}: not a readable PyTorch file (truncated or corrupt): not a zip archive"
+            )
+        file.seek(0)
         return _one_line_errors(uri, lambda: torch.load(file, map_location="meta", weights_only=True))
 
 
