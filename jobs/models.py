@@ -1,4 +1,5 @@
-"""`unmask models init|import`: a randomly initialised model set, or one converted from public checkpoints."""
+"""`unmask models init|import|checksum`: a randomly initialised model set, one converted from public
+checkpoints, or an older set's manifest completed with its files' sizes and sha256s."""
 
 from __future__ import annotations
 
@@ -30,6 +31,11 @@ class ModelsImportConfig(JobConfig):
     lpips_alexnet: str = option("", "torchvision AlexNet state dict (LPIPS backbone)")
 
 
+@dataclass
+class ModelsChecksumConfig(JobConfig):
+    models: str = option("", "model set folder, local or s3://bucket/prefix", required=True)
+
+
 ACTIONS = {
     "init": (
         ModelsInitConfig,
@@ -42,6 +48,13 @@ ACTIONS = {
         "build a model set from public checkpoints (StyleGAN2, pSp, IR-SE50, FaceNet, ...)",
         "Convert the public checkpoints into a model set in our format (one file per model with its "
         "config and sha256). Give --psp, or --generator (then f0 starts from pSp's IR-SE50 init).",
+    ),
+    "checksum": (
+        ModelsChecksumConfig,
+        "add file sizes and sha256s to the manifest of a set written before manifests had them",
+        "Record each file's size and sha256 in model_set.json, as `init` and `import` do: the bulk job "
+        "checks a set against them without reading its weights, and each node downloads each file once. "
+        "Reads each file once and checks its weights against the manifest first.",
     ),
 }
 
@@ -56,6 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     namespace = parser.parse_args(argv)
     cfg = build_config(ACTIONS[namespace.action][0], namespace)
 
+    if isinstance(cfg, ModelsChecksumConfig):
+        from unmask_core.models.importer import add_checksums
+
+        manifest = add_checksums(cfg.models)
+        print(json.dumps(manifest, indent=2))
+        print(f"Checksums recorded in {storage.join(cfg.models, 'model_set.json')}.")
+        return 0
     storage.check_writable(cfg.out)
     if isinstance(cfg, ModelsInitConfig):
         from unmask_core.models.model_set import init_model_set  # heavy: torch and the model code

@@ -1,4 +1,5 @@
-"""A broken model set fails the job in one line naming the file, before any shard is planned."""
+"""A broken model set fails the job in one line naming the file, before any shard is planned: in the
+driver's check (the set on the meta device: headers only) as in a full load."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ import torch
 
 from tests.conftest import REPO_ROOT
 from unmask_core.errors import UserError
+from unmask_core.models.cache import FileChecksum
 from unmask_core.models.format import save_module
-from unmask_core.models.model_set import MANIFEST, ModelSet, model_set_configs
+from unmask_core.models.model_set import CHECKSUMS, MANIFEST, ModelSet, model_set_configs
 from unmask_core.models.stylegan2 import Generator
 
 
@@ -31,11 +33,14 @@ def test_a_generator_of_another_size_than_the_manifest_is_one_line(tiny_model_se
     other = Generator(type(config)(size=32, style_dim=config.style_dim, max_channels=config.max_channels))
     manifest = json.loads((folder / MANIFEST).read_text())
     manifest["sha256"]["generator"] = save_module(other, str(folder / "generator.pt"))
+    checksum = FileChecksum.of_file(folder / "generator.pt")
+    manifest[CHECKSUMS]["generator.pt"] = {"size": checksum.size, "sha256": checksum.sha256}
     (folder / MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(
-        UserError, match=r"generator.pt: a 32 px generator with 8 styles; .* says 64 px and 10"
-    ):
-        ModelSet(str(folder)).validate()
+    for device in ("cpu", "meta"):
+        with pytest.raises(
+            UserError, match=r"generator.pt: a 32 px generator with 8 styles; .* says 64 px and 10"
+        ):
+            ModelSet(str(folder), device=device).validate()
 
 
 def test_a_truncated_encoder_fails_the_bulk_job_in_one_line_before_planning(

@@ -140,13 +140,15 @@ class Unmasker:
 
 
 def describe_model_set(models_uri: str, matchers: list[str]) -> ModelInfo:
-    """What every output row records about the models, and the embedding sizes, without a GPU."""
+    """What every output row records about the models, and the embedding sizes: the driver's check of a
+    model set. It reads the manifest, one listing and each model's headers, never the weights (a set on
+    the meta device; see ModelSet), so a broken set fails here in one line, before any work."""
     from unmask_core.matchers import build_matcher
     from unmask_core.models.model_set import ModelSet
 
-    model_set = ModelSet(models_uri, device="cpu")
+    model_set = ModelSet(models_uri, device="meta")
     model_set.validate(encoders=("unmask",))
-    built = {name: build_matcher(name, model_set, "cpu") for name in matchers}
+    built = {name: build_matcher(name, model_set, "meta") for name in matchers}
     provenance = {
         "matchers": ",".join(f"{name}:{m.model_sha256}" for name, m in built.items()),
         "encoder_sha256": model_set.sha256("unmask"),

@@ -7,11 +7,13 @@ without it, AWS's own endpoint is used, which needs credentials from the usual A
 
 from __future__ import annotations
 
+import io
 import os
 import posixpath
 import re
 import stat
 import uuid
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 
@@ -325,3 +327,95 @@ def safe_relative_path(key: str, max_part: int = 120, max_total: int = MAX_KEY_B
         parts.pop(0)
     path = "/".join(parts) or "_"
     return path[-max_total:]
+
+
+def file_sizes(uri: str) -> dict[str, int]:
+    """Name -> size in bytes of each file directly in the folder `uri`, from one listing (no reads)."""
+    fs, path = fsspec_filesystem(uri)
+    try:
+        found = fs.ls(path, detail=True)
+    except Exception as exc:
+        raise _translate_errors(uri, exc) from exc
+    return {posixpath.basename(info["name"]): int(info["size"]) for info in found if info["type"] == "file"}
+
+
+class _EndsFile(io.RawIOBase):
+    """A read-only file of an object that fetches its first and its last `block` bytes once each (one
+    ranged read each) and any other range when asked: for formats indexed at both ends (zip)."""
+
+    def __init__(self, uri: str, fetch: Callable[[int, int], bytes], size: int, block: int) -> None:
+        super().__init__()
+        self.name, self._fetch, self._size, self._block = uri, fetch, size, block
+        self._pos = 0
+        self._ends: dict[int, bytes] = {}  # start -> bytes: the head and the tail, once fetched
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        n = max(0, min(len(buffer), self._size - self._pos))
+        if n:
+            buffer[:n] = self._range(self._pos, self._pos + n)
+            self._pos += n
+        return n
+
+    def _range(self, start: int, stop: int) -> bytes:
+        for end_start in (0, max(0, self._size - self._block)):
+            end_stop = min(self._size, end_start + self._block)
+            if end_start <= start and stop <= end_stop:
+                if end_start not in self._ends:
+                    self._ends[end_start] = self._fetch(end_start, end_stop)
+                return self._ends[end_start][start - end_start : stop - end_start]
+        return self._fetch(start, stop)
+
+
+def open_ranged(uri: str, size: int | None = None, block: int = 1 << 17) -> io.RawIOBase:
+    """A seekable binary file of `uri` for formats indexed at both ends of a large file (zip, so
+    torch's): on S3 its first and last `block` bytes are read once each (one ranged GET each) and any
+    other range when asked; with `size` known, no HEAD."""
+    if not is_s3(uri):
+        return open(local_file(uri), "rb", buffering=0)  # noqa: SIM115 - the caller closes it
+    fs, path = fsspec_filesystem(uri)
+
+    def fetch(start: int, stop: int) -> bytes:
+        try:
+            return fs.cat_file(path, start=start, end=stop)
+        except Exception as exc:
+            raise _translate_errors(uri, exc) from exc
+
+    if size is None:
+        try:
+            size = int(fs.size(path))
+        except Exception as exc:
+            raise _translate_errors(uri, exc) from exc
+    return _EndsFile(uri, fetch, size, block)
+
+
+def download(uri: str, local_path: str | Path) -> None:
+    """Copy the object at `uri` into the local file `local_path`, streamed (one GET on S3; s3fs resumes
+    a broken stream from where it stopped). A full disk is a TransientError; the caller removes the
+    partial file."""
+    import errno
+
+    from unmask_core.errors import TransientError
+
+    fs, path = fsspec_filesystem(uri)
+    try:
+        fs.get_file(path, str(local_path), max_concurrency=1)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise TransientError(f"{local_path}: disk full while copying {uri}") from exc
+        raise _translate_errors(uri, exc) from exc
+    except Exception as exc:
+        raise _translate_errors(uri, exc) from exc

@@ -8,7 +8,9 @@
 - public.py: the public formats in (rosinality g_ema, pSp, IR-SE50, facenet, LPIPS AlexNet), with
   configs inferred from the weights' shapes.
 - model_set.py: a folder of g, f0, f, ArcFace and FaceNet (`ModelSet`, `init_model_set`).
-- importer.py: public checkpoints into a model set (`unmask models import`).
+- cache.py: the node cache: one verified download of each remote weights file per node.
+- importer.py: public checkpoints into a model set (`unmask models import`), and older sets' manifests
+  completed with file checksums (`unmask models checksum`).
 
 Architecture code never knows where weights come from; format.py and public.py are the only loaders.
 """

@@ -32,6 +32,7 @@ from unmask_core.models.stylegan2 import Generator, GeneratorConfig
 
 FORMAT = "unmask-checkpoint/1"
 KINDS = ("generator", "encoder", "arcface", "facenet")
+ZIP_MAGIC = b"PK\x03\x04"  # how every file torch.save writes begins
 
 
 class CheckpointError(UserError):
@@ -43,16 +44,18 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def torch_load(uri: str) -> Any:
-    """`torch.load(weights_only=True)` of a local or s3:// file, with one-line errors. A local file is
-    memory-mapped: its tensors are the page cache's pages (copied on write), not two copies of the
-    bytes, and every actor on a node that loads the same model set shares them."""
+def torch_load(uri: str, label: str | None = None) -> Any:
+    """`torch.load(weights_only=True)` of a local or s3:// file, with one-line errors naming `label` (by
+    default `uri`). A local file is memory-mapped: its tensors are the page cache's pages (copied on
+    write), not two copies of the bytes, and every actor on a node that loads the same file shares them."""
+    label = label or uri
     try:
         local = not storage.is_s3(uri)
         source = storage.local_file(uri) if local else io.BytesIO(storage.read_bytes(uri))
     except UserError as exc:
         raise CheckpointError(str(exc)) from None
-    try:
+
+    def load() -> Any:
         try:
             return torch.load(source, map_location="cpu", weights_only=True, mmap=local)
         except RuntimeError as exc:
@@ -60,29 +63,59 @@ def torch_load(uri: str) -> Any:
                 raise
             # A file in torch's legacy (pre-zip) format cannot be mapped: read it whole.
             return torch.load(source, map_location="cpu", weights_only=True)
+
+    return _one_line_errors(label, load)
+
+
+def torch_load_structure(uri: str, size: int | None = None) -> Any:
+    """What `torch_load` returns, with every tensor on the meta device (dtype and shape, no data), from
+    the file's pickle and zip directory alone: a few ranged reads at its two ends, whatever its size.
+    `size`, when known, spares S3 a HEAD request."""
+    try:
+        file = storage.open_ranged(uri, size)
+    except UserError as exc:
+        raise CheckpointError(str(exc)) from None
+    with file:
+        # torch's legacy format is one stream, read to its end: refuse it rather than read it in pieces.
+        if file.read(4) != ZIP_MAGIC:
+            raise CheckpointError(
+                f"{uri}: not a readable PyTorch file (truncated or corrupt): not a zip archive"
+            )
+        file.seek(0)
+        return _one_line_errors(uri, lambda: torch.load(file, map_location="meta", weights_only=True))
+
+
+def _one_line_errors(label: str, load: Callable[[], Any]) -> Any:
+    try:
+        return load()
     except pickle.UnpicklingError as exc:
         text = str(exc)
         refused = [line.strip() for line in text.splitlines() if "Unsupported global" in line]
         if refused:  # a well-formed pickle that would import and call code: weights_only refuses it
             raise CheckpointError(
-                f"{uri}: refused to load: the file holds objects that are not weights "
+                f"{label}: refused to load: the file holds objects that are not weights "
                 f"(torch.load weights_only=True): {refused[0]}"
             ) from None
         detail = next((line.strip() for line in text.splitlines() if "Unsupported" in line), _first_line(exc))
         raise CheckpointError(
-            f"{uri}: not a readable PyTorch file (truncated or corrupt): {detail}"
+            f"{label}: not a readable PyTorch file (truncated or corrupt): {detail}"
         ) from None
     except Exception as exc:  # zip reader, EOF and unpickling errors come in many types
         raise CheckpointError(
-            f"{uri}: not a readable PyTorch file (truncated or corrupt): {_first_line(exc)}"
+            f"{label}: not a readable PyTorch file (truncated or corrupt): {_first_line(exc)}"
         ) from None
+
+
+def torch_bytes(obj: Any) -> bytes:
+    """What torch.save writes for `obj`."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
 
 
 def torch_save(obj: Any, uri: str) -> None:
     """torch.save to a local or s3:// file, atomically (readers see the old file or the new one)."""
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    storage.write_bytes_atomic(uri, buffer.getvalue())
+    storage.write_bytes_atomic(uri, torch_bytes(obj))
 
 
 def key_list(keys: list[str], limit: int = 8) -> str:
@@ -124,7 +157,14 @@ def build_strict(
 ) -> nn.Module:
     """`factory()` holding exactly `state_dict`'s weights (else a CheckpointError naming the file), in
     the module's own dtypes. Built on the meta device and the loaded tensors assigned: no random
-    initialisation to throw away (a third of a 256 px model set's load time) and no second copy."""
+    initialisation to throw away (a third of a 256 px model set's load time) and no second copy.
+    Given meta tensors (`torch_load_structure`), the module stays on the meta device: the fit is checked
+    and nothing is read."""
+    if any(isinstance(v, Tensor) and v.is_meta for v in state_dict.values()):
+        with torch.device("meta"):
+            module = factory()
+        check_fit(uri, what, module.state_dict(), state_dict)
+        return module
     return build_on_meta(factory, state_dict, fit=lambda expected: check_fit(uri, what, expected, state_dict))
 
 
@@ -160,6 +200,15 @@ def save_checkpoint(
     uri: str, kind: str, config: dict[str, Any], state_dict: Mapping[str, Tensor], extra: dict | None = None
 ) -> str:
     """Write one model in our format; returns its sha256."""
+    sha, data = checkpoint_bytes(kind, config, state_dict, extra)
+    storage.write_bytes_atomic(uri, data)
+    return sha
+
+
+def checkpoint_bytes(
+    kind: str, config: dict[str, Any], state_dict: Mapping[str, Tensor], extra: dict | None = None
+) -> tuple[str, bytes]:
+    """(sha256 of the weights, the file's bytes) of one model in our format."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     cpu = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
@@ -175,13 +224,28 @@ def save_checkpoint(
         "extra": extra,
         "sha256": sha,
     }
-    torch_save(payload, uri)
-    return sha
+    return sha, torch_bytes(payload)
 
 
-def read_checkpoint(uri: str, kind: str | None = None) -> Checkpoint:
-    """Read and verify one file in our format (format tag, kind, sha256)."""
-    obj = torch_load(uri)
+def read_checkpoint(
+    uri: str,
+    kind: str | None = None,
+    *,
+    structure_only: bool = False,
+    size: int | None = None,
+    hash_weights: bool = True,
+    label: str | None = None,
+) -> Checkpoint:
+    """Read and verify one file in our format (format tag, kind, sha256 of the weights).
+
+    `structure_only`: tensors on the meta device, read from the file's headers alone (see
+    `torch_load_structure`, which takes `size`); the weights are neither read nor hashed.
+    `hash_weights=False`: the caller has checked the file's bytes against a checksum (the node cache),
+    so the recorded sha256 is taken as it is. `label`: the URI to name in messages (`uri` being a local
+    copy of it).
+    """
+    obj = torch_load_structure(uri, size) if structure_only else torch_load(uri, label)
+    uri = label or uri
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         keys = key_list(sorted(map(str, obj))) if isinstance(obj, dict) else type(obj).__name__
         raise CheckpointError(
@@ -197,6 +261,8 @@ def read_checkpoint(uri: str, kind: str | None = None) -> Checkpoint:
     bad = sorted(k for k, v in state_dict.items() if not isinstance(v, Tensor))
     if bad:
         raise CheckpointError(f"{uri}: state_dict entries that are not tensors: {key_list(bad)}")
+    if structure_only or not hash_weights:
+        return Checkpoint(uri, obj["kind"], dict(obj["config"]), state_dict, dict(extra), obj["sha256"])
     actual = state_dict_sha256(_hashed_tensors(state_dict, extra))
     if actual != obj["sha256"]:
         raise CheckpointError(
@@ -254,18 +320,25 @@ def load_module(uri: str, kind: str | None = None, device: str | torch.device = 
 
 def save_module(module: nn.Module, uri: str) -> str:
     """Save a Generator, LatentEncoder, IR-SE Backbone or InceptionResnetV1 in our format; returns sha256."""
+    sha, data = module_bytes(module)
+    storage.write_bytes_atomic(uri, data)
+    return sha
+
+
+def module_bytes(module: nn.Module) -> tuple[str, bytes]:
+    """(sha256 of the weights, the file's bytes) of a module in our format (see `save_module`)."""
     module = getattr(module, "module", module)  # DistributedDataParallel wraps the model
     if isinstance(module, Generator):
-        return save_checkpoint(uri, "generator", asdict(module.config), module.state_dict())
+        return checkpoint_bytes("generator", asdict(module.config), module.state_dict())
     if isinstance(module, LatentEncoder):
         extra = {"latent_avg": module.latent_avg}
-        return save_checkpoint(uri, "encoder", asdict(module.config), module.encoder.state_dict(), extra)
+        return checkpoint_bytes("encoder", asdict(module.config), module.encoder.state_dict(), extra)
     if isinstance(module, Backbone):
-        return save_checkpoint(uri, "arcface", asdict(module.config), module.state_dict())
+        return checkpoint_bytes("arcface", asdict(module.config), module.state_dict())
     if type(module).__name__ == "InceptionResnetV1":
         if getattr(module, "logits", None) is not None:
             raise ValueError("save a FaceNet built with classify=False (embeddings only)")
-        return save_checkpoint(uri, "facenet", {}, module.state_dict())
+        return checkpoint_bytes("facenet", {}, module.state_dict())
     if isinstance(module, GradualStyleEncoder):
         raise TypeError("wrap the encoder as LatentEncoder(encoder, latent_avg): f(x) needs its latent_avg")
     raise TypeError(f"cannot save a {type(module).__name__} as an unmask checkpoint")

@@ -6,19 +6,37 @@ encoder    a pSp checkpoint `{'state_dict' (encoder./decoder.), 'opts', 'latent_
 arcface    `model_ir_se50.pth` (the ID loss; also the 'arcface' matcher unless an ONNX is given)
 facenet    facenet-pytorch InceptionResnetV1 state dict (e.g. VGGFace2)
 optional   insightface ArcFace ONNX (the 'arcface' matcher) and torchvision AlexNet (LPIPS)
+
+`add_checksums` brings a set written before manifests carried file checksums up to date
+(`unmask models checksum`).
 """
 
 from __future__ import annotations
 
 import copy
+import posixpath
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from unmask_core import storage
 from unmask_core.errors import UserError
+from unmask_core.models.cache import FileChecksum
 from unmask_core.models.encoder import EncoderConfig, GradualStyleEncoder
-from unmask_core.models.model_set import MANIFEST, MEAN_LATENT_SAMPLES, OPTIONAL_FILES, write_model_set
+from unmask_core.models.format import CheckpointError, read_checkpoint
+from unmask_core.models.model_set import (
+    CHECKSUMS,
+    KIND_OF,
+    MANIFEST,
+    MEAN_LATENT_SAMPLES,
+    OPTIONAL_FILES,
+    REQUIRED_FILES,
+    ModelSet,
+    manifest_bytes,
+    write_model_set,
+)
 from unmask_core.models.psp import LatentEncoder
 from unmask_core.models.public import (
     init_encoder_from_irse50,
@@ -75,21 +93,18 @@ def import_public_model_set(
         ).items()
         if v
     }
-    with torch.no_grad():
-        manifest = write_model_set(
-            out_uri, g.eval(), baseline.eval(), unmask.eval(), arcface, face_net, {"imported_from": sources}
-        )
+    optional_files = {}
     if arcface_onnx:
         _check_onnx(arcface_onnx)
-        storage.write_bytes_atomic(
-            storage.join(out_uri, OPTIONAL_FILES["arcface_onnx"]), storage.read_bytes(arcface_onnx)
-        )
+        optional_files["arcface_onnx"] = storage.read_bytes(arcface_onnx)
     if lpips_alexnet:
         load_lpips(lpips_alexnet)  # refuses a file that is not AlexNet, naming the keys
-        storage.write_bytes_atomic(
-            storage.join(out_uri, OPTIONAL_FILES["lpips_alexnet"]), storage.read_bytes(lpips_alexnet)
+        optional_files["lpips_alexnet"] = storage.read_bytes(lpips_alexnet)
+    notes = {"imported_from": sources}
+    with torch.no_grad():
+        return write_model_set(
+            out_uri, g.eval(), baseline.eval(), unmask.eval(), arcface, face_net, notes, optional_files
         )
-    return manifest
 
 
 def _check_onnx(uri: str) -> None:
@@ -99,3 +114,37 @@ def _check_onnx(uri: str) -> None:
         onnx.checker.check_model(onnx.load_from_string(storage.read_bytes(uri)))
     except Exception as exc:
         raise UserError(f"{uri}: not a valid ONNX model ({type(exc).__name__}: {exc})") from None
+
+
+def add_checksums(uri: str) -> dict[str, Any]:
+    """Record in the manifest of the set at `uri` the size and sha256 of each of its files that it has
+    none for, as `models init|import` write them; returns the new manifest. Reads each such file once
+    (an S3 one through a temporary local copy) and checks a model's weights against the manifest's
+    sha256 before vouching for its bytes."""
+    models = ModelSet(uri)
+    manifest = models.manifest
+    checksums = manifest.setdefault(CHECKSUMS, {})
+    optional = [name for name in OPTIONAL_FILES if storage.exists(models.file_uri(name))]
+    with tempfile.TemporaryDirectory(prefix="unmask-checksum-") as scratch:
+        for name in [*REQUIRED_FILES, *optional]:
+            file_uri = models.file_uri(name)
+            filename = posixpath.basename(file_uri)
+            if filename in checksums:
+                continue
+            local = file_uri
+            if storage.is_s3(file_uri):
+                local = str(Path(scratch, filename))
+                storage.download(file_uri, local)
+            if name in REQUIRED_FILES:
+                weights = read_checkpoint(local, KIND_OF[name], label=file_uri).sha256
+                if weights != models.sha256(name):
+                    raise CheckpointError(
+                        f"{file_uri}: its weights hash to {weights[:16]}..., {MANIFEST} says "
+                        f"{models.sha256(name)[:16]}... (replaced without updating the model set)"
+                    )
+            checksum = FileChecksum.of_file(local)
+            checksums[filename] = {"size": checksum.size, "sha256": checksum.sha256}
+            if local != file_uri:
+                Path(local).unlink()  # one file at a time in the scratch folder
+    storage.write_bytes_atomic(storage.join(uri, MANIFEST), manifest_bytes(manifest))
+    return manifest

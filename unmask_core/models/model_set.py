@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import posixpath
 from typing import Any
 
 import torch
@@ -13,13 +14,14 @@ from torch import nn
 
 from unmask_core import storage
 from unmask_core.errors import UserError
+from unmask_core.models.cache import FileChecksum, cached_copy
 from unmask_core.models.encoder import EncoderConfig, GradualStyleEncoder
 from unmask_core.models.format import (
     CheckpointError,
+    module_bytes,
     module_from_checkpoint,
     new_facenet,
     read_checkpoint,
-    save_module,
 )
 from unmask_core.models.irse import Backbone, BackboneConfig
 from unmask_core.models.psp import PSP, LatentEncoder
@@ -46,6 +48,9 @@ OPTIONAL_FILES = {"arcface_onnx": "arcface.onnx", "lpips_alexnet": "lpips_alexne
 # File-stem names, as output columns such as encoder_sha256 use them.
 ALIASES = {"encoder": "unmask", "baseline_encoder": "baseline"}
 MANIFEST = "model_set.json"
+# Manifest key: file name -> {"size": bytes, "sha256": of the file's bytes}, for every file of the set.
+# (The "sha256" key names each model's weights hash, the provenance that output rows carry.)
+CHECKSUMS = "file_checksums"
 ENCODER_NAMES = ("baseline", "unmask")
 
 
@@ -68,8 +73,22 @@ def model_set_configs(size: int) -> tuple[GeneratorConfig, EncoderConfig, Backbo
     raise UserError(f"model set size must be 64, 256 or 1024, got {size}")
 
 
-def _manifest_bytes(manifest: dict) -> bytes:
+def manifest_bytes(manifest: dict) -> bytes:
     return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _write_file(uri: str, data: bytes) -> dict[str, Any]:
+    """Write one file of a set; returns its manifest checksum entry."""
+    storage.write_bytes_atomic(uri, data)
+    checksum = FileChecksum.of_bytes(data)
+    return {"size": checksum.size, "sha256": checksum.sha256}
+
+
+def _save(module: nn.Module, out_uri: str, name: str, checksums: dict[str, Any]) -> str:
+    """Save one model of the set; records its file's checksum and returns its weights' sha256."""
+    sha, data = module_bytes(module)
+    checksums[REQUIRED_FILES[name]] = _write_file(storage.join(out_uri, REQUIRED_FILES[name]), data)
+    return sha
 
 
 def write_model_set(
@@ -80,8 +99,10 @@ def write_model_set(
     arcface: Backbone,
     facenet: nn.Module,
     notes: dict[str, Any] | None = None,
+    optional_files: dict[str, bytes] | None = None,
 ) -> dict[str, Any]:
-    """Write a model set folder from modules (e.g. public weights loaded with the functions above).
+    """Write a model set folder from modules (e.g. public weights loaded with the functions above), and
+    `optional_files` ('arcface_onnx', 'lpips_alexnet': their bytes).
 
     Returns the manifest, which is written last so that a half-written folder has no model_set.json.
     """
@@ -98,10 +119,11 @@ def write_model_set(
         "arcface": arcface,
         "facenet": facenet,
     }
-    shas = {
-        name: save_module(module, storage.join(out_uri, REQUIRED_FILES[name]))
-        for name, module in modules.items()
-    }
+    checksums: dict[str, Any] = {}
+    shas = {name: _save(module, out_uri, name, checksums) for name, module in modules.items()}
+    for name, data in (optional_files or {}).items():
+        filename = OPTIONAL_FILES[name]
+        checksums[filename] = _write_file(storage.join(out_uri, filename), data)
     manifest = {
         "format": MODEL_SET_FORMAT,
         "size": generator.size,
@@ -110,9 +132,10 @@ def write_model_set(
         "style_dim": generator.style_dim,
         "files": dict(REQUIRED_FILES),
         "sha256": shas,
+        CHECKSUMS: checksums,
         **(notes or {}),
     }
-    storage.write_bytes_atomic(storage.join(out_uri, MANIFEST), _manifest_bytes(manifest))
+    storage.write_bytes_atomic(storage.join(out_uri, MANIFEST), manifest_bytes(manifest))
     return manifest
 
 
@@ -143,14 +166,23 @@ class ModelSet:
     """A model set folder (local or s3://): g, f0, f, ArcFace (IR-SE) and FaceNet in our format.
 
     Layout: generator.pt, baseline_encoder.pt (f0), encoder.pt (f), arcface_irse.pt, facenet.pt,
-    model_set.json (format, size, image_size, n_latent, style_dim, files, sha256 per model), and
-    optionally arcface.onnx (insightface ArcFace) and lpips_alexnet.pth (torchvision AlexNet).
+    model_set.json (format, size, image_size, n_latent, style_dim, files, sha256 per model's weights,
+    file_checksums: size and sha256 of each file's bytes), and optionally arcface.onnx (insightface
+    ArcFace) and lpips_alexnet.pth (torchvision AlexNet).
 
     Names: 'generator', 'baseline' (f0), 'unmask' (f), 'arcface', 'facenet'; `sha256`, `file_uri`
-    and `has` also take the file stems 'encoder' (f) and 'baseline_encoder' (f0). Every file is checked
-    against its sha256 in model_set.json when loaded. Frozen models (generator, arcface, facenet) are
-    loaded once, in eval mode with requires_grad off, and shared; `encoder()` returns a fresh copy
-    on every call because training changes it.
+    and `has` also take the file stems 'encoder' (f) and 'baseline_encoder' (f0). Frozen models
+    (generator, arcface, facenet) are loaded once, in eval mode with requires_grad off, and shared;
+    `encoder()` returns a fresh copy on every call because training changes it.
+
+    Where the weights come from, and how they are checked:
+    - local folder: memory-mapped (every process on the node shares the page cache's copy), the
+      weights hashed against the manifest's sha256 as they load;
+    - s3:// folder: through the node cache (cache.py), one download per node, the bytes checked
+      against the manifest's file checksum; a set without checksums is read whole by each process;
+    - device 'meta': nothing but the headers. Each model is built on the meta device from its file's
+      pickle and zip directory (a few ranged reads), which checks its kind, config, keys, shapes and
+      recorded sha256; `validate` adds the files' sizes from one listing. What a driver checks.
     """
 
     def __init__(self, uri: str, device: str | torch.device = "cpu") -> None:
@@ -174,6 +206,7 @@ class ModelSet:
             raise CheckpointError(f"{manifest_uri}: no sha256 for {', '.join(missing)}")
         self._frozen: dict[str, nn.Module] = {}
         self._validated: dict[str, nn.Module] = {}  # encoders validate() loaded, for encoder() to take
+        self._listing: dict[str, int] | None = None
 
     @property
     def size(self) -> int:
@@ -197,15 +230,35 @@ class ModelSet:
             raise KeyError(f"unknown model {name!r}; known: {', '.join([*REQUIRED_FILES, *OPTIONAL_FILES])}")
         return storage.join(self.uri, self.manifest.get("files", {}).get(name, REQUIRED_FILES[name]))
 
+    def checksum(self, uri: str) -> FileChecksum | None:
+        """The manifest's size and sha256 of the set's file at `uri`; None if it records none."""
+        entry = self.manifest.get(CHECKSUMS, {}).get(posixpath.basename(uri))
+        return FileChecksum(int(entry["size"]), entry["sha256"]) if entry else None
+
     def optional_file(self, name: str) -> str | None:
-        """URI of 'arcface_onnx' or 'lpips_alexnet' when the folder holds it, else None."""
+        """Where to read 'arcface_onnx' or 'lpips_alexnet' when the set holds it, else None: on S3, the
+        node cache's copy of a file the manifest has a checksum for (one added by hand and not yet
+        recorded with `unmask models checksum` is read from the set by every process)."""
         uri = self.file_uri(name)
-        return uri if storage.exists(uri) else None
+        checksum = self.checksum(uri)
+        if checksum is None:
+            return uri if posixpath.basename(uri) in self._file_sizes() else None
+        return cached_copy(uri, checksum) if storage.is_s3(uri) else uri
 
     def has(self, name: str) -> bool:
-        """Whether the set holds a model: always for the required five, on disk for optional files."""
+        """Whether the set holds a model: always for the required five, listed in the manifest or on
+        disk for optional files."""
         name = ALIASES.get(name, name)
-        return name in REQUIRED_FILES or (name in OPTIONAL_FILES and self.optional_file(name) is not None)
+        if name in REQUIRED_FILES:
+            return True
+        uri = self.file_uri(name)  # KeyError for an unknown name
+        return self.checksum(uri) is not None or posixpath.basename(uri) in self._file_sizes()
+
+    def _file_sizes(self) -> dict[str, int]:
+        """The folder's files and their sizes, from one listing made once."""
+        if self._listing is None:
+            self._listing = storage.file_sizes(self.uri)
+        return self._listing
 
     def sha256(self, name: str) -> str:
         """sha256 of a model's weights (as recorded in model_set.json; verified whenever it is loaded)."""
@@ -216,7 +269,16 @@ class ModelSet:
 
     def _load(self, name: str) -> nn.Module:
         uri = self.file_uri(name)
-        ckpt = read_checkpoint(uri, KIND_OF[name])
+        checksum = self.checksum(uri)
+        if self.device.type == "meta":
+            ckpt = read_checkpoint(
+                uri, KIND_OF[name], structure_only=True, size=checksum.size if checksum else None
+            )
+        elif checksum is not None and storage.is_s3(uri):
+            local = cached_copy(uri, checksum)
+            ckpt = read_checkpoint(local, KIND_OF[name], hash_weights=False, label=uri)
+        else:
+            ckpt = read_checkpoint(uri, KIND_OF[name])
         if ckpt.sha256 != self.sha256(name):
             raise CheckpointError(
                 f"{uri}: sha256 {ckpt.sha256[:16]}... differs from {MANIFEST}'s {self.sha256(name)[:16]}... "
@@ -248,9 +310,12 @@ class ModelSet:
         return PSP(f.encoder, self.generator(), f.latent_avg, self.image_size, bf16, channels_last).eval()
 
     def validate(self, encoders: tuple[str, ...] = ENCODER_NAMES) -> None:
-        """Load g and the named encoders (each checked against its sha256) and check that they fit
-        each other and the manifest: one line naming the file otherwise. Jobs call it in the driver,
-        so a broken set fails there, before any work is planned, not inside an actor."""
+        """Check the files' sizes against the manifest (one listing), load g and the named encoders
+        (each checked against its sha256) and check that they fit each other and the manifest: one
+        line naming the file otherwise. On the meta device it reads no weights (see the class): jobs
+        call it so in the driver, so that a broken set fails there, before any work is planned, not
+        inside an actor. The driver's check needs the manifest's file checksums."""
+        self._check_sizes()
         generator = self.generator()
         if (generator.size, generator.n_latent) != (self.size, self.n_latent):
             raise CheckpointError(
@@ -264,6 +329,27 @@ class ModelSet:
                 raise CheckpointError(
                     f"{self.file_uri(name)}: makes [{config.n_styles}, {config.style_dim}] codes; the "
                     f"generator takes [{generator.n_latent}, {generator.style_dim}]"
+                )
+
+    def _check_sizes(self) -> None:
+        checksums = self.manifest.get(CHECKSUMS, {})
+        files = [posixpath.basename(self.file_uri(name)) for name in REQUIRED_FILES]
+        unlisted = [filename for filename in files if filename not in checksums]
+        if unlisted and self.device.type == "meta":
+            raise CheckpointError(
+                f"{storage.join(self.uri, MANIFEST)}: records no size and sha256 for {', '.join(unlisted)} "
+                f"(a set written before manifests had them); add them once with "
+                f"`unmask models checksum --models {self.uri}`"
+            )
+        sizes = self._file_sizes() if checksums else {}
+        for filename, entry in sorted(checksums.items()):
+            uri = storage.join(self.uri, filename)
+            if filename not in sizes:
+                raise CheckpointError(f"{uri}: missing; {MANIFEST} lists it")
+            if sizes[filename] != int(entry["size"]):
+                raise CheckpointError(
+                    f"{uri}: {sizes[filename]:,} bytes, {MANIFEST} says {int(entry['size']):,} "
+                    "(truncated, or replaced without updating the model set)"
                 )
 
     def arcface(self) -> Backbone:
@@ -294,28 +380,35 @@ class ModelSet:
                 f"{self.uri} has a generator for [{self.n_latent}, {self.manifest['style_dim']}]"
             )
         manifest = copy.deepcopy(self.manifest)
+        checksums = manifest.setdefault(CHECKSUMS, {})
         if not _same_folder(self.uri, out_uri):
-            self._copy_files(out_uri, skip=name)
+            self._copy_files(out_uri, skip=name, checksums=checksums)
         manifest["files"] = dict(REQUIRED_FILES)
-        manifest["sha256"][name] = save_module(module, storage.join(out_uri, REQUIRED_FILES[name]))
+        manifest["sha256"][name] = _save(module, out_uri, name, checksums)
         manifest["random_init"] = [n for n in manifest.get("random_init", []) if n != name]
-        storage.write_bytes_atomic(storage.join(out_uri, MANIFEST), _manifest_bytes(manifest))
+        storage.write_bytes_atomic(storage.join(out_uri, MANIFEST), manifest_bytes(manifest))
         return ModelSet(out_uri, device=self.device)
 
-    def _copy_files(self, out_uri: str, skip: str) -> None:
+    def _copy_files(self, out_uri: str, skip: str, checksums: dict[str, Any]) -> None:
+        """Copy this set's files into `out_uri`, but for `skip` and files already there with the same
+        weights and a checksum; `checksums` gets each file's entry."""
         try:
-            existing = json.loads(storage.read_bytes(storage.join(out_uri, MANIFEST))).get("sha256", {})
+            existing = json.loads(storage.read_bytes(storage.join(out_uri, MANIFEST)))
         except (UserError, ValueError):
             existing = {}
-        for name in REQUIRED_FILES:
-            target = storage.join(out_uri, REQUIRED_FILES[name])
-            if name == skip or (existing.get(name) == self.sha256(name) and storage.exists(target)):
+        for name, filename in REQUIRED_FILES.items():
+            target = storage.join(out_uri, filename)
+            kept = existing.get(CHECKSUMS, {}).get(filename)
+            if name == skip:
                 continue
-            storage.write_bytes_atomic(target, storage.read_bytes(self.file_uri(name)))
+            if kept and existing.get("sha256", {}).get(name) == self.sha256(name) and storage.exists(target):
+                checksums[filename] = kept
+                continue
+            checksums[filename] = _write_file(target, storage.read_bytes(self.file_uri(name)))
         for name, filename in OPTIONAL_FILES.items():
             source = self.optional_file(name)
             if source is not None:
-                storage.write_bytes_atomic(storage.join(out_uri, filename), storage.read_bytes(source))
+                checksums[filename] = _write_file(storage.join(out_uri, filename), storage.read_bytes(source))
 
 
 def _same_folder(a: str, b: str) -> bool:
