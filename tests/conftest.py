@@ -18,6 +18,20 @@ from unmask_core import local_s3
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The node cache of S3 weights (models/cache.py) in the session's temporary folder, not the
+    machine's default, for every process the tests start (set before Ray starts)."""
+    folder = tmp_path_factory.mktemp("model_cache")
+    saved = os.environ.get("UNMASK_MODEL_CACHE")
+    os.environ["UNMASK_MODEL_CACHE"] = str(folder)
+    yield folder
+    if saved is None:
+        os.environ.pop("UNMASK_MODEL_CACHE", None)
+    else:
+        os.environ["UNMASK_MODEL_CACHE"] = saved
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[local_s3.S3Server]:
     """A real S3-compatible server; its endpoint and test credentials are exported to the environment
