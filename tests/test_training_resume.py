@@ -16,7 +16,8 @@ def _checkpoint(run: str, name: str, step: int) -> str:
     folder = os.path.join(run, name)
     os.makedirs(folder)
     torch.save(
-        {"step": step, "encoder": {"w": torch.full((4096,), float(step))}}, os.path.join(folder, STATE_FILE)
+        {"step": step, "encoder": {"w": torch.full((4096,), float(step))}, "optimizer": {}},
+        os.path.join(folder, STATE_FILE),
     )
     return folder
 

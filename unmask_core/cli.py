@@ -9,10 +9,12 @@ import importlib
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from typing import NoReturn
 
-from unmask_core.errors import UserError
+from unmask_core.config import verbose
+from unmask_core.errors import TransientError, UserError
 
 COMMANDS = {
     "prepare": "corpus -> aligned (T, M) pairs as Parquet shards, split by identity",
@@ -32,13 +34,65 @@ USAGE = (
 JobMain = Callable[[list[str] | None], int | None]  # a job module's `main(argv)`
 
 
+# Exit statuses (config.EXIT_CODES says them to people).
+EXIT_FAILED = 1  # a failure during the work: a rerun resumes what is finished
+EXIT_REFUSED = 2  # a refusal before any work: usage, bad settings, bad inputs found by the checks
+
+
 def run_main(name: str, job_main: JobMain, argv: list[str] | None) -> int:
-    """Run a job's `main(argv)`, turning a UserError into one clear line and exit code 2."""
+    """Run a job's `main(argv)`; whatever stops it becomes at most three lines on standard error:
+    a UserError one line and exit status 2, a TransientError one line and 1, anything else (a bug, a
+    failure inside Ray) one line naming it and where its traceback went (--verbose prints it), and 1."""
     try:
         return int(job_main(argv) or 0)
     except UserError as exc:
-        print(f"unmask {name}: error: {exc}", file=sys.stderr)
-        return 2
+        print(f"unmask {name}: error: {_first_line(exc)}", file=sys.stderr)
+        return EXIT_REFUSED
+    except TransientError as exc:
+        print(
+            f"unmask {name}: failed: {_first_line(exc)}; finished work is kept: rerun once fixed",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    except Exception as exc:
+        cause = _cause(exc)
+        print(f"unmask {name}: failed: {type(cause).__name__}: {_first_line(cause)}", file=sys.stderr)
+        print(_traceback_line(exc), file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The error under Ray's wrappers (a task's, Ray Train's worker group's or controller's)."""
+    for _ in range(8):  # wrappers nest a few levels at most
+        failures = getattr(exc, "worker_failures", None)
+        inner = (
+            next(iter(failures.values()), None)
+            if failures
+            else getattr(exc, "cause", None) or getattr(exc, "controller_failure", None)
+        )
+        if not isinstance(inner, BaseException):
+            return exc
+        exc = inner
+    return exc
+
+
+def _traceback_line(exc: BaseException) -> str:
+    """The traceback printed (--verbose) or appended to the job's log file, and a line saying which."""
+    text = "".join(traceback.format_exception(exc))
+    if verbose():
+        print(text, file=sys.stderr, end="")
+        return "(the traceback is above)"
+    from unmask_core.ray_session import log_file_path
+
+    path = log_file_path()
+    with open(path, "a") as log:
+        log.write(text)
+    return f"the traceback: {path} (--verbose prints it here)"
 
 
 def run_job(module_name: str, argv: list[str]) -> int:
