@@ -55,9 +55,10 @@ def run_main(name: str, job_main: JobMain, argv: list[str] | None) -> int:
         )
         return EXIT_FAILED
     except Exception as exc:
+        where = _keep_traceback(exc)
         cause = _cause(exc)
         print(f"unmask {name}: failed: {type(cause).__name__}: {_first_line(cause)}", file=sys.stderr)
-        print(_traceback_line(exc), file=sys.stderr)
+        print(where, file=sys.stderr)
         return EXIT_FAILED
 
 
@@ -81,8 +82,8 @@ def _cause(exc: BaseException) -> BaseException:
     return exc
 
 
-def _traceback_line(exc: BaseException) -> str:
-    """The traceback printed (--verbose) or appended to the job's log file, and a line saying which."""
+def _keep_traceback(exc: BaseException) -> str:
+    """Print the traceback (--verbose) or append it to the job's log file; returns a line saying where."""
     text = "".join(traceback.format_exception(exc))
     if verbose():
         print(text, file=sys.stderr, end="")

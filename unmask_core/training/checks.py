@@ -66,11 +66,11 @@ def torch_file_problem(uri: str, keys: tuple[str, ...], check_crc: bool = False)
         return f"truncated or not a PyTorch file ({type(exc).__name__}: {exc})"
     except Exception as exc:  # a damaged pickle fails in many ways
         return f"its pickle cannot be read ({type(exc).__name__}: {exc})"
-    found = sorted(map(str, outline)) if isinstance(outline, dict) else []
-    missing = [key for key in keys if key not in found]
-    if missing:
-        holds = f"keys {', '.join(found[:8])}" if found else f"a {type(outline).__name__}"
-        return f"holds {holds}, not {', '.join(keys)}"
+    if not isinstance(outline, dict):
+        return f"holds a single object, not a dict of {', '.join(keys)}"
+    found = sorted(map(str, outline))
+    if any(key not in found for key in keys):
+        return f"holds keys {', '.join(found[:8]) or '(none)'}, not {', '.join(keys)}"
     return None
 
 
