@@ -68,3 +68,63 @@ def test_a_local_rays_processes_check_on_ray_train_workers_every_half_second(ray
         return os.environ.get(ray_session.TRAIN_POLL_ENV)
 
     assert ray.get(poll_interval.remote()) == ray_session.LOCAL_TRAIN_POLL_S == "0.5"
+
+
+def _job(env_extra: dict[str, str], args: list[str], script: str = "") -> subprocess.CompletedProcess:
+    """`python -m jobs.demo ARGS` (its first step is joining or starting Ray), or `script ARGS`."""
+    env = {k: v for k, v in os.environ.items() if k not in ("UNMASK_VERBOSE", "UNMASK_RAY_WORKER_LOGS")}
+    command = [sys.executable, "-c", script, *args] if script else [sys.executable, "-m", "jobs.demo", *args]
+    return subprocess.run(
+        command, cwd=REPO_ROOT, env=env | env_extra, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_a_ray_address_where_nothing_listens_is_one_line_at_once(tmp_path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago, and is closed now
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = _job({"RAY_ADDRESS": f"127.0.0.1:{port}"}, ["--out", str(tmp_path / "demo")])
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"unmask demo: error: RAY_ADDRESS=127.0.0.1:{port}: no Ray cluster answers there (Connection "
+        "refused); start it, or unset RAY_ADDRESS to run on a local Ray"
+    ]
+    assert not (tmp_path / "demo").exists()
+
+
+# Two jobs that start their local Rays at the same moment may collide; whatever ray.init raises then is
+# injected here, twice (no retry can help) and once (the retry starts Ray).
+FAILING_START = textwrap.dedent(
+    """
+    import sys, ray
+    from unmask_core import cli, ray_session
+    failures = int(sys.argv[1])
+    real_init = ray.init
+    def init(*args, **kwargs):
+        global failures
+        if failures:
+            failures -= 1
+            raise RuntimeError("Failed to start the GCS server\\nand more lines of Ray's")
+        return real_init(*args, **kwargs)
+    ray.init = init
+    code = cli.run_main("demo", lambda argv: ray_session.connect(), [])
+    print("connected" if ray.is_initialized() else "not connected", code)
+    """
+)
+
+
+def test_a_local_ray_that_fails_to_start_twice_is_one_line_and_exit_status_1() -> None:
+    proc = _job({}, ["2"], FAILING_START)
+    assert proc.stdout.split() == ["not", "connected", "1"], proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "unmask demo: failed: could not start a local Ray: Failed to start the GCS server; Ray's messages: "
+    ), proc.stderr
+
+
+def test_a_local_ray_that_fails_to_start_once_is_started_again() -> None:
+    proc = _job({}, ["1"], FAILING_START)
+    assert proc.stdout.split() == ["connected", "0"], proc.stderr
+    assert proc.stderr.strip() == "", proc.stderr
