@@ -128,3 +128,30 @@ def test_a_local_ray_that_fails_to_start_once_is_started_again() -> None:
     proc = _job({}, ["1"], FAILING_START)
     assert proc.stdout.split() == ["connected", "0"], proc.stderr
     assert proc.stderr.strip() == "", proc.stderr
+
+
+def test_resources_the_local_ray_holds_are_required_at_once(ray_local) -> None:
+    from unmask_core import ray_session
+
+    ray_session.require_resources([{"CPU": 1}, {"CPU": 1}], timeout_s=1, asked_by="--workers")
+    ray_session.require_resources([{"GPU": 0}, {"GPU": -1.0}], timeout_s=1, asked_by="--gpus-per-actor")
+
+
+def test_a_bulk_job_asking_for_a_gpu_on_a_cpu_only_local_ray_is_refused_before_its_plan(
+    tiny_model_set: str, tmp_path, capsys, ray_local
+) -> None:
+    import ray
+
+    from unmask_core import cli
+
+    assert not ray.cluster_resources().get("GPU")
+    (tmp_path / "gallery").mkdir()
+    (tmp_path / "gallery" / "a.jpg").write_bytes(b"not even a photo")
+    out = tmp_path / "out"
+    argv = ["unmask", "--input", str(tmp_path / "gallery"), "--output", str(out), "--models", tiny_model_set]
+    assert cli.main([*argv, "--gpus-per-actor", "1"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "unmask unmask: error: --gpus-per-actor: needs GPU 1; this Ray cluster's 1 node(s) have GPU 0 in "
+        "all, and no autoscaler could add more"
+    ]
+    assert not (out / "_plan.json").exists() and not (out / "config.yaml").exists()
