@@ -104,15 +104,16 @@ def _native_stderr_to(path: str) -> None:
 
 
 def _route_raylet_messages(logger: logging.Logger) -> None:
-    """The raylet's messages to the driver (such as its warning about many worker processes, which a
-    2-core machine running a demo always sees) are printed by a thread of Ray's that has no logger:
-    send the raylet's lines to `logger` and let the workers' lines through as Ray prints them."""
+    """The raylet's and the autoscaler's messages to the driver (such as the raylet's warning about many
+    worker processes, which a 2-core machine running a demo always sees, or the autoscaler's events
+    while a job waits for a node) are printed by a thread of Ray's that has no logger: send their lines
+    to `logger` and let the workers' lines through as Ray prints them."""
     from ray._private import worker
 
     print_to_stdstream = worker.print_to_stdstream
 
     def routed(data, ignore_prefix: bool) -> None:
-        if data.get("pid") == "raylet":
+        if data.get("pid") in ("raylet", "autoscaler"):
             for line in data.get("lines", []):
                 logger.warning(line)
             return
