@@ -155,3 +155,19 @@ def test_a_bulk_job_asking_for_a_gpu_on_a_cpu_only_local_ray_is_refused_before_i
         "all, and no autoscaler could add more"
     ]
     assert not (out / "_plan.json").exists() and not (out / "config.yaml").exists()
+
+
+def test_an_error_raised_in_a_ray_worker_is_its_own_one_line_and_exit_status_1(ray_local, capsys) -> None:
+    import ray
+
+    from unmask_core import cli
+    from unmask_core.errors import UserError
+
+    @ray.remote(max_retries=0)
+    def read_input() -> None:
+        raise UserError("s3://b/gallery/x.jpg: no such file or prefix")
+
+    assert cli.run_main("unmask", lambda argv: ray.get(read_input.remote()), []) == cli.EXIT_FAILED
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "unmask unmask: failed: s3://b/gallery/x.jpg: no such file or prefix"
+    ]

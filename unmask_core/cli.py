@@ -40,26 +40,31 @@ EXIT_REFUSED = 2  # a refusal before any work: usage, bad settings, bad inputs f
 
 
 def run_main(name: str, job_main: JobMain, argv: list[str] | None) -> int:
-    """Run a job's `main(argv)`; whatever stops it becomes at most three lines on standard error:
-    a UserError one line and exit status 2, a TransientError one line and 1, anything else (a bug, a
-    failure inside Ray) one line naming it and where its traceback went (--verbose prints it), and 1."""
+    """Run a job's `main(argv)`; whatever stops it becomes at most three lines on standard error and
+    an exit status (see `report_failure`)."""
     try:
         return int(job_main(argv) or 0)
-    except UserError as exc:
-        print(f"unmask {name}: error: {_first_line(exc)}", file=sys.stderr)
-        return EXIT_REFUSED
-    except TransientError as exc:
-        print(
-            f"unmask {name}: failed: {_first_line(exc)}; finished work is kept: rerun once fixed",
-            file=sys.stderr,
-        )
-        return EXIT_FAILED
     except Exception as exc:
-        where = _keep_traceback(exc)
-        cause = _cause(exc)
-        print(f"unmask {name}: failed: {type(cause).__name__}: {_first_line(cause)}", file=sys.stderr)
-        print(where, file=sys.stderr)
+        return report_failure(name, exc)
+
+
+def report_failure(name: str, exc: Exception) -> int:
+    """A UserError raised in the driver is a refusal: one line, status 2. A TransientError, or a
+    UserError that reached the driver from a Ray worker (the work had begun): one line, status 1.
+    Anything else (a bug, a failure of Ray's own) is named in one line, with one more that says where
+    its traceback went (--verbose prints it), status 1."""
+    cause = _cause(exc)
+    if isinstance(cause, UserError) and cause is exc:
+        print(f"unmask {name}: error: {_first_line(cause)}", file=sys.stderr)
+        return EXIT_REFUSED
+    if isinstance(cause, UserError | TransientError):
+        kept = "; finished work is kept: rerun once fixed" if isinstance(cause, TransientError) else ""
+        print(f"unmask {name}: failed: {_first_line(cause)}{kept}", file=sys.stderr)
         return EXIT_FAILED
+    where = _keep_traceback(exc)
+    print(f"unmask {name}: failed: {type(cause).__name__}: {_first_line(cause)}", file=sys.stderr)
+    print(where, file=sys.stderr)
+    return EXIT_FAILED
 
 
 def _first_line(exc: BaseException) -> str:
