@@ -11,10 +11,11 @@ from unmask_core.training.config import TrainConfig
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(TrainConfig, argv, "unmask train", __doc__.split(":", 1)[1].strip())
-    from unmask_core import ray_session
     from unmask_core.training.run import run_training
 
-    result = run_training(cfg)  # checks first (before Ray starts), then config.yaml and the run
+    result = run_training(cfg)  # checks first (before Ray is even imported), then config.yaml and the run
+    from unmask_core import ray_session
+
     print(json.dumps(result, indent=2))
     print(f"trained model set: {result['models']}  (use it as --models or --init-from for the next stage)")
     print(ray_session.log_line())
