@@ -163,7 +163,7 @@ def _join(address: str, env_vars: dict[str, str]) -> None:
     host, _, port = address.rpartition(":")
     if host and "://" not in address and port.isdigit():
         try:
-            socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+            socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
         except OSError as exc:
             raise UserError(
                 f"RAY_ADDRESS={address}: no Ray cluster answers there ({exc.strerror or exc}); start it, "
