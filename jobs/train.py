@@ -5,20 +5,17 @@ from __future__ import annotations
 import json
 
 from unmask_core.cli import job_process
-from unmask_core.config import parse_config, save_config
+from unmask_core.config import parse_config
 from unmask_core.training.config import TrainConfig
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(TrainConfig, argv, "unmask train", __doc__.split(":", 1)[1].strip())
-    from unmask_core import ray_session, storage
     from unmask_core.training.run import run_training
 
-    for uri in (cfg.pairs, cfg.models):  # a missing input fails in a second, before Ray starts
-        storage.check_readable(uri)
-    ray_session.connect()
-    save_config(cfg, storage.join(cfg.out, cfg.run_name))
-    result = run_training(cfg)
+    result = run_training(cfg)  # checks first (before Ray is even imported), then config.yaml and the run
+    from unmask_core import ray_session
+
     print(json.dumps(result, indent=2))
     print(f"trained model set: {result['models']}  (use it as --models or --init-from for the next stage)")
     print(ray_session.log_line())

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from ray.autoscaler._private.util import validate_config
+from ray.job_submission import JobStatus
 from ray.util.state import StateApiClient
 from ray.util.state.common import ActorState, ListApiOptions, NodeState, StateResource
 
@@ -296,3 +297,27 @@ def test_prepare_starts_only_cpu_nodes_and_drains(fake_cluster: FakeCluster, buc
 
     drained_s = fake_cluster.wait_for_no_workers(DRAIN_TIMEOUT_S)
     print(f"no workers {drained_s:.0f}s after the job ended")
+
+
+@pytest.mark.slow
+def test_a_gpu_no_node_type_holds_is_waited_for_with_a_line_every_30_s_then_given_up(
+    fake_cluster: FakeCluster, tiny_model_set: str, bucket: str
+):
+    """Ray's v1 autoscaler (this fake cluster's) keeps to its own log which requests no node type can
+    hold, so the job waits as for a node that may come, saying so, until --resource-timeout."""
+    put(bucket, "gallery/t1.jpg", sample_photo("t1.jpg").read_bytes())
+    out = f"{bucket}/out"
+    logs = submit_and_wait(
+        fake_cluster.head,
+        f"python -m jobs.unmask --input {bucket}/gallery --output {out} --models {tiny_model_set} "
+        "--gpus-per-actor 16 --resource-timeout 35",
+        expected=JobStatus.FAILED,
+    )
+    printed = logs.split("Running entrypoint for job", 1)[1].strip().splitlines()[1:]  # past Ray's own lines
+    assert printed == [
+        "waiting for a GPU node (30 s)",
+        "unmask unmask: failed: --gpus-per-actor: a GPU node did not come up in 35 s (--resource-timeout); "
+        "the cluster's autoscaler may be out of capacity or quota; finished work is kept: rerun once fixed",
+    ]
+    assert not storage.exists(storage.join(out, "_plan.json"))
+    assert fake_cluster.alive_workers() == []  # nothing was started for a request no node type holds

@@ -11,7 +11,7 @@ import yaml
 
 from unmask_core import cli
 from unmask_core.config import parse_config, save_config
-from unmask_core.errors import UserError
+from unmask_core.errors import TransientError, UserError
 from unmask_core.prepare.config import PrepareConfig
 
 EXPECTED_OPTIONS = {
@@ -199,3 +199,114 @@ def test_yaml_booleans_and_lists_read_as_their_types(tmp_path) -> None:
     bulk_file = tmp_path / "bulk.yaml"
     bulk_file.write_text("input: i\noutput: o\nmodels: m\nmatchers: facenet\n")
     assert parse_config(BulkConfig, ["--config", str(bulk_file)], "u", "d").matchers == ["facenet"]
+
+
+# ---------------------------------------------------------------- exit statuses and one-line errors
+
+
+def _stderr_lines(capsys: pytest.CaptureFixture[str]) -> list[str]:
+    return capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.parametrize("command", ["prepare", "train", "unmask", "evaluate", "demo"])
+def test_every_jobs_help_says_what_its_exit_statuses_mean(command: str, capsys) -> None:
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "exit status: 0 done; 1 failed during the work" in help_text
+    assert "2 refused before any work (usage, bad settings, or bad inputs found by the checks)" in help_text
+
+
+def test_a_usage_error_is_one_line_and_exit_status_2(capsys) -> None:
+    assert cli.main(["train", "--steps", "ten"]) == cli.EXIT_REFUSED == 2
+    lines = _stderr_lines(capsys)
+    assert lines == [
+        "unmask train: error: argument --steps: invalid int value: 'ten' "
+        "(unmask train --help lists the options)"
+    ]
+
+
+def test_bad_settings_are_one_line_and_exit_status_2(capsys) -> None:
+    assert cli.main(["prepare", "--input", "i", "--output", "o", "--test-fraction", "1.5"]) == 2
+    assert _stderr_lines(capsys) == ["unmask prepare: error: --test-fraction must be in [0, 1)"]
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("input: in\noutput: [out\nseed: 3\n", "line 3, column 5: expected ',' or ']', but got ':'"),
+        ("input: in\n  output: out\n", "line 2, column 9: mapping values are not allowed here"),
+        ("input: 'in\n", "line 2, column 1: found unexpected end of stream"),
+    ],
+)
+def test_malformed_yaml_is_one_line_naming_the_file_and_line(tmp_path, capsys, text: str, where: str) -> None:
+    config_file = tmp_path / "prepare.yaml"
+    config_file.write_text(text)
+    assert cli.main(["prepare", "--config", str(config_file)]) == 2
+    assert _stderr_lines(capsys) == [f"unmask prepare: error: {config_file}: not valid YAML at {where}"]
+
+
+def test_a_config_file_that_is_not_text_is_one_line(tmp_path, capsys) -> None:
+    config_file = tmp_path / "prepare.yaml"
+    config_file.write_bytes(b"seed: 1\n\xff\xfe\x00")
+    assert cli.main(["prepare", "--config", str(config_file)]) == 2
+    assert _stderr_lines(capsys) == [f"unmask prepare: error: {config_file}: not a UTF-8 text file (byte 8)"]
+
+
+def test_a_transient_failure_during_the_work_is_one_line_and_exit_status_1(capsys) -> None:
+    def job(argv):
+        raise TransientError("s3://b/out/rows/shard-000001.parquet: cannot reach the S3 endpoint 'http://x'")
+
+    assert cli.run_main("unmask", job, []) == cli.EXIT_FAILED == 1
+    assert _stderr_lines(capsys) == [
+        "unmask unmask: failed: s3://b/out/rows/shard-000001.parquet: cannot reach the S3 endpoint "
+        "'http://x'; finished work is kept: rerun once fixed"
+    ]
+
+
+def test_a_bug_is_one_line_naming_it_and_its_traceback_goes_to_the_log_file(capsys, monkeypatch) -> None:
+    monkeypatch.delenv("UNMASK_VERBOSE", raising=False)
+    monkeypatch.delenv("UNMASK_RAY_WORKER_LOGS", raising=False)
+
+    def job(argv):
+        return {}["missing key"]
+
+    assert cli.run_main("train", job, []) == 1
+    lines = _stderr_lines(capsys)
+    assert len(lines) == 2 and lines[0] == "unmask train: failed: KeyError: 'missing key'", lines
+    log = lines[1].removeprefix("the traceback: ").removesuffix(" (--verbose prints it here)")
+    text = open(log).read()
+    assert "Traceback (most recent call last)" in text and "return {}['missing key']" in text.replace(
+        '"', "'"
+    )
+
+
+def test_with_verbose_a_bugs_traceback_is_printed(capsys, monkeypatch) -> None:
+    monkeypatch.setenv("UNMASK_VERBOSE", "1")
+
+    def job(argv):
+        raise ValueError("first line\nsecond line")
+
+    assert cli.run_main("demo", job, []) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err
+    assert err.strip().splitlines()[-2:] == [
+        "unmask demo: failed: ValueError: first line",
+        "(the traceback is above)",
+    ]
+
+
+def test_the_error_under_rays_wrappers_is_the_one_named(capsys, monkeypatch) -> None:
+    from ray.train import WorkerGroupError
+
+    monkeypatch.delenv("UNMASK_VERBOSE", raising=False)
+
+    def job(argv):
+        raise WorkerGroupError("rank 0: ...\n" * 30, {0: FileNotFoundError("/no/such/models/generator.pt")})
+
+    assert cli.run_main("train", job, []) == 1
+    lines = _stderr_lines(capsys)
+    assert (
+        lines[0] == "unmask train: failed: FileNotFoundError: /no/such/models/generator.pt"
+        and len(lines) == 2
+    )

@@ -209,9 +209,14 @@ def ray_head(s3_server: local_s3.S3Server) -> Iterator[RayHead]:
 
 
 def submit_and_wait(
-    head: RayHead, entrypoint: str, timeout_s: float = JOB_TIMEOUT_S, env_vars: dict[str, str] | None = None
+    head: RayHead,
+    entrypoint: str,
+    timeout_s: float = JOB_TIMEOUT_S,
+    env_vars: dict[str, str] | None = None,
+    expected: JobStatus = JobStatus.SUCCEEDED,
 ) -> str:
-    """Submit like `ray job submit --working-dir . -- <entrypoint>`; return the logs once SUCCEEDED."""
+    """Submit like `ray job submit --working-dir . -- <entrypoint>`; return the logs once it ended
+    `expected`."""
     client = head.client()
     runtime_env: dict = {"working_dir": str(REPO_ROOT), "excludes": WORKING_DIR_EXCLUDES}
     if env_vars:
@@ -225,7 +230,7 @@ def submit_and_wait(
     logs = client.get_job_logs(job_id)
     if not status.is_terminal():
         client.stop_job(job_id)
-    assert status == JobStatus.SUCCEEDED, (
+    assert status == expected, (
         f"{entrypoint}\n{status} after {time.monotonic() - started:.0f}s; job logs:\n{logs[-6000:]}\n"
         f"head log:\n{head.log_tail(1500)}"
     )
@@ -402,3 +407,43 @@ def test_train_job_checkpoints_to_s3_and_exports_a_model_set(
     assert [int(float(row["step"])) for row in csv.DictReader(io.StringIO(metrics))] == [1, 2, 3]
     trained = storage.list_files(storage.join(runs, "models"))
     assert any(uri.endswith("baseline_encoder.pt") for uri in trained), trained
+
+
+def test_a_driver_without_the_clusters_token_is_one_line(ray_head: RayHead, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "UNMASK_VERBOSE"))}
+    # No token anywhere: not in the environment, and a home without ~/.ray/auth_token.
+    env.update(RAY_ADDRESS=f"127.0.0.1:{ray_head.gcs_port}", HOME=str(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs.demo", "--out", str(tmp_path / "demo")],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"unmask demo: error: RAY_ADDRESS=127.0.0.1:{ray_head.gcs_port}: cannot join the Ray cluster (it "
+        "refused this process's auth token, or its lack of one); a cluster with token auth (as `ray start` "
+        "makes) needs RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH=<its token file> here"
+    ]
+
+
+def test_a_gpu_asked_of_a_cluster_without_gpus_or_autoscaler_is_refused_in_one_line(
+    ray_head: RayHead, model_set: str, bucket: str
+):
+    from tests.support.synthetic import write_synthetic_pairs
+
+    pairs = write_synthetic_pairs(f"{bucket}/pairs", n_identities=2, per_identity=2, size=64)
+    logs = submit_and_wait(
+        ray_head,
+        f"python -m jobs.train --gpu --workers 1 --batch-size 2 --lpips-backbone random --pairs {pairs} "
+        f"--models {model_set} --out {bucket}/runs",
+        expected=JobStatus.FAILED,
+    )
+    printed = logs.split("Running entrypoint for job", 1)[1].strip().splitlines()[1:]  # past Ray's own lines
+    assert printed == [
+        "unmask train: error: --gpu: needs CPU 1, GPU 1; this Ray cluster's 1 node(s) have CPU 8, GPU 0 in "
+        "all, and no autoscaler could add more"
+    ]
+    assert not storage.exists(f"{bucket}/runs")

@@ -166,3 +166,38 @@ def test_mask_fit_dlib68_places_the_mask_from_dlibs_68_landmarks_in_the_detector
         aligned, landmarks, kind, color, 0, "t1", fit="dlib68", landmarks68=landmarks68(aligned, box)
     )
     np.testing.assert_array_equal(data.decode_png(columns["M"]), expected.masked)
+
+
+def test_prepare_and_the_bulk_job_give_a_bad_photo_the_same_status_and_a_reason_for_people(tmp_path) -> None:
+    from unmask_core.bulk.config import BulkConfig
+    from unmask_core.bulk.stages import FaceFindingStage
+    from unmask_core.prepare.config import PrepareConfig
+    from unmask_core.prepare.pairs import SyntheticPairMaker
+
+    photos = {
+        "one_pixel.png": encode(Image.fromarray(np.zeros((1, 1, 3), np.uint8)), "PNG"),
+        "eleven_pixels.jpg": encode(Image.fromarray(np.full((11, 11, 3), 90, np.uint8)), "JPEG"),
+        "text_named.jpg": b"just some text, not an image\n",
+    }
+    for name, payload in photos.items():
+        (tmp_path / name).write_bytes(payload)
+    prepare = SyntheticPairMaker(PrepareConfig(input=str(tmp_path), output="-"))
+    bulk = FaceFindingStage(BulkConfig(input=str(tmp_path), output="-", models="-"))
+    for name in photos:
+        uri = str(tmp_path / name)
+        pair_row = prepare.make(data.ImageRecord(uri=uri, identity="x", id=name), "train")
+        (bulk_row,) = bulk.faces_of({"id": name, "uri": uri})
+        assert pair_row["status"] == bulk_row["status"] != "internal_error", (pair_row["error"], bulk_row)
+        for reason in (pair_row["error"], bulk_row["error"]):
+            assert reason and " at 0x" not in reason and "<" not in reason, reason
+    assert pair_row["status"] == "decode_error"
+    assert pair_row["error"] == "not an image: no known image format starts this way"
+
+
+def test_a_refused_prepare_leaves_no_output_folder(tmp_path, capsys) -> None:
+    (tmp_path / "corpus").mkdir()
+    out = tmp_path / "pairs"
+    assert cli.main(["prepare", "--input", str(tmp_path / "corpus"), "--output", str(out)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"unmask prepare: error: {tmp_path / 'corpus'}: no images found in the folders layout"]
+    assert not out.exists()

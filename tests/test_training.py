@@ -167,11 +167,14 @@ def _kill_a_worker_after_a_committed_checkpoint(out: str, run: threading.Thread)
 
 @pytest.mark.slow
 def test_two_workers_survive_a_killed_worker_and_resume_past_a_broken_checkpoint(
-    tiny_model_set: str, run_pairs: str, bucket: str, ray_local, capsys
+    tiny_model_set: str, run_pairs: str, bucket: str, ray_local, capsys, tmp_path, monkeypatch
 ) -> None:
     out = f"{bucket}/runs"
+    # Given as relative paths, which the workers (in other working directories) must find all the same.
+    monkeypatch.chdir(tmp_path)
+    models, pairs = os.path.relpath(tiny_model_set), os.path.relpath(run_pairs)
     # 12 steps, a checkpoint every 4: the kill comes after the first committed one, with steps left.
-    cfg = _config(tiny_model_set, run_pairs, out, workers=2, steps=12, checkpoint_every=4, max_failures=2)
+    cfg = _config(models, pairs, out, workers=2, steps=12, checkpoint_every=4, max_failures=2)
     result: dict = {}
     run = threading.Thread(target=lambda: result.update(first=run_training(cfg)))
     run.start()
@@ -200,7 +203,7 @@ def test_two_workers_survive_a_killed_worker_and_resume_past_a_broken_checkpoint
     stray = storage.join(run_uri, "checkpoint_2026-01-01_00-00-00.000000")
     storage.write_bytes_atomic(storage.join(stray, STATE_FILE), b"half written")
     capsys.readouterr()
-    second = run_training(_config(tiny_model_set, run_pairs, out, workers=2, steps=14, checkpoint_every=4))
+    second = run_training(_config(models, pairs, out, workers=2, steps=14, checkpoint_every=4))
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert warnings[0].startswith(f"warning: checkpoint {storage.join(run_uri, newest)} (step 12) cannot")
     assert f"from step {previous_step}" in warnings[1]

@@ -16,7 +16,8 @@ def _checkpoint(run: str, name: str, step: int) -> str:
     folder = os.path.join(run, name)
     os.makedirs(folder)
     torch.save(
-        {"step": step, "encoder": {"w": torch.full((4096,), float(step))}}, os.path.join(folder, STATE_FILE)
+        {"step": step, "encoder": {"w": torch.full((4096,), float(step))}, "optimizer": {}},
+        os.path.join(folder, STATE_FILE),
     )
     return folder
 
@@ -100,3 +101,22 @@ def test_a_first_run_has_nothing_to_resume_and_removes_uncommitted_folders(tmp_p
     assert plan_resume(run) == ResumePlan()
     assert not os.path.exists(stray)
     assert plan_resume(str(tmp_path / "never-ran")) == ResumePlan()
+
+
+def test_a_checkpoint_that_holds_something_else_is_skipped_like_a_broken_one(tmp_path, capsys) -> None:
+    run = _run_folder(tmp_path, [4, 8])
+    foreign = os.path.join(run, "checkpoint_2026-12-01_00-00-08.000000", STATE_FILE)
+    # Whole PyTorch files, of other things: a model file, a bare tensor.
+    torch.save({"format": "unmask-checkpoint/1", "state_dict": torch.nn.Linear(2, 2).state_dict()}, foreign)
+    assert "holds keys format, state_dict, not encoder, optimizer, step" in damage(foreign)
+    torch.save(torch.zeros(3), foreign + ".tensor")
+    assert "holds a single object, not a dict of encoder, optimizer, step" in damage(foreign + ".tensor")
+    plan = plan_resume(run)
+    assert plan == ResumePlan(
+        ("checkpoint_2026-12-01_00-00-08.000000",), os.path.join(run, "checkpoint_2026-12-01_00-00-04.000000")
+    )
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and "(step 8) cannot be loaded (holds keys format, state_dict" in lines[0], lines
+    assert "resuming" in lines[1] and "from step 4" in lines[1], lines
+    state = load_resume_state(None, plan, torch.device("cpu"))
+    assert state["step"] == 4

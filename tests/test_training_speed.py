@@ -239,17 +239,3 @@ def test_metrics_append_and_truncate_to_a_resumed_step(tmp_path) -> None:
     assert read_metrics(run) == [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.5}]
     truncate_metrics(run, 0)
     assert read_metrics(run) == []
-
-
-def test_pairs_of_another_schema_are_refused_in_one_line_before_ray_train(tmp_path) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    import pytest
-
-    from unmask_core.errors import UserError
-    from unmask_core.training.run import check_pairs_schema
-
-    (tmp_path / "pairs").mkdir()
-    pq.write_table(pa.table({"id": ["a"], "image": [b"x"]}), tmp_path / "pairs" / "shard-000000.parquet")
-    with pytest.raises(UserError, match=r"not pairs written by `unmask prepare` \(no column identity, split"):
-        check_pairs_schema(str(tmp_path))

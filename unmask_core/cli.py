@@ -9,10 +9,12 @@ import importlib
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable
 from typing import NoReturn
 
-from unmask_core.errors import UserError
+from unmask_core.config import verbose
+from unmask_core.errors import TransientError, UserError
 
 COMMANDS = {
     "prepare": "corpus -> aligned (T, M) pairs as Parquet shards, split by identity",
@@ -32,13 +34,71 @@ USAGE = (
 JobMain = Callable[[list[str] | None], int | None]  # a job module's `main(argv)`
 
 
+# Exit statuses (config.EXIT_CODES says them to people).
+EXIT_FAILED = 1  # a failure during the work: a rerun resumes what is finished
+EXIT_REFUSED = 2  # a refusal before any work: usage, bad settings, bad inputs found by the checks
+
+
 def run_main(name: str, job_main: JobMain, argv: list[str] | None) -> int:
-    """Run a job's `main(argv)`, turning a UserError into one clear line and exit code 2."""
+    """Run a job's `main(argv)`; whatever stops it becomes at most three lines on standard error and
+    an exit status (see `report_failure`)."""
     try:
         return int(job_main(argv) or 0)
-    except UserError as exc:
-        print(f"unmask {name}: error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:
+        return report_failure(name, exc)
+
+
+def report_failure(name: str, exc: Exception) -> int:
+    """A UserError raised in the driver is a refusal: one line, status 2. A TransientError, or a
+    UserError that reached the driver from a Ray worker (the work had begun): one line, status 1.
+    Anything else (a bug, a failure of Ray's own) is named in one line, with one more that says where
+    its traceback went (--verbose prints it), status 1."""
+    cause = _cause(exc)
+    if isinstance(cause, UserError) and cause is exc:
+        print(f"unmask {name}: error: {_first_line(cause)}", file=sys.stderr)
+        return EXIT_REFUSED
+    if isinstance(cause, UserError | TransientError):
+        kept = "; finished work is kept: rerun once fixed" if isinstance(cause, TransientError) else ""
+        print(f"unmask {name}: failed: {_first_line(cause)}{kept}", file=sys.stderr)
+        return EXIT_FAILED
+    where = _keep_traceback(exc)
+    print(f"unmask {name}: failed: {type(cause).__name__}: {_first_line(cause)}", file=sys.stderr)
+    print(where, file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The error under Ray's wrappers (a task's, Ray Train's worker group's or controller's)."""
+    for _ in range(8):  # wrappers nest a few levels at most
+        failures = getattr(exc, "worker_failures", None)
+        inner = (
+            next(iter(failures.values()), None)
+            if failures
+            else getattr(exc, "cause", None) or getattr(exc, "controller_failure", None)
+        )
+        if not isinstance(inner, BaseException):
+            return exc
+        exc = inner
+    return exc
+
+
+def _keep_traceback(exc: BaseException) -> str:
+    """Print the traceback (--verbose) or append it to the job's log file; returns a line saying where."""
+    text = "".join(traceback.format_exception(exc))
+    if verbose():
+        print(text, file=sys.stderr, end="")
+        return "(the traceback is above)"
+    from unmask_core.ray_session import log_file_path
+
+    path = log_file_path()
+    with open(path, "a") as log:
+        log.write(text)
+    return f"the traceback: {path} (--verbose prints it here)"
 
 
 def run_job(module_name: str, argv: list[str]) -> int:

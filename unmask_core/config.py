@@ -12,7 +12,7 @@ import json
 import os
 import types
 import typing
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import yaml
 
@@ -143,13 +143,27 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             parser.add_argument(flag, type=annotation, metavar=field.name.upper(), **kwargs)
 
 
+def read_yaml_config(uri: str) -> dict[str, Any]:
+    """A `--config` file's values, or one line naming the file (and the line, for malformed YAML)."""
+    try:
+        loaded = yaml.safe_load(storage.read_bytes(uri).decode("utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{uri}: not a UTF-8 text file (byte {exc.start})") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "somewhere"
+        raise UserError(f"{uri}: not valid YAML at {where}: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"{uri}: not valid YAML: {str(exc).splitlines()[0]}") from None
+    if not isinstance(loaded, dict):
+        raise UserError(f"{uri}: a config file must be a YAML mapping")
+    return {str(k).replace("-", "_"): v for k, v in loaded.items()}
+
+
 def build_config(cls: type[C], namespace: argparse.Namespace) -> C:
     values: dict[str, Any] = {}
     if getattr(namespace, "config", None):
-        loaded = yaml.safe_load(storage.read_bytes(namespace.config)) or {}
-        if not isinstance(loaded, dict):
-            raise UserError(f"{namespace.config}: a config file must be a YAML mapping")
-        values.update({k.replace("-", "_"): v for k, v in loaded.items()})
+        values.update(read_yaml_config(namespace.config))
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
@@ -163,9 +177,26 @@ def build_config(cls: type[C], namespace: argparse.Namespace) -> C:
     return cls(**values)
 
 
+# Every job's exit status; shown by each job's --help and in docs/operations.md.
+EXIT_CODES = (
+    "exit status: 0 done; 1 failed during the work (storage or Ray failed, a bug, or rows that record "
+    "one): finished work is kept, and the same command resumes it; 2 refused before any work (usage, "
+    "bad settings, or bad inputs found by the checks): nothing was written"
+)
+
+
+class JobArgumentParser(argparse.ArgumentParser):
+    """argparse with its usage errors as one line (a UserError: exit status 2), not the whole usage."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{message} ({self.prog} --help lists the options)")
+
+
 def add_verbose_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--verbose", action="store_true", help="also show Ray's, torch's and the workers' own messages"
+        "--verbose",
+        action="store_true",
+        help="also show Ray's, torch's and the workers' own messages, and the traceback of a failure",
     )
 
 
@@ -175,8 +206,13 @@ def apply_verbose(namespace: argparse.Namespace) -> None:
         os.environ["UNMASK_VERBOSE"] = "1"
 
 
+def verbose() -> bool:
+    """`--verbose` (or UNMASK_RAY_WORKER_LOGS=1): show Ray's, torch's and the workers' own messages."""
+    return os.environ.get("UNMASK_VERBOSE") == "1" or os.environ.get("UNMASK_RAY_WORKER_LOGS") == "1"
+
+
 def parse_config(cls: type[C], argv: list[str] | None, prog: str, description: str) -> C:
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = JobArgumentParser(prog=prog, description=description, epilog=EXIT_CODES)
     add_config_arguments(parser, cls)
     add_verbose_argument(parser)
     namespace = parser.parse_args(argv)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import re
 import signal
 import threading
 import warnings
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from unmask_core.output_schema import with_meanings
 
@@ -153,8 +154,19 @@ def _decode_errors(seconds: float) -> Iterator[None]:
         raise ImageDecodeError("timeout", f"decoding took over {seconds:g} s") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageDecodeError("too_large", str(exc)) from exc
+    except UnidentifiedImageError as exc:  # its message names the in-memory file object
+        raise ImageDecodeError("decode_error", "not an image: no known image format starts this way") from exc
     except Exception as exc:  # PIL raises many types for broken files
-        raise ImageDecodeError("decode_error", f"{type(exc).__name__}: {exc}") from exc
+        raise ImageDecodeError("decode_error", f"{type(exc).__name__}: {_for_people(str(exc))}") from exc
+
+
+_OBJECT_REPR = re.compile(r"<[^<>]*? at 0x[0-9a-fA-F]+>")
+
+
+def _for_people(text: str) -> str:
+    """A library's message without object reprs and their memory addresses, which mean nothing in a
+    row's reason and differ between runs."""
+    return _OBJECT_REPR.sub("the file", text)
 
 
 def _to_rgb8(image: Image.Image) -> np.ndarray:

@@ -56,7 +56,10 @@ class TestFaces:
     real_masks: bool = False  # RMFRD real-mask rows: T is T_ref, psnr/ssim are NaN
 
 
-def _iter_test_batches(cfg: EvaluateConfig, chunk: int):
+IMAGE_COLUMNS = ["id", "identity", "T", "M", "mask_region", "T_ref"]
+
+
+def _iter_test_batches(cfg: EvaluateConfig, chunk: int, columns: list[str] = IMAGE_COLUMNS):
     pairs_uri = storage.join(cfg.pairs, "pairs")
     storage.check_readable(pairs_uri)
     fs, path = storage.pyarrow_filesystem(pairs_uri)
@@ -64,8 +67,20 @@ def _iter_test_batches(cfg: EvaluateConfig, chunk: int):
     expr = (pads.field("status") == "ok") & (pads.field("split") == cfg.split)
     if _has_real_masks(dataset, expr):  # RMFRD: its synthetic phase-1 pairs are not the test
         expr = expr & (pads.field("mask_kind") == "real")
-    columns = ["id", "identity", "T", "M", "mask_region", "T_ref"]
     yield from dataset.to_batches(columns=columns, filter=expr, batch_size=chunk)
+
+
+def split_identities(cfg: EvaluateConfig) -> tuple[list[str], list[str]]:
+    """The ids and identities of the rows evaluated, in the order embed_test_split sees them, read
+    without their images: what the verification pairs are built from, before anything is run."""
+    ids: list[str] = []
+    identities: list[str] = []
+    for batch in _iter_test_batches(cfg, chunk=65536, columns=["id", "identity"]):
+        ids += batch.column("id").to_pylist()
+        identities += batch.column("identity").to_pylist()
+    if not ids:
+        raise UserError(f"{cfg.pairs}: no usable pairs in the {cfg.split} split")
+    return ids, identities
 
 
 def _has_real_masks(dataset: pads.Dataset, expr: pads.Expression) -> bool:
@@ -106,8 +121,6 @@ def embed_test_split(cfg: EvaluateConfig, unmasker) -> TestFaces:
             )
         ids += [r["id"] for r in rows]
         identities += [r["identity"] for r in rows]
-    if not ids:
-        raise UserError(f"{cfg.pairs}: no usable pairs in the {cfg.split} split")
     embeddings = {m: {k: np.concatenate(v) for k, v in kinds.items()} for m, kinds in parts.items()}
     real_masks = bool(np.isnan(ssims).all())  # every row a real mask (see _iter_test_batches)
     return TestFaces(
@@ -123,33 +136,41 @@ def _to_256_mask(region: np.ndarray) -> np.ndarray:
     return cv2.resize(region.astype(np.uint8), (EVAL_SIZE, EVAL_SIZE), interpolation=cv2.INTER_NEAREST) > 0
 
 
-def build_pairs(cfg: EvaluateConfig, faces: TestFaces):
+def build_pairs(cfg: EvaluateConfig, ids: list[str], identities: list[str]):
+    """Genuine and impostor pairs of the split's rows (or those of --pairs-file): one line when they
+    cannot have both kinds."""
     from unmask_core import metrics
 
     if cfg.pairs_file:
-        return metrics.read_lfw_pairs(storage.read_bytes(cfg.pairs_file).decode(), faces.ids)
-    return metrics.verification_pairs(
-        faces.identities, max_pairs=cfg.max_pairs or None, seed=cfg.seed, ids=faces.ids
-    )
+        pairs = metrics.read_lfw_pairs(storage.read_bytes(cfg.pairs_file).decode(), ids)
+    else:
+        pairs = metrics.verification_pairs(
+            identities, max_pairs=cfg.max_pairs or None, seed=cfg.seed, ids=ids
+        )
+    if pairs.genuine.all() or not pairs.genuine.any():
+        raise UserError(
+            f"{cfg.pairs}: the {cfg.split} split needs two identities, one of them with two images"
+        )
+    return pairs
 
 
 def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
+    """Checks first (the model set, the split's pairs), then the output: a refused run leaves none."""
     import torch
 
     from unmask_core import metrics, report
     from unmask_core.inference import Unmasker
 
     storage.check_readable(cfg.models)
-    storage.check_writable(cfg.out)
+    ids, identities = split_identities(cfg)
+    pairs = build_pairs(cfg, ids, identities)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     unmasker = Unmasker(cfg.models, cfg.matchers, device=device, bf16=False)
-    save_config(cfg, cfg.out)  # only once the model set has loaded and fits together
+    storage.check_writable(cfg.out)
+    save_config(cfg, cfg.out)
     faces = embed_test_split(cfg, unmasker)
-    pairs = build_pairs(cfg, faces)
-    if pairs.genuine.all() or not pairs.genuine.any():
-        raise UserError(
-            f"{cfg.pairs}: the {cfg.split} split needs two identities, one of them with two images"
-        )
+    if faces.ids != ids:  # the pairs index the rows as first read
+        raise RuntimeError(f"{cfg.pairs}: its rows changed while they were evaluated")
     results: dict[str, Any] = {"matchers": {}, "curves": {}}
     for name in cfg.matchers:
         aucs, curves = metrics.protocol_aucs(faces.embeddings[name], pairs)

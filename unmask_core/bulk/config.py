@@ -30,6 +30,11 @@ class BulkConfig(JobConfig):
         "a small job's batches shrink to an even share per unmask actor",
     )
     gpus_per_actor: float = option(-1.0, "GPUs per unmask actor (-1: 1 if the cluster has GPUs, else 0)")
+    resource_timeout: float = option(
+        900.0,
+        "seconds to wait for an autoscaler to add a GPU node for --gpus-per-actor before giving up; a "
+        "cluster that can never have one is refused at once",
+    )
     actors: str = option("1,4", "MIN,MAX size of the unmask actor pool (autoscaling between them)")
     cpu_actors: str = option(
         "", "MIN,MAX size of the decode/detect/align actor pool (default: 1 to half the CPUs)"

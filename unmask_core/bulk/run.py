@@ -46,6 +46,7 @@ def run_bulk(cfg: BulkConfig) -> dict[str, Any]:
         records = list_inputs(cfg.input)
         ray_session.connect()
         model_info = described.result()
+    ray_session.require_resources([{"GPU": cfg.gpus_per_actor}], cfg.resource_timeout, "--gpus-per-actor")
     payload = [{"uri": r.uri, "id": r.id} for r in records]
     if cfg.overwrite:
         storage.delete(storage.join(cfg.output, "images"))

@@ -76,6 +76,19 @@ def masked_pair_columns(
     }
 
 
+def detect_faces(detector, image: np.ndarray) -> list:
+    """The detector's faces in `image`; its failure on one odd image (one too small for its image
+    pyramid) is that input's `detect_error` row, as in the bulk job, not a bug."""
+    try:
+        return detector.detect(image)
+    except Exception as exc:
+        height, width = image.shape[:2]
+        raise RowError(
+            "detect_error",
+            f"the face detector failed on this {width}x{height} px image ({type(exc).__name__}: {exc})",
+        ) from exc
+
+
 def box_in_aligned(box: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     """A detector box (x0, y0, x1, y1) carried by the 2x3 similarity `matrix` into the aligned frame:
     its centre mapped, its sides scaled. The face is upright there, so the box stays a square-on box
@@ -107,7 +120,7 @@ class SyntheticPairMaker:
 
         size = self.cfg.image_size
         if not self.layout.aligned:
-            faces = self.detector.detect(image)
+            faces = detect_faces(self.detector, image)
             if not faces:
                 raise RowError("no_face", "no face detected")
             aligned, matrix = align_face(image, faces[0].landmarks, size=size)
@@ -116,7 +129,7 @@ class SyntheticPairMaker:
         aligned = self.layout.crop(image) if self.layout.crop else image
         if aligned.shape[:2] != (size, size):
             aligned = cv2.resize(aligned, (size, size), interpolation=cv2.INTER_CUBIC)
-        faces = self.detector.detect(aligned)
+        faces = detect_faces(self.detector, aligned)
         if not faces:
             raise RowError("no_face", "no face detected in the aligned image")
         return aligned, faces[0].landmarks, faces[0].box

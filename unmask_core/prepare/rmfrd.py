@@ -20,7 +20,7 @@ import numpy as np
 from unmask_core import data
 from unmask_core.data import REAL_MASK_KIND
 from unmask_core.faces.align import AlignmentError, RMFRDAlignment, rmfrd_align
-from unmask_core.prepare.pairs import RowError, empty_pairs_row, masked_pair_columns, read_image
+from unmask_core.prepare.pairs import RowError, detect_faces, empty_pairs_row, masked_pair_columns, read_image
 
 # A masked photo keeps this many same-identity reference candidates (the first that aligns is used).
 # RMFRD has up to hundreds of unmasked photos per person; a seeded sample bounds the work per image.
@@ -86,7 +86,7 @@ class RMFRDPairMaker:
     def _synthetic_pair_row(self, record: data.ImageRecord) -> dict[str, Any]:
         alignment = self._align(self._decode(record.uri))
         # The mask is fitted to landmarks found on the eye-aligned face, as for the other corpora.
-        faces = self.detector.detect(alignment.aligned)
+        faces = detect_faces(self.detector, alignment.aligned)
         if not faces:
             raise RowError("no_face", "no face detected in the eye-aligned image")
         columns = masked_pair_columns(

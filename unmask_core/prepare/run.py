@@ -53,14 +53,15 @@ def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
 
     from unmask_core import ray_session
 
-    storage.check_writable(cfg.output)
     records = corpora.list_corpus(cfg.corpus, cfg.input)
     split_of = data.identity_split([r.identity for r in records], cfg.test_fraction, cfg.seed)
     items = [{"record": r.__dict__, "split": split_of[r.identity]} for r in records]
     if corpora.layout(cfg.corpus).pairs == "rmfrd":
         add_reference_candidates(items, cfg.seed)  # masked photos need unmasked ones of the same person
-    run = shards.start_job(cfg, "pairs", items, records)
     ray_session.connect()
+    # Writes start here, once the input and Ray are fine: a refused run leaves no output folder.
+    storage.check_writable(cfg.output)
+    run = shards.start_job(cfg, "pairs", items, records)
     bar = run.progress_bar("prepare")
     if run.todo:
         todo = run.todo_payloads()

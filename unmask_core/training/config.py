@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from unmask_core import storage
 from unmask_core.config import JobConfig, option
 from unmask_core.errors import UserError
 from unmask_core.losses import LossWeights
@@ -80,8 +81,21 @@ class TrainConfig(JobConfig):
     max_failures: int = option(3, "worker failures survived (restart from the last checkpoint)")
     seed: int = option(0, "seed for data order and initialisation")
     name: str = option("", "run name under --out (default: the stage)")
+    resource_timeout: float = option(
+        900.0,
+        "seconds to wait for an autoscaler to add the nodes the workers need (a GPU node with --gpu) "
+        "before giving up; a cluster that can never have them is refused at once",
+    )
 
     def check(self) -> None:
+        # Ray's workers do not start in the caller's working directory: they get absolute paths.
+        for name in ("pairs", "models", "out", "init_from"):
+            if getattr(self, name):
+                setattr(self, name, storage.absolute(getattr(self, name)))
+        if self.lpips_backbone not in ("auto", "random"):
+            self.lpips_backbone = storage.absolute(self.lpips_backbone)
+        if self.resource_timeout <= 0:
+            raise UserError("--resource-timeout must be positive")
         if self.stage == "baseline" and self.latent_weight:
             self.latent_weight = 0.0  # f0 has no teacher: eq. 4 has no latent term
         counts = (

@@ -4,8 +4,9 @@ Ray Train hands its workers the newest committed checkpoint (the one its
 checkpoint_manager_snapshot.json names). If that checkpoint's state.pt is damaged (a full disk or a kill
 during the upload), every worker fails to load it on every retry, and the run can never go on. So the
 driver checks the committed checkpoints newest first before Ray Train starts, warns in one line for each
-broken one, and tells the workers to skip those and load the newest whole one. Checkpoint folders that
-Ray never committed (a run killed while uploading) are removed.
+broken one (or one that holds something other than a training state), and tells the workers to skip
+those and load the newest whole one. Checkpoint folders that Ray never committed (a run killed while
+uploading) are removed.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ import io
 import json
 import os
 import sys
-import zipfile
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from unmask_core import storage
+from unmask_core.training.checks import TRAINING_STATE_KEYS, torch_file_problem
 
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of committed checkpoints
 STATE_FILE = "state.pt"
@@ -64,18 +65,11 @@ def _checkpoint_step(metrics: dict[str, Any]) -> float:
 
 
 def damage(state_uri: str) -> str | None:
-    """Why the checkpoint file at `state_uri` cannot be loaded, or None when it is whole. torch saves a
-    zip archive with a CRC per member: checking them finds truncation and corruption without unpickling
-    gigabytes of tensors in the driver."""
-    fs, path = storage.fsspec_filesystem(state_uri)
-    try:
-        with fs.open(path, "rb") as f, zipfile.ZipFile(f) as archive:
-            bad_member = archive.testzip()
-    except FileNotFoundError:
-        return f"no {STATE_FILE}"
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return f"member {bad_member} fails its CRC check" if bad_member else None
+    """Why the checkpoint file at `state_uri` cannot be resumed from, or None when it can: a zip archive
+    whose members pass their CRC checks (truncation and corruption are found without unpickling
+    gigabytes of tensors in the driver) and whose pickle holds a training state, not some other
+    PyTorch file."""
+    return torch_file_problem(state_uri, TRAINING_STATE_KEYS, check_crc=True)
 
 
 def plan_resume(run_uri: str) -> ResumePlan:

@@ -10,11 +10,12 @@ from typing import Any
 import torch
 
 from unmask_core import storage
-from unmask_core.errors import UserError
+from unmask_core.config import save_config
 from unmask_core.training.batches import decode_batch
+from unmask_core.training.checks import check_training_inputs
 from unmask_core.training.config import ENCODER_OF_STAGE, TrainConfig
 from unmask_core.training.history import plot_metrics, read_metrics
-from unmask_core.training.loop import build_lpips, train_loop
+from unmask_core.training.loop import train_loop
 from unmask_core.training.resume import STATE_FILE, plan_resume
 from unmask_core.training.targets import TargetsLookup, ensure_targets
 
@@ -42,52 +43,33 @@ def training_dataset(cfg: TrainConfig, size: int, targets: TargetsLookup | None 
     )
 
 
-def check_pairs_schema(pairs_uri: str) -> None:
-    """The pairs folder holds what `unmask prepare` writes: one line naming what is missing, in the
-    driver, before Ray Train starts (Ray Data would retry its read tasks, and say why only in its logs)."""
-    import pyarrow.dataset as pads
-
-    from unmask_core.data import PAIRS_SCHEMA
-
-    uri = storage.join(pairs_uri, "pairs")
-    storage.check_readable(uri)
-    fs, path = storage.pyarrow_filesystem(uri)
-    try:
-        schema = pads.dataset(path, filesystem=fs, format="parquet").schema
-    except Exception as exc:  # pyarrow raises several types for files that are not Parquet
-        raise UserError(f"{uri}: not a pairs folder of Parquet files ({type(exc).__name__}: {exc})") from None
-    missing = [name for name in PAIRS_SCHEMA.names if name not in schema.names]
-    if missing:
-        raise UserError(
-            f"{uri}: not pairs written by `unmask prepare` (no column {', '.join(missing)}); prepare the "
-            "corpus with `unmask prepare` and pass its output as --pairs"
-        )
-
-
 def run_training(cfg: TrainConfig) -> dict[str, Any]:
+    """Check everything that can be checked before Ray starts (training/checks.py), then that the
+    cluster can hold the workers, and only then write: config.yaml, the resume plan's clean-up, the
+    targets cache, the run."""
+    from unmask_core.models.model_set import ModelSet
+
+    check_training_inputs(cfg)
+    size = ModelSet(cfg.models).image_size
+    # Ray's modules load once the checks have passed: a refusal takes seconds.
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from unmask_core.models.model_set import ModelSet
+    from unmask_core import ray_session
 
-    storage.check_readable(cfg.models)
-    if cfg.init_from:
-        storage.check_readable(cfg.init_from)
-    storage.check_writable(cfg.out)
-    size = ModelSet(cfg.models).image_size
-    check_pairs_schema(cfg.pairs)
-    # Missing LPIPS weights fail here, not in every worker; a random AlexNet cannot fail (3 s to build).
-    if cfg.lpips_backbone != "random":
-        build_lpips(cfg, cfg.models, spatial=False)
-    resume = plan_resume(storage.join(cfg.out, cfg.run_name))
+    ray_session.connect()
+    worker = _worker_resources(cfg)
+    asked_by = "--gpu" if cfg.gpu else "--workers/--cpus-per-worker"
+    ray_session.require_resources([worker] * cfg.workers, cfg.resource_timeout, asked_by)
+    run_uri = storage.join(cfg.out, cfg.run_name)
+    save_config(cfg, run_uri)
+    resume = plan_resume(run_uri)
     targets = ensure_targets(cfg) if cfg.cache_targets else None
     fs, path = storage.pyarrow_filesystem(cfg.out)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"cfg": asdict(cfg), "resume": resume.as_config()},
-        scaling_config=ScalingConfig(
-            num_workers=cfg.workers, use_gpu=cfg.gpu, resources_per_worker=_worker_resources(cfg)
-        ),
+        scaling_config=ScalingConfig(num_workers=cfg.workers, use_gpu=cfg.gpu, resources_per_worker=worker),
         run_config=RunConfig(
             name=cfg.run_name,
             storage_path=path,
