@@ -531,8 +531,8 @@ def section_train(bench: Bench, deadline: Deadline) -> dict:
     if bench.models_folder is None or bench.setup_error:
         raise RuntimeError(f"setup failed: {bench.setup_error}")
     cfg = TrainConfig(
-        stage="unmask", pairs="synthetic", models=bench.models_folder, out="unused", lpips_backbone="random",
-        gpu=bench.cuda_state, batch_size=max(plan.train_batches),
+        stage="unmask", pairs="synthetic", models=bench.models_folder, output="unused",
+        lpips_backbone="random", gpu=bench.cuda_state, batch_size=max(plan.train_batches),
     )  # fmt: skip
     parts = build_training_models(cfg, device)
     optimizer = make_optimizer(parts.encoder, cfg.lr, device)

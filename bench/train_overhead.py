@@ -158,7 +158,7 @@ def ray_loop(cfg: TrainConfig, epoch_steps: int) -> tuple[float, float]:
     import csv
 
     run_training(cfg)
-    rows = list(csv.DictReader(open(Path(cfg.out) / cfg.run_name / "metrics.csv")))
+    rows = list(csv.DictReader(open(Path(cfg.output) / cfg.run_name / "metrics.csv")))
     intervals = np.diff([float(r["wall_time"]) for r in rows])  # intervals[k]: step k+1 -> k+2
     boundary = epoch_steps - 1
     within = [t for k, t in enumerate(intervals) if k >= WARMUP and k != boundary]
@@ -202,8 +202,8 @@ def main() -> None:
             stage="unmask",
         )
         torch.set_num_threads(2)
-        step = step_times(TrainConfig(out=str(Path(folder) / "steps"), **common), args.size)
-        flops = flops_per_sample(TrainConfig(out=str(Path(folder) / "flops"), **common), args.size)
+        step = step_times(TrainConfig(output=str(Path(folder) / "steps"), **common), args.size)
+        flops = flops_per_sample(TrainConfig(output=str(Path(folder) / "flops"), **common), args.size)
         # This machine's speed drifts by more than the overhead measured (the same bare loop ran at
         # 1.74 and 2.12 steps/s two minutes apart): bare and Ray alternate, each ratio is taken from
         # one adjacent pair, and the median of the rounds is reported.
@@ -211,10 +211,12 @@ def main() -> None:
             torch.set_num_threads(threads)
             run = dict(common, cpus_per_worker=threads)  # the Ray worker's torch gets as many threads
             for r in range(args.rounds):
-                bare = bare_loop(TrainConfig(out=str(Path(folder) / f"bare{threads}-{r}"), **run), args.size)
+                bare = bare_loop(
+                    TrainConfig(output=str(Path(folder) / f"bare{threads}-{r}"), **run), args.size
+                )
                 ray_session.connect()  # an idle Ray does not slow the bare loop (measured: within noise)
                 with_ray, boundary = ray_loop(
-                    TrainConfig(out=str(Path(folder) / f"ray{threads}-{r}"), **run), epoch_steps
+                    TrainConfig(output=str(Path(folder) / f"ray{threads}-{r}"), **run), epoch_steps
                 )
                 rounds.setdefault(threads, []).append((bare, with_ray, boundary))
     cacheable = sum(v for k, v in flops.items() if "cacheable" in k)

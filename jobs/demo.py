@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from unmask_core.cli import job_process
+from unmask_core.cli import job_process, print_log_line
 from unmask_core.config import parse_config
 from unmask_core.demo import NEXT_STEPS, UNTRAINED_NOTE, DemoConfig
 
@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     result = run_demo(cfg)
     print(NEXT_STEPS.format(UNTRAINED_NOTE=UNTRAINED_NOTE, **result))
     print(f"demo finished in {result['seconds']:.0f}s")
-    print(ray_session.log_line())
+    print_log_line()
     return 0
 
 

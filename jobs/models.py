@@ -3,25 +3,30 @@ checkpoints, or an older set's manifest completed with its files' sizes and sha2
 
 from __future__ import annotations
 
-import argparse
-import json
 from dataclasses import asdict, dataclass
 
 from unmask_core import storage
 from unmask_core.cli import job_process
-from unmask_core.config import JobConfig, add_config_arguments, build_config, option
+from unmask_core.config import (
+    EXIT_CODES,
+    JobArgumentParser,
+    JobConfig,
+    add_config_arguments,
+    build_config,
+    option,
+)
 
 
 @dataclass
 class ModelsInitConfig(JobConfig):
-    out: str = option("", "output folder, local or s3://bucket/prefix", required=True)
+    output: str = option("", "output folder, local or s3://bucket/prefix", required=True)
     size: int = option(64, "image size: 64 is a tiny set that runs fast on CPU", choices=[64, 256, 1024])
     seed: int = option(0, "random seed")
 
 
 @dataclass
 class ModelsImportConfig(JobConfig):
-    out: str = option("", "output folder, local or s3://bucket/prefix", required=True)
+    output: str = option("", "output folder, local or s3://bucket/prefix", required=True)
     irse50: str = option("", "model_ir_se50.pth (ArcFace IR-SE50 for the ID loss)", required=True)
     facenet: str = option("", "facenet-pytorch InceptionResnetV1 state dict", required=True)
     generator: str = option("", "rosinality StyleGAN2 checkpoint {'g_ema', 'latent_avg'}")
@@ -60,12 +65,12 @@ ACTIONS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="unmask models", description="Model sets (generator, f0, f, ArcFace, FaceNet)"
+    parser = JobArgumentParser(
+        prog="unmask models", description="Model sets (generator, f0, f, ArcFace, FaceNet)", epilog=EXIT_CODES
     )
-    sub = parser.add_subparsers(dest="action", required=True)
+    sub = parser.add_subparsers(dest="action", required=True, metavar="{" + ",".join(ACTIONS) + "}")
     for action, (cls, short, long) in ACTIONS.items():
-        add_config_arguments(sub.add_parser(action, help=short, description=long), cls)
+        add_config_arguments(sub.add_parser(action, help=short, description=long, epilog=EXIT_CODES), cls)
     namespace = parser.parse_args(argv)
     cfg = build_config(ACTIONS[namespace.action][0], namespace)
 
@@ -73,26 +78,39 @@ def main(argv: list[str] | None = None) -> int:
         from unmask_core.models.importer import add_checksums
 
         manifest = add_checksums(cfg.models)
-        print(json.dumps(manifest, indent=2))
-        print(f"Checksums recorded in {storage.join(cfg.models, 'model_set.json')}.")
+        print(f"{describe(manifest)}\nChecksums recorded in {storage.join(cfg.models, 'model_set.json')}.")
         return 0
-    storage.check_writable(cfg.out)
+    if isinstance(cfg, ModelsImportConfig):  # every checkpoint readable before anything loads or is written
+        sources = {k: v for k, v in asdict(cfg).items() if k != "output"}
+        for uri in filter(None, sources.values()):
+            storage.check_readable(uri)
+    storage.check_writable(cfg.output)
     if isinstance(cfg, ModelsInitConfig):
         from unmask_core.models.model_set import init_model_set  # heavy: torch and the model code
 
-        manifest = init_model_set(cfg.size, cfg.out, seed=cfg.seed)
+        manifest = init_model_set(cfg.size, cfg.output, seed=cfg.seed)
         note = "randomly initialised: outputs are not meaningful faces"
     else:
         from unmask_core.models.importer import import_public_model_set
 
-        sources = {k: v for k, v in asdict(cfg).items() if k != "out"}
-        for uri in filter(None, sources.values()):
-            storage.check_readable(uri)
-        manifest = import_public_model_set(cfg.out, **sources)
+        manifest = import_public_model_set(cfg.output, **sources)
         note = "imported from public checkpoints"
-    print(json.dumps(manifest, indent=2))
-    print(f"Model set written to {cfg.out} ({note}).")
+    print(describe(manifest))
+    print(f"Model set written to {cfg.output} ({note}).")
     return 0
+
+
+def describe(manifest: dict) -> str:
+    """A model set's manifest in two lines for people (model_set.json holds the rest)."""
+    random = set(manifest.get("random_init", []))
+    models = [
+        f"{name} ({'random' if name in random else 'pretrained'})" for name in sorted(manifest["sha256"])
+    ]
+    checksums = len(manifest.get("file_checksums", {}))
+    return (
+        f"{manifest['image_size']} px, {manifest['n_latent']} styles; models: {', '.join(models)}\n"
+        f"file sizes and sha256 recorded for {checksums} files"
+    )
 
 
 if __name__ == "__main__":

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-from unmask_core.cli import job_process
+from unmask_core.cli import job_process, print_log_line
 from unmask_core.config import parse_config
 from unmask_core.prepare.config import PrepareConfig
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(PrepareConfig, argv, "unmask prepare", __doc__.split(":", 1)[1].strip())
-    from unmask_core import ray_session, shards, storage
+    from unmask_core import shards
     from unmask_core.prepare.run import format_summary, run_prepare
 
-    for uri in (cfg.input,):  # a missing input fails in a second, before Ray starts
-        storage.check_readable(uri)
-    summary = run_prepare(cfg)
+    summary = run_prepare(cfg)  # its checks come before Ray starts
     print(format_summary(summary))
     print(f"pairs: {cfg.output}/pairs/  summary: {cfg.output}/summary.json")
-    print(ray_session.log_line())
+    print_log_line()
     return 0 if shards.succeeded(summary) else 1
 
 

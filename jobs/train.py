@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
-from unmask_core.cli import job_process
+from unmask_core.cli import job_process, print_log_line
 from unmask_core.config import parse_config
 from unmask_core.training.config import TrainConfig
 
@@ -14,11 +12,12 @@ def main(argv: list[str] | None = None) -> int:
     from unmask_core.training.run import run_training
 
     result = run_training(cfg)  # checks first (before Ray is even imported), then config.yaml and the run
-    from unmask_core import ray_session
+    from unmask_core.training.history import format_losses
 
-    print(json.dumps(result, indent=2))
+    print(f"trained {cfg.stage} to step {result['step']}: {format_losses(result['final'])}")
+    print(f"metrics: {result['metrics']}")
     print(f"trained model set: {result['models']}  (use it as --models or --init-from for the next stage)")
-    print(ray_session.log_line())
+    print_log_line()
     return 0
 
 

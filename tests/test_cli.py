@@ -16,7 +16,7 @@ from unmask_core.prepare.config import PrepareConfig
 
 EXPECTED_OPTIONS = {
     "prepare": ["--corpus", "--input", "--output", "--mask-kinds", "--test-fraction", "--seed"],
-    "train": ["--stage", "--pairs", "--models", "--out", "--init-from", "--workers", "--gpu", "--steps"],
+    "train": ["--stage", "--pairs", "--models", "--output", "--init-from", "--workers", "--gpu", "--steps"],
     "unmask": [
         "--input",
         "--output",
@@ -27,8 +27,8 @@ EXPECTED_OPTIONS = {
         "--gpus-per-actor",
         "--actors",
     ],
-    "evaluate": ["--pairs", "--models", "--out", "--matchers", "--max-pairs"],
-    "demo": ["--out"],
+    "evaluate": ["--pairs", "--models", "--output", "--matchers", "--max-pairs"],
+    "demo": ["--output"],
 }
 
 
@@ -54,7 +54,7 @@ def test_models_init_help(capsys: pytest.CaptureFixture[str]) -> None:
         cli.main(["models", "init", "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    assert "--size" in out and "--out" in out
+    assert "--size" in out and "--output" in out
 
 
 def test_console_script_help_runs_as_a_process() -> None:
@@ -159,9 +159,9 @@ def test_configs_are_checked_however_they_are_built() -> None:
     from unmask_core.training.config import TrainConfig
 
     # Built in code, a baseline config is normalised like the CLI's: eq. 4 has no latent term.
-    assert TrainConfig(stage="baseline", pairs="p", models="m", out="o").latent_weight == 0.0
+    assert TrainConfig(stage="baseline", pairs="p", models="m", output="o").latent_weight == 0.0
     with pytest.raises(UserError, match="--stage"):
-        TrainConfig(stage="finetune", pairs="p", models="m", out="o")
+        TrainConfig(stage="finetune", pairs="p", models="m", output="o")
     with pytest.raises(UserError, match="--matchers"):
         BulkConfig(input="i", output="o", models="m", matchers=["arcface", "vggface"])
     with pytest.raises(UserError, match="--mask-kinds"):

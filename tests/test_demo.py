@@ -27,7 +27,7 @@ def test_readme_demo_command_produces_report_metrics_and_parquet(tmp_path: Path)
     # (two-worker DDP training has its own tests).
     small = ["--steps", "2", "--variants", "2", "--workers", "1"]
     proc = subprocess.run(
-        [*command.split(), "--out", str(out), *small],
+        [*command.split(), "--output", str(out), *small],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,

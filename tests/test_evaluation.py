@@ -24,7 +24,7 @@ def test_a_split_that_cannot_be_evaluated_is_refused_leaving_no_output(
     )
     split = "train" if "train" in why else "test"
     out = tmp_path / "report"
-    argv = ["evaluate", "--pairs", pairs, "--models", tiny_model_set, "--out", str(out), "--split", split]
+    argv = ["evaluate", "--pairs", pairs, "--models", tiny_model_set, "--output", str(out), "--split", split]
     assert cli.main(argv) == 2
     assert capsys.readouterr().err.strip().splitlines() == [f"unmask evaluate: error: {pairs}: {why}"]
     assert not out.exists()

@@ -7,32 +7,16 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO_ROOT
+from tests.support.imports import blocked_python
 from unmask_core.faces.samples import sample_photo
 
 # Missing on the GPU image (docs/gpu.md); lpips and facenet-pytorch travel there as wheels.
 ABSENT_ON_GPU_IMAGE = ("ray", "s3fs", "insightface")
-
-
-def blocked_python(blocked: tuple[str, ...], code: str) -> str:
-    """Python source that makes importing any of `blocked` fail, as on a machine without them, then
-    runs `code`."""
-    return textwrap.dedent(f"""
-        import sys
-
-        class BlockImports:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in {blocked!r}:
-                    raise ImportError(f"{{name}} is blocked: not installed on the GPU image")
-                return None
-
-        sys.meta_path.insert(0, BlockImports())
-    """) + textwrap.dedent(code)
 
 
 def run_python(source: str, *args: str, timeout: float) -> subprocess.CompletedProcess:

@@ -257,7 +257,7 @@ def model_set(s3_server: local_s3.S3Server) -> str:
     local_s3.create_bucket(s3_server, name)
     uri = f"s3://{name}/set"
     subprocess.run(
-        [sys.executable, "-m", "jobs.models", "init", "--size", "64", "--out", uri],
+        [sys.executable, "-m", "jobs.models", "init", "--size", "64", "--output", uri],
         cwd=REPO_ROOT,
         env={**os.environ, **s3_server.env()},
         check=True,
@@ -400,7 +400,7 @@ def test_train_job_checkpoints_to_s3_and_exports_a_model_set(
     submit_and_wait(
         ray_head,
         f"python -m jobs.train --stage baseline --workers 1 --steps 3 --checkpoint-every 2 --batch-size 2 "
-        f"--lpips-backbone random --pairs {pairs} --models {model_set} --out {runs}",
+        f"--lpips-backbone random --pairs {pairs} --models {model_set} --output {runs}",
     )
 
     metrics = storage.read_bytes(storage.join(runs, "baseline", "metrics.csv")).decode()
@@ -414,7 +414,7 @@ def test_a_driver_without_the_clusters_token_is_one_line(ray_head: RayHead, tmp_
     # No token anywhere: not in the environment, and a home without ~/.ray/auth_token.
     env.update(RAY_ADDRESS=f"127.0.0.1:{ray_head.gcs_port}", HOME=str(tmp_path))
     proc = subprocess.run(
-        [sys.executable, "-m", "jobs.demo", "--out", str(tmp_path / "demo")],
+        [sys.executable, "-m", "jobs.demo", "--output", str(tmp_path / "demo")],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
@@ -438,7 +438,7 @@ def test_a_gpu_asked_of_a_cluster_without_gpus_or_autoscaler_is_refused_in_one_l
     logs = submit_and_wait(
         ray_head,
         f"python -m jobs.train --gpu --workers 1 --batch-size 2 --lpips-backbone random --pairs {pairs} "
-        f"--models {model_set} --out {bucket}/runs",
+        f"--models {model_set} --output {bucket}/runs",
         expected=JobStatus.FAILED,
     )
     printed = logs.split("Running entrypoint for job", 1)[1].strip().splitlines()[1:]  # past Ray's own lines

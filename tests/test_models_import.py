@@ -47,7 +47,7 @@ def test_import_from_psp_reproduces_its_outputs(public_files, tmp_path) -> None:
     argv = [
         "models",
         "import",
-        "--out",
+        "--output",
         out,
         "--psp",
         files["psp"],
@@ -75,7 +75,7 @@ def test_a_rosinality_generator_overrides_the_psp_decoder(public_files, tmp_path
     argv = [
         "models",
         "import",
-        "--out",
+        "--output",
         out,
         "--psp",
         files["psp"],
@@ -97,7 +97,7 @@ def test_a_wrong_file_is_one_clear_error(public_files, tmp_path, capsys) -> None
     argv = [
         "models",
         "import",
-        "--out",
+        "--output",
         str(tmp_path / "set"),
         "--psp",
         files["irse50"],

@@ -85,7 +85,7 @@ def test_a_ray_address_where_nothing_listens_is_one_line_at_once(tmp_path) -> No
     with socket.socket() as s:  # a port that was free a moment ago, and is closed now
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = _job({"RAY_ADDRESS": f"127.0.0.1:{port}"}, ["--out", str(tmp_path / "demo")])
+    proc = _job({"RAY_ADDRESS": f"127.0.0.1:{port}"}, ["--output", str(tmp_path / "demo")])
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [
         f"unmask demo: error: RAY_ADDRESS=127.0.0.1:{port}: no Ray cluster answers there (Connection "

@@ -98,7 +98,7 @@ def test_t_hat_starts_from_a_trained_f0_and_its_settings_name_the_cache(
     tiny_model_set: str, tmp_path
 ) -> None:
     models, trained = tiny_model_set, str(tmp_path / "trained")
-    cfg = TrainConfig(stage="real", pairs=str(tmp_path / "pairs"), models=models, out="", t_hat_steps=4)
+    cfg = TrainConfig(stage="real", pairs=str(tmp_path / "pairs"), models=models, output="", t_hat_steps=4)
     fresh = t_hat_settings(cfg)
     assert fresh.start == "latent_avg"  # f0 is untrained: f0(M) would be noise
     assert t_hat_settings(cfg).key == fresh.key  # a rerun finds its cache
@@ -219,8 +219,8 @@ def test_rmfrd_prepare_real_stage_and_evaluation(bucket: str, ray_local) -> None
     assert len(train_real) >= 4 and len(test_real) >= 2
 
     models, out = f"{bucket}/models", f"{bucket}/runs"
-    assert cli.main(["models", "init", "--size", "64", "--out", models]) == 0
-    train = ["train", "--stage", "real", "--pairs", pairs, "--models", models, "--out", out]
+    assert cli.main(["models", "init", "--size", "64", "--output", models]) == 0
+    train = ["train", "--stage", "real", "--pairs", pairs, "--models", models, "--output", out]
     train += ["--workers", "1", "--steps", "4", "--batch-size", "2", "--checkpoint-every", "2"]
     train += ["--lpips-backbone", "random", "--t-hat-steps", "6"]
     assert cli.main(train) == 0
@@ -240,12 +240,12 @@ def test_rmfrd_prepare_real_stage_and_evaluation(bucket: str, ray_local) -> None
 
     # Later runs reuse the cache: nothing is optimised or written again.
     before = _modified(cache_folder)
-    cfg = TrainConfig(stage="real", pairs=pairs, models=models, out=out, t_hat_steps=6)
+    cfg = TrainConfig(stage="real", pairs=pairs, models=models, output=out, t_hat_steps=6)
     assert ensure_t_hat_codes(cfg) == cache_folder
     assert _modified(cache_folder) == before
 
     report = f"{bucket}/eval"
-    assert cli.main(["evaluate", "--pairs", pairs, "--models", f"{out}/models", "--out", report]) == 0
+    assert cli.main(["evaluate", "--pairs", pairs, "--models", f"{out}/models", "--output", report]) == 0
     result = json.loads(storage.read_bytes(f"{report}/metrics.json"))
     for matcher in ("arcface", "facenet"):
         assert set(result["matchers"][matcher]) == {"MT", "UT"}

@@ -101,7 +101,7 @@ def test_cli_s3_without_endpoint_gives_one_line(tmp_path) -> None:
             "init",
             "--size",
             "64",
-            "--out",
+            "--output",
             "s3://bucket/models",
         ],
         capture_output=True,

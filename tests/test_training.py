@@ -50,7 +50,9 @@ def _fixed_batch(pairs: str, n: int = 4) -> dict[str, torch.Tensor]:
 
 
 def _config(models: str, pairs: str, out: str, **overrides) -> TrainConfig:
-    values = dict(stage="unmask", models=models, pairs=pairs, out=out, lpips_backbone="random", batch_size=2)
+    values = dict(
+        stage="unmask", models=models, pairs=pairs, output=out, lpips_backbone="random", batch_size=2
+    )
     values.update(overrides)
     return TrainConfig(**values)
 

@@ -1,5 +1,5 @@
 """`train` checks what it can before Ray starts: each problem is one line and exit status 2, and a refused
-run leaves nothing at --out (no config.yaml, not even the folder). Relative paths become absolute ones
+run leaves nothing at --output (no config.yaml, not even the folder). Relative paths become absolute ones
 before anything reaches a worker; a cluster that can never hold the workers (a GPU asked for where there
 is none) is refused in one line."""
 
@@ -28,7 +28,7 @@ def pairs(tmp_path_factory) -> str:
 def _train(capsys, models: str, pairs: str, out: str, *flags: str) -> tuple[int, list[str]]:
     """`unmask train` in this process: its exit status and the lines it printed on standard error."""
     capsys.readouterr()
-    argv = ["train", "--stage", "unmask", "--pairs", pairs, "--models", models, "--out", out]
+    argv = ["train", "--stage", "unmask", "--pairs", pairs, "--models", models, "--output", out]
     code = cli.main([*argv, "--lpips-backbone", "random", "--batch-size", "2", *flags])
     return code, capsys.readouterr().err.strip().splitlines()
 
@@ -88,7 +88,7 @@ def test_relative_paths_reach_the_workers_absolute(
     relative = {
         "models": os.path.relpath(tiny_model_set),
         "pairs": os.path.relpath(pairs),
-        "out": "runs",
+        "output": "runs",
         "init_from": os.path.relpath(tiny_model_set),
     }
     cfg = TrainConfig(stage="unmask", lpips_backbone="random", batch_size=2, **relative)

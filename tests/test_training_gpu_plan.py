@@ -11,7 +11,7 @@ from unmask_core.training.run import _worker_resources
 
 
 def test_a_gpu_training_run_builds_its_scaling_config_and_trainer() -> None:
-    cfg = TrainConfig(pairs="p", models="m", out="o", gpu=True, workers=2, cpus_per_worker=3)
+    cfg = TrainConfig(pairs="p", models="m", output="o", gpu=True, workers=2, cpus_per_worker=3)
     scaling = ScalingConfig(
         num_workers=cfg.workers, use_gpu=cfg.gpu, resources_per_worker=_worker_resources(cfg)
     )

@@ -56,7 +56,12 @@ def _batch(pairs: str, n: int) -> dict[str, torch.Tensor]:
 
 def _parts(models: str, pairs: str, tmp_path):
     cfg = TrainConfig(
-        stage="unmask", models=models, pairs=pairs, out=str(tmp_path), lpips_backbone="random", batch_size=2
+        stage="unmask",
+        models=models,
+        pairs=pairs,
+        output=str(tmp_path),
+        lpips_backbone="random",
+        batch_size=2,
     )
     torch.manual_seed(0)
     return build_training_models(cfg, "cpu")

@@ -38,7 +38,7 @@ def s3_pairs(s3_server, tmp_path_factory) -> str:
 
 
 def _config(models: str, pairs: str, **overrides) -> TrainConfig:
-    values = dict(stage="unmask", models=models, pairs=pairs, out="unused", lpips_backbone="random")
+    values = dict(stage="unmask", models=models, pairs=pairs, output="unused", lpips_backbone="random")
     return TrainConfig(**{**values, "cache_targets": True, **overrides})
 
 
@@ -163,10 +163,10 @@ def test_a_pair_missing_from_the_cache_is_named(tiny_model_set: str, s3_pairs: s
 
 def test_cache_targets_refuses_what_has_nothing_to_cache() -> None:
     with pytest.raises(UserError, match="stage real already caches"):
-        TrainConfig(stage="real", pairs="p", models="m", out="o", cache_targets=True)
+        TrainConfig(stage="real", pairs="p", models="m", output="o", cache_targets=True)
     with pytest.raises(UserError, match="nothing from T to cache"):
-        TrainConfig(stage="baseline", pairs="p", models="m", out="o", cache_targets=True, id_weight=0)
-    TrainConfig(stage="baseline", pairs="p", models="m", out="o", cache_targets=True)  # ArcFace(T)
+        TrainConfig(stage="baseline", pairs="p", models="m", output="o", cache_targets=True, id_weight=0)
+    TrainConfig(stage="baseline", pairs="p", models="m", output="o", cache_targets=True)  # ArcFace(T)
 
 
 def test_a_relative_pairs_folder_keeps_its_cache_beside_it_and_finds_it_again(

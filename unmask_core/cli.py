@@ -26,9 +26,20 @@ COMMANDS = {
 }
 
 USAGE = (
-    "usage: unmask <command> [options]   (unmask <command> --help for its options)\n\ncommands:\n"
-    + "\n".join(f"  {name:<9} {text}" for name, text in COMMANDS.items())
+    "usage: unmask <command> [options]   (unmask <command> --help for its options; unmask --version)\n\n"
+    "commands:\n" + "\n".join(f"  {name:<9} {text}" for name, text in COMMANDS.items())
 )
+
+
+def version() -> str:
+    """The installed package's version, from its metadata (pyproject.toml's `version`)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed_version
+
+    try:
+        return installed_version("unmask")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed: pip install .)"
 
 
 JobMain = Callable[[list[str] | None], int | None]  # a job module's `main(argv)`
@@ -101,6 +112,18 @@ def _keep_traceback(exc: BaseException) -> str:
     return f"the traceback: {path} (--verbose prints it here)"
 
 
+def print_log_line() -> None:
+    """End a job's output with the line that names its log file, when that file holds something (the
+    messages of Ray, torch and Python's warnings that were not shown)."""
+    if "unmask_core.ray_session" not in sys.modules:  # nothing was sent to a log file
+        return
+    from unmask_core.ray_session import log_line
+
+    line = log_line()
+    if line:
+        print(line)
+
+
 def run_job(module_name: str, argv: list[str]) -> int:
     """Run `jobs.<module_name>.main(argv)` as `unmask <module_name>` does."""
     module = importlib.import_module(f"jobs.{module_name}")
@@ -112,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
         return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        print(f"unmask {version()}")
+        return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         print(f"unmask: unknown command {command!r}\n{USAGE}", file=sys.stderr)

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 import types
 import typing
 from typing import Any, NoReturn, TypeVar
@@ -115,9 +116,31 @@ def _checked(name: str, annotation: Any, value: Any) -> Any:
     return value
 
 
+# Old names kept for one release: flag or YAML key -> the field it now sets. Neither is shown in --help.
+RENAMED = {"out": "output"}
+
+
+class _RenamedFlag(argparse.Action):
+    """An old flag that still works, saying once which name replaced it."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        print(f"{parser.prog}: note: {option_string} is now --{_flag(self.dest)}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     hints = typing.get_type_hints(cls)
     parser.add_argument("--config", metavar="YAML", help="YAML file with config values (flags override it)")
+    names = {field.name for field in dataclasses.fields(cls)}
+    for old, new in RENAMED.items():
+        if new in names and old not in names:
+            parser.add_argument(
+                f"--{_flag(old)}",
+                dest=new,
+                action=_RenamedFlag,
+                default=argparse.SUPPRESS,
+                help=argparse.SUPPRESS,
+            )
     for field in dataclasses.fields(cls):
         annotation, _ = _base_type(hints[field.name])
         flag = "--" + field.name.replace("_", "-")
@@ -139,6 +162,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         elif typing.get_origin(annotation) is list:
             (item_type,) = typing.get_args(annotation)
             parser.add_argument(flag, type=_parse_list(item_type), metavar="A,B,...", **kwargs)
+            if isinstance(parser, JobArgumentParser):
+                example = ",".join(map(str, default[:2])) or "a,b"
+                parser.list_example = parser.list_example or f"{flag} {example}"
         else:
             parser.add_argument(flag, type=annotation, metavar=field.name.upper(), **kwargs)
 
@@ -165,6 +191,10 @@ def build_config(cls: type[C], namespace: argparse.Namespace) -> C:
     if getattr(namespace, "config", None):
         values.update(read_yaml_config(namespace.config))
     names = {f.name for f in dataclasses.fields(cls)}
+    for old, new in RENAMED.items():
+        if old in values and new in names and old not in names:
+            print(f"note: {namespace.config}: the key '{old}' is now '{new}'", file=sys.stderr)
+            values.setdefault(new, values.pop(old))
     unknown = sorted(set(values) - names)
     if unknown:
         raise UserError(f"{namespace.config}: unknown config keys {unknown}")
@@ -186,9 +216,20 @@ EXIT_CODES = (
 
 
 class JobArgumentParser(argparse.ArgumentParser):
-    """argparse with its usage errors as one line (a UserError: exit status 2), not the whole usage."""
+    """argparse with its usage errors as one line (a UserError: exit status 2), not the whole usage.
+    Options are taken as spelled in full, never by a prefix (one that matched `--output` today could
+    match two options tomorrow)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+        self.list_example = ""  # how a list option is written, for the error of one written with spaces
 
     def error(self, message: str) -> NoReturn:
+        unrecognized = message.removeprefix("unrecognized arguments: ").split()
+        if message.startswith("unrecognized arguments") and self.list_example:
+            if any(not word.startswith("-") for word in unrecognized):  # a list's items after a space
+                message += f"; a list is one comma-separated value, e.g. {self.list_example}"
         raise UserError(f"{message} ({self.prog} --help lists the options)")
 
 

@@ -17,7 +17,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from unmask_core import storage
 from unmask_core.config import JobConfig, option
+from unmask_core.errors import UserError
+from unmask_core.matchers.registry import require_installed
 
 UNTRAINED_NOTE = (
     "Demo models are randomly initialised and trained for a few CPU steps only: the unmasked faces are not "
@@ -30,11 +33,20 @@ DEMO_MATCHERS = ["arcface", "facenet", "dlib"]
 
 @dataclass
 class DemoConfig(JobConfig):
-    out: str = option("demo_out", "folder for everything the demo writes")
+    output: str = option("demo_out", "folder for everything the demo writes")
     steps: int = option(6, "training steps for each of f0 and f")
     workers: int = option(2, "training workers (gloo on CPU)")
     variants: int = option(4, "images made from each sample face")
     seed: int = option(0, "seed")
+
+    def check(self) -> None:
+        if storage.is_s3(self.output):
+            raise UserError("--output: the demo writes to a local folder")
+        if min(self.steps, self.workers) < 1:
+            raise UserError("--steps and --workers must be positive")
+        if self.variants < 2:
+            raise UserError("--variants must be at least 2: verification needs two images of a person")
+        require_installed(DEMO_MATCHERS, "the demo's matcher")
 
 
 def _sample_faces() -> dict[str, np.ndarray]:
@@ -121,11 +133,9 @@ class Stopwatch:
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    from unmask_core import storage
     from unmask_core.bulk.config import BulkConfig
     from unmask_core.bulk.run import format_summary, run_bulk
     from unmask_core.evaluation import EvaluateConfig, run_evaluation
-    from unmask_core.faces.dlib_models import FACE_DESCRIPTOR, model_path
     from unmask_core.faces.samples import sample_photo
     from unmask_core.models.model_set import init_model_set
     from unmask_core.prepare.config import PrepareConfig
@@ -133,10 +143,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     from unmask_core.prepare.run import run_prepare
     from unmask_core.report import table_markdown
     from unmask_core.training.config import TrainConfig
+    from unmask_core.training.history import format_losses
     from unmask_core.training.run import run_training
 
-    model_path(FACE_DESCRIPTOR)  # fails first, naming the install command, when the dlib extra is missing
-    out = Path(cfg.out).absolute()
+    out = Path(cfg.output).absolute()
     clock = Stopwatch()
     steps = 7
     clock.say(steps, "building a sample corpus from real photos shipped with insightface and scikit-image")
@@ -174,8 +184,10 @@ def run_demo(cfg: DemoConfig) -> dict:
         checkpoint_every=max(1, cfg.steps // 2),
         seed=cfg.seed,
     )
-    baseline = run_training(TrainConfig(stage="baseline", models=models, out=str(out / "train_f0"), **common))
-    print(f"f0 final losses: {baseline['final']}")
+    baseline = run_training(
+        TrainConfig(stage="baseline", models=models, output=str(out / "train_f0"), **common)
+    )
+    print(f"f0 at step {baseline['step']}: {format_losses(baseline['final'])}")
 
     clock.say(
         steps,
@@ -183,10 +195,14 @@ def run_demo(cfg: DemoConfig) -> dict:
     )
     unmask_run = run_training(
         TrainConfig(
-            stage="unmask", models=baseline["models"], out=str(out / "train_f"), cache_targets=True, **common
+            stage="unmask",
+            models=baseline["models"],
+            output=str(out / "train_f"),
+            cache_targets=True,
+            **common,
         )
     )
-    print(f"f final losses: {unmask_run['final']}")
+    print(f"f at step {unmask_run['step']}: {format_losses(unmask_run['final'])}")
 
     clock.say(
         steps, "bulk unmask: a gallery of masked photos -> unmasked images + embeddings Parquet (Ray Data)"
@@ -212,14 +228,14 @@ def run_demo(cfg: DemoConfig) -> dict:
         EvaluateConfig(
             pairs=str(out / "pairs"),
             models=unmask_run["models"],
-            out=str(out / "report"),
+            output=str(out / "report"),
             matchers=DEMO_MATCHERS,
             note=UNTRAINED_NOTE,
         )
     )
     print(table_markdown(evaluation))
     return {
-        "out": str(out),
+        "output": str(out),
         "report": evaluation["files"]["report.html"],
         "prepare": str(out / "pairs"),
         "rows": str(out / "unmasked" / "rows"),

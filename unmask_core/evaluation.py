@@ -9,7 +9,6 @@ Streams the test split in chunks: only embeddings and per-image scores stay in m
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -19,7 +18,7 @@ import pyarrow.dataset as pads
 from unmask_core import data, storage
 from unmask_core.config import JobConfig, option, save_config
 from unmask_core.errors import UserError
-from unmask_core.matchers.registry import MATCHERS
+from unmask_core.matchers.registry import MATCHERS, require_installed
 
 EVAL_SIZE = 256  # PSNR/SSIM at 256 px, as in the paper
 # RMFRD's real masks have no pixel-aligned T: T is another photo of the person (T_ref), so only the
@@ -33,7 +32,7 @@ class EvaluateConfig(JobConfig):
         "", "pairs folder written by `unmask prepare` (its test split is used)", required=True
     )
     models: str = option("", "model set to evaluate (its unmasking encoder f)", required=True)
-    out: str = option("", "output folder: metrics.json, table.md, roc.png, report.html", required=True)
+    output: str = option("", "output folder: metrics.json, table.md, roc.png, report.html", required=True)
     matchers: list[str] = option(
         ["arcface", "facenet"], "matchers to verify with", item_choices=list(MATCHERS)
     )
@@ -43,6 +42,13 @@ class EvaluateConfig(JobConfig):
     batch_size: int = option(32, "faces per forward pass")
     seed: int = option(0, "seed for impostor pair sampling")
     note: str = option("", "a note shown at the top of the report")
+
+    def check(self) -> None:
+        if self.batch_size < 1 or self.max_pairs < 0:
+            raise UserError("--batch-size must be positive, --max-pairs not negative")
+        if not self.matchers:
+            raise UserError("--matchers needs at least one matcher")
+        require_installed(self.matchers)
 
 
 @dataclass
@@ -95,7 +101,9 @@ def _to_256(image: np.ndarray) -> np.ndarray:
     return cv2.resize(image, (EVAL_SIZE, EVAL_SIZE), interpolation=cv2.INTER_LINEAR)
 
 
-def embed_test_split(cfg: EvaluateConfig, unmasker) -> TestFaces:
+def embed_test_split(cfg: EvaluateConfig, unmasker, bar=None) -> TestFaces:
+    """Unmask the split's masked faces and embed T, M and U with every matcher (`bar`, a progress bar,
+    counts the faces)."""
     from unmask_core import metrics
 
     ids, identities, psnrs, ssims, region_psnrs = [], [], [], [], []
@@ -121,6 +129,8 @@ def embed_test_split(cfg: EvaluateConfig, unmasker) -> TestFaces:
             )
         ids += [r["id"] for r in rows]
         identities += [r["identity"] for r in rows]
+        if bar is not None:
+            bar.update(len(rows))
     embeddings = {m: {k: np.concatenate(v) for k, v in kinds.items()} for m, kinds in parts.items()}
     real_masks = bool(np.isnan(ssims).all())  # every row a real mask (see _iter_test_batches)
     return TestFaces(
@@ -154,21 +164,47 @@ def build_pairs(cfg: EvaluateConfig, ids: list[str], identities: list[str]):
     return pairs
 
 
-def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
-    """Checks first (the model set, the split's pairs), then the output: a refused run leaves none."""
+@dataclass
+class EvaluationPlan:
+    """What the checks found: the rows to evaluate and their verification pairs."""
+
+    ids: list[str]
+    identities: list[str]
+    pairs: Any  # metrics.VerificationPairs
+
+
+def check_evaluation(cfg: EvaluateConfig) -> EvaluationPlan:
+    """Every check that needs neither torch nor the weights, in seconds: the model set's manifest, the
+    split's rows and their pairs, the output's bucket. Nothing here writes."""
+    storage.check_readable(cfg.models)
+    if not storage.exists(storage.join(cfg.models, "model_set.json")):
+        raise UserError(
+            f"{cfg.models}: not a model set (no model_set.json); make one with `unmask models init`"
+        )
+    ids, identities = split_identities(cfg)
+    pairs = build_pairs(cfg, ids, identities)
+    storage.check_writable(cfg.output)
+    return EvaluationPlan(ids, identities, pairs)
+
+
+def run_evaluation(cfg: EvaluateConfig, plan: EvaluationPlan | None = None) -> dict[str, Any]:
+    """Checks first (`check_evaluation`, unless its `plan` is given; then the models as they load),
+    then the output: a refused run leaves none. A progress bar per phase."""
+    plan = plan or check_evaluation(cfg)
     import torch
 
     from unmask_core import metrics, report
     from unmask_core.inference import Unmasker
+    from unmask_core.progress import progress_bar
 
-    storage.check_readable(cfg.models)
-    ids, identities = split_identities(cfg)
-    pairs = build_pairs(cfg, ids, identities)
+    ids, pairs = plan.ids, plan.pairs
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(f"evaluate: loading the model set and the matchers ({', '.join(cfg.matchers)})", flush=True)
     unmasker = Unmasker(cfg.models, cfg.matchers, device=device, bf16=False)
-    storage.check_writable(cfg.out)
-    save_config(cfg, cfg.out)
-    faces = embed_test_split(cfg, unmasker)
+    save_config(cfg, cfg.output)
+    bar = progress_bar(len(ids), "evaluate: unmask and embed")
+    faces = embed_test_split(cfg, unmasker, bar)
+    bar.close()
     if faces.ids != ids:  # the pairs index the rows as first read
         raise RuntimeError(f"{cfg.pairs}: its rows changed while they were evaluated")
     results: dict[str, Any] = {"matchers": {}, "curves": {}}
@@ -193,9 +229,12 @@ def run_evaluation(cfg: EvaluateConfig) -> dict[str, Any]:
         "checkpoints": unmasker.checkpoints,
         "weights": matcher_weights(unmasker.matchers),
     }
-    triplets = _triplets(cfg, faces, unmasker)
+    bar = progress_bar(len(ids), "evaluate: example faces for the report")
+    triplets = _triplets(cfg, faces, unmasker, bar)
+    bar.close()
+    print("evaluate: writing the report", flush=True)
     written = report.write_report(
-        out_dir=cfg.out,
+        out_dir=cfg.output,
         metrics=summary,
         curves=results["curves"],
         triplets=triplets,
@@ -212,14 +251,16 @@ def matcher_weights(matchers: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {name: {"pretrained": m.pretrained, "sha256": m.model_sha256} for name, m in matchers.items()}
 
 
-def _triplets(cfg: EvaluateConfig, faces: TestFaces, unmasker) -> list:
-    """Best, median and worst faces by PSNR, re-read from the pairs (only these few images)."""
+def _triplets(cfg: EvaluateConfig, faces: TestFaces, unmasker, bar) -> list:
+    """Best, median and worst faces by PSNR, re-read from the pairs (only these few images are decoded;
+    `bar` counts the rows scanned)."""
     from unmask_core import metrics, report
 
     chosen = report.select_triplets(faces.psnr)
     wanted = {faces.ids[i]: label for label, indices in chosen.items() for i in indices}
     found = []
     for batch in _iter_test_batches(cfg, chunk=256):
+        bar.update(batch.num_rows)
         for row in batch.to_pylist():
             if row["id"] in wanted:
                 T, M = _to_256(data.decode_png(row["T"])), _to_256(data.decode_png(row["M"]))
@@ -242,4 +283,8 @@ def _triplets(cfg: EvaluateConfig, faces: TestFaces, unmasker) -> list:
 def format_table(summary: dict[str, Any]) -> str:
     from unmask_core.report import table_markdown
 
-    return table_markdown(summary) + "\n" + json.dumps({k: summary[k] for k in ("n_images", "n_pairs")})
+    counts = (
+        f"{summary['n_images']} faces of {summary['n_identities']} people, {summary['n_pairs']} pairs "
+        f"({summary['n_genuine']} genuine)"
+    )
+    return f"{table_markdown(summary)}\n{counts}"

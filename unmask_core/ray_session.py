@@ -123,9 +123,12 @@ def _route_raylet_messages(logger: logging.Logger) -> None:
 
 
 def log_line() -> str:
-    """The line a job's summary ends with: where the messages it did not show went."""
+    """The line a job's summary ends with: where the messages it did not show went, if there were any
+    ('' when they were shown, or when none came)."""
     path = quiet_output()
-    return f"Ray's and torch's own messages: {path} (--verbose shows them)" if path else ""
+    if not path or not os.path.exists(path) or os.path.getsize(path) == 0:
+        return ""
+    return f"Ray's and torch's own messages: {path} (--verbose shows them)"
 
 
 _STARTED_HERE = False  # whether connect() started this process's Ray (a local one: no autoscaler)

@@ -6,7 +6,7 @@ registry.py names them (light: no torch); networks.py holds their implementation
 from __future__ import annotations
 
 from unmask_core.errors import UserError
-from unmask_core.matchers.registry import MATCHERS, MatcherSpec
+from unmask_core.matchers.registry import MATCHERS, MatcherSpec, require_installed
 
 
 def build_matcher(name: str, model_set, device="cpu"):
@@ -16,4 +16,4 @@ def build_matcher(name: str, model_set, device="cpu"):
     return MATCHERS[name].build(model_set, device)
 
 
-__all__ = ["MATCHERS", "MatcherSpec", "build_matcher"]
+__all__ = ["MATCHERS", "MatcherSpec", "build_matcher", "require_installed"]

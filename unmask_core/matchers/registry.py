@@ -12,8 +12,8 @@ A matcher built from a model set is pretrained unless the set's manifest lists i
 `random_init` (what `models init` writes).
 
 This module imports no torch (the report and the configs read it); builders import their networks.
-Adding a matcher: an entry here, a builder beside it, and its network in networks.py or a module of its
-own (docs/extending.md).
+Adding a matcher: an entry here (with the package extra its code needs, if any), a builder beside it,
+and its network in networks.py or a module of its own (docs/extending.md).
 """
 
 from __future__ import annotations
@@ -22,12 +22,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from unmask_core import extras
+
 
 @dataclass(frozen=True)
 class MatcherSpec:
     display_name: str  # in tables and plots
     note: str  # what a reader must know about its numbers (METHOD.md: ArcFace drives the ID loss)
     build: Callable[[Any, Any], Any]  # (ModelSet, device) -> Matcher
+    extra: str | None = None  # the package extra its code needs (unmask_core/extras.py), if any
+
+
+def require_installed(names: list[str], asked_by: str = "--matchers") -> None:
+    """One line naming the install command when a matcher in `names` needs an extra that is not
+    installed: what every job that takes matchers checks before any work."""
+    for name in names:
+        if name in MATCHERS:
+            extras.require(MATCHERS[name].extra, f"{asked_by} {name}")
 
 
 def _pretrained(model_set, name: str) -> bool:
@@ -57,6 +68,7 @@ def _build_facenet(model_set, device):
 
 
 def _build_dlib(model_set, device):
+    require_installed(["dlib"], "the matcher")
     from unmask_core.matchers.dlib_resnet import DlibResNetMatcher
 
     return DlibResNetMatcher()  # dlib runs on the CPU, and needs nothing from the model set
@@ -65,5 +77,7 @@ def _build_dlib(model_set, device):
 MATCHERS: dict[str, MatcherSpec] = {
     "arcface": MatcherSpec("ArcFace", "used in training (biased)", _build_arcface),
     "facenet": MatcherSpec("FaceNet", "not used in training (fair check)", _build_facenet),
-    "dlib": MatcherSpec("dlib ResNet", "pretrained, not used in training (fair check)", _build_dlib),
+    "dlib": MatcherSpec(
+        "dlib ResNet", "pretrained, not used in training (fair check)", _build_dlib, extra="dlib"
+    ),
 }

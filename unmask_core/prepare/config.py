@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from unmask_core import corpora, data
+from unmask_core import corpora, data, extras
 from unmask_core.config import JobConfig, option
 from unmask_core.errors import UserError
 from unmask_core.faces.masks import FITS, MASK_KINDS
+
+# The mask fits whose code comes from a package extra (unmask_core/extras.py).
+MASK_FIT_EXTRAS = {"dlib68": "dlib"}
 
 
 @dataclass
@@ -41,3 +44,4 @@ class PrepareConfig(JobConfig):
             raise UserError("--mask-kinds needs at least one kind")
         if self.shard_size < 1 or self.image_size < 1 or self.workers < 0:
             raise UserError("--shard-size and --image-size must be positive, --workers not negative")
+        extras.require(MASK_FIT_EXTRAS.get(self.mask_fit), f"--mask-fit {self.mask_fit}")

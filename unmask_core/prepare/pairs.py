@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from unmask_core import corpora, data, storage
+from unmask_core import corpora, data, extras, storage
 from unmask_core.errors import UserError
+from unmask_core.prepare.config import MASK_FIT_EXTRAS
 
 
 class RowError(Exception):
@@ -107,6 +108,9 @@ class SyntheticPairMaker:
     def __init__(self, cfg) -> None:  # cfg: PrepareConfig
         from unmask_core.faces.detect import build_detector
 
+        # Checked with the config already; again here, where a missing module would make every row an
+        # internal_error.
+        extras.require(MASK_FIT_EXTRAS.get(cfg.mask_fit), f"--mask-fit {cfg.mask_fit}")
         self.cfg = cfg
         self.layout = corpora.layout(cfg.corpus)
         self.detector = build_detector(cfg.detector, "cpu")

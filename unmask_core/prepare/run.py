@@ -49,20 +49,31 @@ def _count(rows: list[dict]) -> dict:
 
 
 def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
-    import ray
-
-    from unmask_core import ray_session
-
+    """Every check that needs no cluster first (the input's listing, an output made from other inputs
+    or settings, the output's bucket), then Ray, then the writes: a refused run takes seconds and
+    leaves no output folder."""
     records = corpora.list_corpus(cfg.corpus, cfg.input)
     split_of = data.identity_split([r.identity for r in records], cfg.test_fraction, cfg.seed)
     items = [{"record": r.__dict__, "split": split_of[r.identity]} for r in records]
     if corpora.layout(cfg.corpus).pairs == "rmfrd":
         add_reference_candidates(items, cfg.seed)  # masked photos need unmasked ones of the same person
-    ray_session.connect()
-    # Writes start here, once the input and Ray are fine: a refused run leaves no output folder.
+    ids = [r.id for r in records]
+    pins = {"inputs": shards.input_fingerprint(cfg.input, records)}
+    if not cfg.overwrite:
+        shards.check_plan(cfg.output, shards.ShardPlan(len(items), cfg.shard_size, ids[0], ids[-1], pins))
     storage.check_writable(cfg.output)
-    run = shards.start_job(cfg, "pairs", items, records)
-    bar = run.progress_bar("prepare")
+
+    import ray
+
+    from unmask_core import ray_session
+    from unmask_core.progress import progress_bar
+
+    ray_session.connect()
+    rows_uri = storage.join(cfg.output, "pairs")
+    run = shards.start_run(
+        cfg.output, rows_uri, items, ids, cfg.shard_size, pins=pins, overwrite=cfg.overwrite, config=cfg
+    )
+    bar = progress_bar(run.n_items, "prepare", done=run.items_done)
     if run.todo:
         todo = run.todo_payloads()
         ds = ray.data.from_items(todo, override_num_blocks=len(todo)).map_batches(

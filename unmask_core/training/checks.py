@@ -84,8 +84,8 @@ def check_training_inputs(cfg: TrainConfig) -> None:
         from unmask_core.training.loop import build_lpips
 
         build_lpips(cfg, cfg.models, spatial=False)  # loads it: 3 s, once, instead of in every worker
-    if storage.is_s3(cfg.out):  # a local folder is made by the first write, once the checks have passed
-        storage.check_writable(cfg.out)
+    if storage.is_s3(cfg.output):  # a local folder is made by the first write, once the checks have passed
+        storage.check_writable(cfg.output)
 
 
 def check_model_files(cfg: TrainConfig) -> None:

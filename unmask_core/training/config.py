@@ -22,7 +22,9 @@ class TrainConfig(JobConfig):
     )
     pairs: str = option("", "pairs folder written by `unmask prepare` (local or s3://)", required=True)
     models: str = option("", "model set to start from (g, f0, f, ArcFace)", required=True)
-    out: str = option("", "run folder: checkpoints, metrics, config and the trained model set", required=True)
+    output: str = option(
+        "", "run folder: checkpoints, metrics, config and the trained model set", required=True
+    )
     init_from: str = option(
         "", "model set of a previous stage/corpus to initialise the encoder from (curriculum)"
     )
@@ -80,7 +82,7 @@ class TrainConfig(JobConfig):
     keep_checkpoints: int = option(3, "checkpoints kept on storage")
     max_failures: int = option(3, "worker failures survived (restart from the last checkpoint)")
     seed: int = option(0, "seed for data order and initialisation")
-    name: str = option("", "run name under --out (default: the stage)")
+    name: str = option("", "run name under --output (default: the stage)")
     resource_timeout: float = option(
         900.0,
         "seconds to wait for an autoscaler to add the nodes the workers need (a GPU node with --gpu) "
@@ -89,7 +91,7 @@ class TrainConfig(JobConfig):
 
     def check(self) -> None:
         # Ray's workers do not start in the caller's working directory: they get absolute paths.
-        for name in ("pairs", "models", "out", "init_from"):
+        for name in ("pairs", "models", "output", "init_from"):
             if getattr(self, name):
                 setattr(self, name, storage.absolute(getattr(self, name)))
         if self.lpips_backbone not in ("auto", "random"):

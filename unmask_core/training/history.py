@@ -14,6 +14,14 @@ from unmask_core import storage
 
 METRICS_FILE = "metrics.csv"
 PLOT_POINTS = 2000  # rows drawn per curve at most: a plot of a million steps reads the file, not a list
+NOT_LOSSES = ("step", "step_seconds", "wall_time", "adam_step", "resumed_from_step")
+
+
+def format_losses(row: dict[str, float]) -> str:
+    """A metrics row's losses for people: `loss 0.532 (l2 0.211, lpips 0.310, id 0.011)`."""
+    terms = [f"{name} {row[name]:.4g}" for name in metrics_columns(row) if name not in (*NOT_LOSSES, "loss")]
+    total = f"loss {row['loss']:.4g}" if "loss" in row else ""
+    return f"{total} ({', '.join(terms)})" if total and terms else total or ", ".join(terms) or "no losses"
 
 
 def metrics_columns(row: dict[str, float]) -> list[str]:
@@ -71,10 +79,9 @@ def plot_metrics(run_uri: str) -> None:
     if not rows:
         return
     rows = rows[:: max(1, len(rows) // PLOT_POINTS)]
-    not_losses = ("step", "step_seconds", "wall_time", "adam_step", "resumed_from_step")
     fig, ax = plt.subplots(figsize=(7, 4))
     steps = [row["step"] for row in rows]
-    for name in [c for c in metrics_columns(rows[0]) if c not in not_losses]:
+    for name in [c for c in metrics_columns(rows[0]) if c not in NOT_LOSSES]:
         ax.plot(steps, [row.get(name, np.nan) for row in rows], label=name)
     ax.set_xlabel("step")
     ax.set_yscale("log")

@@ -244,7 +244,7 @@ def train_loop(config: dict[str, Any]) -> None:
             compile_in_place(network, cfg.compile)  # in place: DDP and checkpoints see the same module
     model = prepare_ddp(parts.encoder, cfg.bf16_allreduce)
     optimizer = make_optimizer(model, cfg.lr, device)
-    run_uri = storage.join(cfg.out, cfg.run_name)
+    run_uri = storage.join(cfg.output, cfg.run_name)
     step = resumed_from_step = 0
     resume = ResumePlan.from_config(config.get("resume"))
     state = load_resume_state(ray.train.get_checkpoint(), resume, device)

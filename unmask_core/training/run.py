@@ -61,11 +61,11 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     worker = _worker_resources(cfg)
     asked_by = "--gpu" if cfg.gpu else "--workers/--cpus-per-worker"
     ray_session.require_resources([worker] * cfg.workers, cfg.resource_timeout, asked_by)
-    run_uri = storage.join(cfg.out, cfg.run_name)
+    run_uri = storage.join(cfg.output, cfg.run_name)
     save_config(cfg, run_uri)
     resume = plan_resume(run_uri)
     targets = ensure_targets(cfg) if cfg.cache_targets else None
-    fs, path = storage.pyarrow_filesystem(cfg.out)
+    fs, path = storage.pyarrow_filesystem(cfg.output)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"cfg": asdict(cfg), "resume": resume.as_config()},
@@ -100,10 +100,10 @@ def finish_run(cfg: TrainConfig, result) -> dict[str, Any]:
         raise RuntimeError(f"training {cfg.run_name} ended without a checkpoint: {result.error}")
     with result.checkpoint.as_directory() as folder:
         state = torch.load(os.path.join(folder, STATE_FILE), map_location="cpu", weights_only=True)
-    run_uri = storage.join(cfg.out, cfg.run_name)
+    run_uri = storage.join(cfg.output, cfg.run_name)
     history = read_metrics(run_uri)
     plot_metrics(run_uri)
-    models_out = storage.join(cfg.out, "models")
+    models_out = storage.join(cfg.output, "models")
     base = ModelSet(cfg.models)
     encoder = base.encoder(ENCODER_OF_STAGE[cfg.stage])
     encoder.load_state_dict(state["encoder"])
