@@ -57,7 +57,8 @@ class ProgressLines:
 
     def update(self, n: int = 1) -> None:
         self.n += n
-        if self.clock() - self.last_line >= LINE_EVERY_S:
+        finished = self.total is not None and self.n >= self.total  # close() says that, once
+        if not finished and self.clock() - self.last_line >= LINE_EVERY_S:
             self._say(self._status())
 
     def close(self) -> None:
