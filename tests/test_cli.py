@@ -88,6 +88,18 @@ def test_unknown_command_fails() -> None:
     assert cli.main(["frobnicate"]) == 2
 
 
+def test_version_is_the_installed_packages(capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.metadata
+    import tomllib
+
+    from tests.conftest import REPO_ROOT
+
+    assert cli.main(["--version"]) == 0
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert capsys.readouterr().out.strip() == f"unmask {importlib.metadata.version('unmask')}"
+    assert importlib.metadata.version("unmask") == pyproject
+
+
 def test_flags_override_yaml_which_overrides_defaults(tmp_path) -> None:
     config_file = tmp_path / "prepare.yaml"
     config_file.write_text(yaml.safe_dump({"seed": 7, "test_fraction": 0.3, "input": "in", "output": "out"}))

@@ -1,20 +1,26 @@
-"""The README and the cluster guide are followed as written: every command in their code blocks exists
-and every flag they pass is one the command knows (checked against its --help)."""
+"""The README and the guides are followed as written: every command in their code blocks exists, every
+flag they pass is one the command knows (checked against its --help), and every `unmask` job they show
+is parsed by that job's own parser and config checks (list values, choices), so that the syntax they
+teach cannot drift from the code's."""
 
 from __future__ import annotations
 
+import importlib
 import re
 import shlex
 import subprocess
 import sys
+import tomllib
 from functools import cache
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REPO_ROOT
+from unmask_core.config import JobArgumentParser, add_config_arguments, build_config, parse_config
+from unmask_core.errors import UserError
 
-DOCS = [REPO_ROOT / "README.md", REPO_ROOT / "docs" / "cluster.md"]
+DOCS = [REPO_ROOT / "README.md", REPO_ROOT / "docs" / "cluster.md", REPO_ROOT / "docs" / "output.md"]
 BIN = Path(sys.executable).parent
 RAY_GROUPS = {"job"}  # `ray job <sub>`
 
@@ -46,6 +52,16 @@ def check_command(tokens: list[str]) -> None:
     program = tokens[0]
     if program in ("export", "source", "cd"):
         return
+    if program == "pip":  # installing this package: the extras it names exist
+        assert tokens[1] == "install", tokens
+        for target in tokens[2:]:
+            extras = re.fullmatch(r"(?:\.|unmask)(?:\[([\w,]+)\])?", target)
+            assert extras, f"pip installs something else than this package: {target}"
+            known = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"][
+                "optional-dependencies"
+            ]
+            assert set(filter(None, (extras.group(1) or "").split(","))) <= set(known), target
+        return
     if program == "bash":
         assert (REPO_ROOT / tokens[1]).is_file(), tokens[1]
         return
@@ -59,15 +75,34 @@ def check_command(tokens: list[str]) -> None:
     elif program == "python" and tokens[1] == "-m":
         assert tokens[2].startswith("jobs."), tokens
         text = help_text(sys.executable, "-m", tokens[2])
+        job, args = tokens[2].removeprefix("jobs."), tokens[3:]
     elif Path(program).name == "unmask":
         path = tokens[1:3] if tokens[1] == "models" else tokens[1:2]
         text = help_text(str(BIN / "unmask"), *path)
+        job, args = tokens[1], tokens[2:]
     else:
         raise AssertionError(f"unexpected command in the docs: {' '.join(tokens)}")
     for flag in _flags(tokens):
         assert re.search(rf"(^|[\s,\[]){re.escape(flag)}([\s,=\]]|$)", text, re.M), (
             f"{flag} unknown to {tokens[:3]}"
         )
+    if program != "ray":
+        parse_job(job, args)
+
+
+def parse_job(job: str, args: list[str]) -> None:
+    """Parse a documented job's arguments as the job does, with its config's checks (nothing runs)."""
+    if job == "models":
+        from jobs.models import ACTIONS
+
+        cls = ACTIONS[args[0]][0]
+        parser = JobArgumentParser(prog=f"unmask models {args[0]}")
+        add_config_arguments(parser, cls)
+        build_config(cls, parser.parse_args(args[1:]))
+        return
+    module = importlib.import_module(f"jobs.{job}")
+    (cls,) = {v for v in vars(module).values() if isinstance(v, type) and v.__name__.endswith("Config")}
+    parse_config(cls, args, f"unmask {job}", "")
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: p.name)
@@ -82,7 +117,25 @@ def test_the_check_catches_a_made_up_flag() -> None:
     with pytest.raises(AssertionError, match="--frobnicate"):
         check_command(shlex.split("python -m jobs.unmask --input x --frobnicate 3"))
     with pytest.raises(AssertionError):
-        check_command(shlex.split("ray job submit --no-such-option -- python -m jobs.train --steps 3"))
+        check_command(
+            shlex.split(
+                "ray job submit --no-such-option -- python -m jobs.train --pairs p --models m --output o"
+            )
+        )
+
+
+@pytest.mark.parametrize(
+    ("command", "why"),
+    [
+        ("unmask unmask --input g --output o --models m --matchers arcface facenet", "comma-separated"),
+        ("python -m jobs.evaluate --pairs p --models m --output o --matchers arcface,vggface", "vggface"),
+        ("unmask train --pairs p --models m --out runs", "--out"),  # hidden: not taught any more
+        ("unmask models init --size 128 --output m", "invalid choice"),
+    ],
+)
+def test_the_check_catches_a_value_the_job_would_refuse(command: str, why: str) -> None:
+    with pytest.raises((AssertionError, UserError), match=why):
+        check_command(shlex.split(command))
 
 
 def test_readme_opens_with_the_two_commands() -> None:

@@ -121,7 +121,7 @@ RENAMED = {"out": "output"}
 
 
 class _RenamedFlag(argparse.Action):
-    """An old flag that still works, saying once which name replaced it."""
+    """An old flag that still works, with a note naming the one that replaced it."""
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         print(f"{parser.prog}: note: {option_string} is now --{_flag(self.dest)}", file=sys.stderr)
@@ -228,7 +228,7 @@ class JobArgumentParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         unrecognized = message.removeprefix("unrecognized arguments: ").split()
         if message.startswith("unrecognized arguments") and self.list_example:
-            if any(not word.startswith("-") for word in unrecognized):  # a list's items after a space
+            if unrecognized and not unrecognized[0].startswith("-"):  # a list's items after a space
                 message += f"; a list is one comma-separated value, e.g. {self.list_example}"
         raise UserError(f"{message} ({self.prog} --help lists the options)")
 

@@ -101,7 +101,7 @@ def _to_256(image: np.ndarray) -> np.ndarray:
     return cv2.resize(image, (EVAL_SIZE, EVAL_SIZE), interpolation=cv2.INTER_LINEAR)
 
 
-def embed_test_split(cfg: EvaluateConfig, unmasker, bar=None) -> TestFaces:
+def embed_test_split(cfg: EvaluateConfig, unmasker, bar) -> TestFaces:
     """Unmask the split's masked faces and embed T, M and U with every matcher (`bar`, a progress bar,
     counts the faces)."""
     from unmask_core import metrics
@@ -129,8 +129,7 @@ def embed_test_split(cfg: EvaluateConfig, unmasker, bar=None) -> TestFaces:
             )
         ids += [r["id"] for r in rows]
         identities += [r["identity"] for r in rows]
-        if bar is not None:
-            bar.update(len(rows))
+        bar.update(len(rows))
     embeddings = {m: {k: np.concatenate(v) for k, v in kinds.items()} for m, kinds in parts.items()}
     real_masks = bool(np.isnan(ssims).all())  # every row a real mask (see _iter_test_batches)
     return TestFaces(
@@ -166,10 +165,9 @@ def build_pairs(cfg: EvaluateConfig, ids: list[str], identities: list[str]):
 
 @dataclass
 class EvaluationPlan:
-    """What the checks found: the rows to evaluate and their verification pairs."""
+    """What the checks found: the rows to evaluate, in the order they are read, and their pairs."""
 
     ids: list[str]
-    identities: list[str]
     pairs: Any  # metrics.VerificationPairs
 
 
@@ -183,8 +181,9 @@ def check_evaluation(cfg: EvaluateConfig) -> EvaluationPlan:
         )
     ids, identities = split_identities(cfg)
     pairs = build_pairs(cfg, ids, identities)
-    storage.check_writable(cfg.output)
-    return EvaluationPlan(ids, identities, pairs)
+    if storage.is_s3(cfg.output):  # a local folder is made by the first write, once the models load
+        storage.check_writable(cfg.output)
+    return EvaluationPlan(ids, pairs)
 
 
 def run_evaluation(cfg: EvaluateConfig, plan: EvaluationPlan | None = None) -> dict[str, Any]:

@@ -61,7 +61,8 @@ def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
     pins = {"inputs": shards.input_fingerprint(cfg.input, records)}
     if not cfg.overwrite:
         shards.check_plan(cfg.output, shards.ShardPlan(len(items), cfg.shard_size, ids[0], ids[-1], pins))
-    storage.check_writable(cfg.output)
+    if storage.is_s3(cfg.output):  # a local folder is made by the first write, once Ray is up too
+        storage.check_writable(cfg.output)
 
     import ray
 
