@@ -113,7 +113,7 @@ def test_every_recipe_in_the_doc_is_tested() -> None:
     assert [tokens[tokens.index("--output") + 1] for tokens in doc_commands()] == list(OUTPUTS)
 
 
-@pytest.mark.slow  # the three outputs: about a minute on 2 CPU cores
+@pytest.mark.slow  # shares the three outputs: about 30 s on 2 idle CPU cores, all three
 @each_output
 def test_the_layout_is_as_documented(outputs: dict[str, Path], name: str) -> None:
     output = outputs[name]
