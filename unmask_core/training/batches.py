@@ -15,7 +15,8 @@ import numpy as np
 from unmask_core.data import decode_png
 from unmask_core.training.stages import STAGES, T_HAT_CODES
 
-IMAGE_COLUMNS = ("M", "T", "T_ref")  # uint8 in a batch, normalised on the device
+# uint8 in a batch, normalised on the device: every image a stage reads (M, T, T_ref).
+IMAGE_COLUMNS = tuple(dict.fromkeys(name for stage in STAGES.values() for name in stage.images))
 
 
 def png_to_uint8(png: bytes, size: int) -> np.ndarray:

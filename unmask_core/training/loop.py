@@ -368,13 +368,15 @@ def training_step(
     batch = normalise_images(batch)
     source = batch[spec.source]  # T for f0 (eq. 4), M for f (eq. 9)
     codes = model(source)
-    output = decode(generator, codes, source.shape[-1])  # U = g(f(M))
+    output = decode(generator, codes, source.shape[-1])  # U = g(f(source))
     # L_LR's target (eq. 8): cached f0(T) (--cache-targets) or T-hat (stage real) come with the batch;
     # otherwise the frozen f0 computes f0(T) here.
     target_codes = batch.get("target_codes")
     if target_codes is None and teacher is not None:
         with torch.no_grad():
             target_codes = teacher(batch["T"])
+    # L_R and LPIPS against the target (eq. 1/5, 2/6), L_ID against the identity image (eq. 3/7),
+    # L_LR against the target codes (eq. 8).
     return criterion(
         batch[spec.target],
         output,
