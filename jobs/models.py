@@ -3,7 +3,7 @@ checkpoints, or an older set's manifest completed with its files' sizes and sha2
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, make_dataclass
 
 from unmask_core import storage
 from unmask_core.cli import job_process
@@ -15,6 +15,7 @@ from unmask_core.config import (
     build_config,
     option,
 )
+from unmask_core.models.kinds import MODEL_KINDS, model_files, public_weights
 
 
 @dataclass
@@ -25,15 +26,21 @@ class ModelsInitConfig(JobConfig):
 
 
 @dataclass
-class ModelsImportConfig(JobConfig):
+class _ModelsImportBase(JobConfig):
     output: str = option("", "output folder, local or s3://bucket/prefix", required=True)
-    irse50: str = option("", "model_ir_se50.pth (ArcFace IR-SE50 for the ID loss)", required=True)
-    facenet: str = option("", "facenet-pytorch InceptionResnetV1 state dict", required=True)
     generator: str = option("", "rosinality StyleGAN2 checkpoint {'g_ema', 'latent_avg'}")
     psp: str = option("", "pSp checkpoint (encoder + decoder + latent_avg): f0")
     unmask_psp: str = option("", "pSp-format checkpoint of an unmasking encoder f")
     arcface_onnx: str = option("", "insightface ArcFace ONNX (the arcface matcher)")
     lpips_alexnet: str = option("", "torchvision AlexNet state dict (LPIPS backbone)")
+
+
+# Every other model comes from one public file, by its kind's import option (models/kinds.py).
+ModelsImportConfig = make_dataclass(
+    "ModelsImportConfig",
+    [(p.option, str, option("", p.help, required=True)) for p in public_weights().values()],
+    bases=(_ModelsImportBase,),
+)
 
 
 @dataclass
@@ -50,7 +57,9 @@ ACTIONS = {
     ),
     "import": (
         ModelsImportConfig,
-        "build a model set from public checkpoints (StyleGAN2, pSp, IR-SE50, FaceNet, ...)",
+        "build a model set from public checkpoints ("
+        + "; ".join(f for kind in MODEL_KINDS.values() for f in kind.public_formats)
+        + ")",
         "Convert the public checkpoints into a model set in our format (one file per model with its "
         "config and sha256). Give --psp, or --generator (then f0 starts from pSp's IR-SE50 init).",
     ),
@@ -66,7 +75,7 @@ ACTIONS = {
 
 def main(argv: list[str] | None = None) -> int:
     parser = JobArgumentParser(
-        prog="unmask models", description="Model sets (generator, f0, f, ArcFace, FaceNet)", epilog=EXIT_CODES
+        prog="unmask models", description=f"Model sets ({', '.join(model_files())})", epilog=EXIT_CODES
     )
     sub = parser.add_subparsers(dest="action", required=True, metavar="{" + ",".join(ACTIONS) + "}")
     for action, (cls, short, long) in ACTIONS.items():
@@ -86,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             storage.check_readable(uri)
     storage.check_writable(cfg.output)
     if isinstance(cfg, ModelsInitConfig):
-        from unmask_core.models.model_set import init_model_set  # heavy: torch and the model code
+        from unmask_core.models.model_set import init_model_set
 
         manifest = init_model_set(cfg.size, cfg.output, seed=cfg.seed)
         note = "randomly initialised: outputs are not meaningful faces"

@@ -19,14 +19,13 @@ from unmask_core.models.encoder import EncoderConfig, GradualStyleEncoder
 from unmask_core.models.format import (
     FORMAT,
     CheckpointError,
-    load_module,
     read_checkpoint,
     save_checkpoint,
-    save_module,
     state_dict_sha256,
 )
 from unmask_core.models.irse import Backbone, BackboneConfig
-from unmask_core.models.model_set import REQUIRED_FILES, ModelSet, init_model_set, model_set_configs
+from unmask_core.models.kinds import load_module, model_files, save_module
+from unmask_core.models.model_set import ModelSet, init_model_set, model_set_configs
 from unmask_core.models.psp import PSP, LatentEncoder
 from unmask_core.models.public import (
     infer_generator_config,
@@ -213,6 +212,8 @@ def test_our_format_round_trips_every_kind_with_sha256(tmp_path: Path) -> None:
         with torch.no_grad():
             assert torch.equal(loaded(inputs[kind]), module(inputs[kind])), kind
     assert torch.equal(load_module(str(tmp_path / "encoder.pt")).latent_avg, f.latent_avg)
+    with pytest.raises(TypeError, match="wrap the encoder as LatentEncoder"):
+        save_module(f.encoder, str(tmp_path / "bare.pt"))
 
 
 def test_sha256_is_deterministic_and_sensitive() -> None:
@@ -396,7 +397,7 @@ def test_init_model_set_writes_the_documented_layout(tiny_model_set: str) -> Non
     assert files == {
         "generator.pt",
         "baseline_encoder.pt",
-        "encoder.pt",
+        "unmask_encoder.pt",
         "arcface_irse.pt",
         "facenet.pt",
         "model_set.json",
@@ -428,10 +429,13 @@ def test_model_set_accessors(tiny_model_set: str) -> None:
         assert models.arcface()(torch.rand(2, 3, 112, 112)).shape == (2, 512)
         assert models.facenet()(torch.rand(2, 3, 112, 112)).shape == (2, 512)
     assert models.sha256("generator") == manifest["sha256"]["generator"]
-    assert models.sha256("encoder") == models.sha256("unmask") == manifest["sha256"]["unmask"]
-    assert models.sha256("baseline_encoder") == manifest["sha256"]["baseline"]
+    assert models.sha256("unmask") == manifest["sha256"]["unmask"]
+    assert models.sha256("baseline") == manifest["sha256"]["baseline"]
+    assert models.frozen("facenet") is models.facenet()
     assert models.optional_file("arcface_onnx") is None
-    assert models.has("facenet") and models.has("encoder") and not models.has("arcface_onnx")
+    assert models.has("facenet") and models.has("unmask") and not models.has("arcface_onnx")
+    with pytest.raises(KeyError):  # f has one name
+        models.sha256("encoder")
     with pytest.raises(KeyError):
         models.encoder("generator")
     with pytest.raises(CheckpointError, match="not a model set"):
@@ -463,8 +467,8 @@ def test_save_encoder_to_a_new_folder_then_in_place(tiny_model_set: str, tmp_pat
     assert trained.sha256("baseline") != manifest["sha256"]["baseline"]
     for name in ("generator", "unmask", "arcface", "facenet"):
         assert trained.sha256(name) == manifest["sha256"][name]
-        assert (Path(out) / REQUIRED_FILES[name]).read_bytes() == (
-            Path(source_uri) / REQUIRED_FILES[name]
+        assert (Path(out) / model_files()[name]).read_bytes() == (
+            Path(source_uri) / model_files()[name]
         ).read_bytes()
     assert "baseline" not in trained.manifest["random_init"]
     assert ModelSet(source_uri).sha256("baseline") == manifest["sha256"]["baseline"]  # source untouched
@@ -484,6 +488,68 @@ def test_save_encoder_to_a_new_folder_then_in_place(tiny_model_set: str, tmp_pat
         again.save_encoder("unmask", LatentEncoder(tiny_encoder(n_styles=8), torch.zeros(16)), out)
 
 
+def _as_written_before(uri: str, change) -> None:
+    """Rewrite the manifest of the set at `uri` with `change(manifest)`, as an older writer left it."""
+    manifest = json.loads((Path(uri) / "model_set.json").read_text())
+    change(manifest)
+    (Path(uri) / "model_set.json").write_text(json.dumps(manifest))
+
+
+def test_a_set_that_keeps_f_in_encoder_pt_loads_checks_and_trains_under_its_own_names(
+    tiny_model_set: str, tmp_path: Path
+) -> None:
+    """Sets written before f had one name hold it in encoder.pt (manifest files and file_checksums)."""
+    uri = str(tmp_path / "old")
+    shutil.copytree(tiny_model_set, uri)
+    (Path(uri) / "unmask_encoder.pt").rename(Path(uri) / "encoder.pt")
+
+    def old_names(manifest: dict) -> None:
+        manifest["files"]["unmask"] = "encoder.pt"
+        manifest["file_checksums"]["encoder.pt"] = manifest["file_checksums"].pop("unmask_encoder.pt")
+
+    _as_written_before(uri, old_names)
+    ModelSet(uri, device="meta").validate()  # sizes against the checksums, headers only
+    models = ModelSet(uri)
+    f = models.encoder("unmask")
+    assert models.sha256("unmask") == ModelSet(tiny_model_set).sha256("unmask")
+    with torch.no_grad():
+        f.encoder.latlayer1.bias.add_(1.0)
+    trained = models.save_encoder("unmask", f, str(tmp_path / "trained"))
+    assert trained.file_uri("unmask").endswith("/encoder.pt")
+    assert not (tmp_path / "trained" / "unmask_encoder.pt").exists()
+    again = models.save_encoder("unmask", f, uri)  # in place: the same file, its checksum updated
+    assert {p.name for p in Path(uri).iterdir()} == {p.name for p in (tmp_path / "trained").iterdir()}
+    assert "unmask_encoder.pt" not in {p.name for p in Path(uri).iterdir()}
+    assert again.manifest["files"]["unmask"] == "encoder.pt"
+    ModelSet(uri, device="meta").validate()
+    with torch.no_grad():
+        x = images(2, 64)
+        assert torch.equal(ModelSet(uri).encoder("unmask")(x), f(x))
+
+
+def test_a_set_written_before_a_model_kind_existed_opens_and_names_what_it_lacks(
+    tiny_model_set: str, tmp_path: Path
+) -> None:
+    uri = str(tmp_path / "older")
+    shutil.copytree(tiny_model_set, uri)
+    (Path(uri) / "facenet.pt").unlink()
+
+    def without_facenet(manifest: dict) -> None:
+        for key in ("files", "sha256"):
+            del manifest[key]["facenet"]
+        del manifest["file_checksums"]["facenet.pt"]
+
+    _as_written_before(uri, without_facenet)
+    models = ModelSet(uri)
+    models.validate()
+    assert models.has("arcface") and not models.has("facenet")
+    with pytest.raises(CheckpointError, match=r"model_set.json: the set holds no 'facenet' model") as err:
+        models.facenet()
+    assert "\n" not in str(err.value)
+    with pytest.raises(KeyError):
+        models.sha256("vggface")  # not a model kind at all
+
+
 def test_model_set_rejects_a_file_replaced_behind_its_back(tiny_model_set: str, tmp_path: Path) -> None:
     uri = str(tmp_path / "copy")
     shutil.copytree(tiny_model_set, uri)
@@ -491,10 +557,10 @@ def test_model_set_rejects_a_file_replaced_behind_its_back(tiny_model_set: str, 
     other = models.encoder("baseline")
     with torch.no_grad():
         other.encoder.latlayer1.bias.add_(1.0)
-    save_module(other, str(Path(uri) / "encoder.pt"))  # a valid checkpoint, but not the recorded one
+    save_module(other, str(Path(uri) / "unmask_encoder.pt"))  # a valid checkpoint, not the recorded one
     with pytest.raises(CheckpointError, match="model_set.json") as err:
         models.encoder("unmask")
-    assert "encoder.pt" in str(err.value)
+    assert "unmask_encoder.pt" in str(err.value)
 
 
 def test_model_set_on_s3_is_deterministic_per_seed(tiny_model_set: str, bucket: str) -> None:

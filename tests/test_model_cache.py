@@ -20,7 +20,7 @@ from unmask_core.models import cache
 from unmask_core.models.cache import ChecksumError, FileChecksum, cached_copy
 from unmask_core.models.model_set import CHECKSUMS, ModelSet
 
-UNMASKER_FILES = ("generator.pt", "encoder.pt", "facenet.pt")  # g, f and the facenet matcher
+UNMASKER_FILES = ("generator.pt", "unmask_encoder.pt", "facenet.pt")  # g, f and the facenet matcher
 
 
 @pytest.fixture
@@ -130,11 +130,11 @@ def test_two_actors_on_one_node_download_each_weights_file_once(
 def test_a_remote_file_unlike_its_checksum_is_refused_and_not_cached(
     s3_set: str, cache_dir: Path, proxy: CountingProxy
 ) -> None:
-    encoder = storage.join(s3_set, "encoder.pt")
+    encoder = storage.join(s3_set, "unmask_encoder.pt")
     data = bytearray(storage.read_bytes(encoder))
     data[len(data) // 2] ^= 0xFF  # one byte inside the weights: size and headers as before
     storage.write_bytes_atomic(encoder, bytes(data))
-    with pytest.raises(ChecksumError, match=r"encoder.pt: .* sha256 .*manifest says") as err:
+    with pytest.raises(ChecksumError, match=r"unmask_encoder.pt: .* sha256 .*manifest says") as err:
         ModelSet(s3_set).encoder("unmask")
     assert "\n" not in str(err.value)
     assert [p.name for p in cache_dir.iterdir() if not p.name.endswith(".lock")] == []

@@ -69,7 +69,8 @@ def test_the_check_on_s3_reads_headers_only_and_describes_what_a_full_load_does(
     prefix = s3_set.removeprefix("s3://")
     assert proxy.counts() == {"HEAD": 1, "LIST": 1, "GET": 1 + 2 * 4}
     assert proxy.gets_by_key() == {
-        f"{prefix}/{name}": 2 for name in ("generator.pt", "encoder.pt", "arcface_irse.pt", "facenet.pt")
+        f"{prefix}/{name}": 2
+        for name in ("generator.pt", "unmask_encoder.pt", "arcface_irse.pt", "facenet.pt")
     } | {f"{prefix}/{MANIFEST}": 1}
 
     loaded = ModelSet(tiny_model_set)  # weights read and hashed
@@ -86,7 +87,7 @@ def test_the_check_on_s3_reads_headers_only_and_describes_what_a_full_load_does(
 def test_a_truncated_file_is_refused_in_one_line_without_reading_weights(
     s3_set: str, proxy: CountingProxy
 ) -> None:
-    encoder = storage.join(s3_set, "encoder.pt")
+    encoder = storage.join(s3_set, "unmask_encoder.pt")
     storage.write_bytes_atomic(encoder, storage.read_bytes(encoder)[:100_000])
     proxy.reset()
     with pytest.raises(CheckpointError) as err:
@@ -97,14 +98,16 @@ def test_a_truncated_file_is_refused_in_one_line_without_reading_weights(
 
 
 def test_a_file_of_the_wrong_kind_is_refused_from_its_header(s3_set: str, proxy: CountingProxy) -> None:
-    # generator.pt's bytes as encoder.pt, with a manifest that vouches for them: only the header tells.
+    # generator.pt's bytes as unmask_encoder.pt, with a manifest that vouches for them: only the header tells.
     manifest = json.loads(storage.read_bytes(storage.join(s3_set, MANIFEST)))
-    manifest[CHECKSUMS]["encoder.pt"] = manifest[CHECKSUMS]["generator.pt"]
+    manifest[CHECKSUMS]["unmask_encoder.pt"] = manifest[CHECKSUMS]["generator.pt"]
     storage.write_bytes_atomic(storage.join(s3_set, MANIFEST), json.dumps(manifest).encode())
     generator = storage.read_bytes(storage.join(s3_set, "generator.pt"))
-    storage.write_bytes_atomic(storage.join(s3_set, "encoder.pt"), generator)
+    storage.write_bytes_atomic(storage.join(s3_set, "unmask_encoder.pt"), generator)
     proxy.reset()
-    with pytest.raises(CheckpointError, match=r"encoder.pt: holds a 'generator' model, expected 'encoder'"):
+    with pytest.raises(
+        CheckpointError, match=r"unmask_encoder.pt: holds a 'generator' model, expected 'encoder'"
+    ):
         describe_model_set(s3_set, MATCHERS)
     assert all(n <= HEADER_BYTES for n in _weights_read(proxy).values())
 
@@ -163,9 +166,11 @@ def test_a_trained_encoder_saved_into_a_set_keeps_its_checksums_true(
 def test_a_file_of_the_right_size_but_not_weights_is_refused_from_its_first_bytes(
     s3_set: str, proxy: CountingProxy
 ) -> None:
-    encoder = storage.join(s3_set, "encoder.pt")
+    encoder = storage.join(s3_set, "unmask_encoder.pt")
     storage.write_bytes_atomic(encoder, os.urandom(len(storage.read_bytes(encoder))))
     proxy.reset()
-    with pytest.raises(CheckpointError, match=r"encoder.pt: not a readable PyTorch file .*not a zip archive"):
+    with pytest.raises(
+        CheckpointError, match=r"unmask_encoder.pt: not a readable PyTorch file .*not a zip archive"
+    ):
         describe_model_set(s3_set, MATCHERS)
     assert all(n <= HEADER_BYTES for n in _weights_read(proxy).values())

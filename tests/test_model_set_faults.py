@@ -15,7 +15,7 @@ import torch
 from tests.conftest import REPO_ROOT
 from unmask_core.errors import UserError
 from unmask_core.models.cache import FileChecksum
-from unmask_core.models.format import save_module
+from unmask_core.models.kinds import save_module
 from unmask_core.models.model_set import CHECKSUMS, MANIFEST, ModelSet, model_set_configs
 from unmask_core.models.stylegan2 import Generator
 
@@ -47,7 +47,7 @@ def test_a_truncated_encoder_fails_the_bulk_job_in_one_line_before_planning(
     tiny_model_set: str, tmp_path
 ) -> None:
     folder = _copy(tiny_model_set, tmp_path)
-    encoder = folder / "encoder.pt"
+    encoder = folder / "unmask_encoder.pt"
     encoder.write_bytes(encoder.read_bytes()[:1000])
     gallery = tmp_path / "gallery"
     gallery.mkdir()
@@ -58,5 +58,5 @@ def test_a_truncated_encoder_fails_the_bulk_job_in_one_line_before_planning(
     proc = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "encoder.pt" in lines[0], proc.stderr
+    assert len(lines) == 1 and "unmask_encoder.pt" in lines[0], proc.stderr
     assert not (out / "config.yaml").exists() and not (out / "_plan.json").exists()

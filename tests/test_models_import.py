@@ -8,10 +8,10 @@ import torch
 from tests.support.public_formats import save_facenet, save_irse50, save_psp, save_rosinality_generator
 from unmask_core import cli
 from unmask_core.models.encoder import GradualStyleEncoder
-from unmask_core.models.format import new_facenet
 from unmask_core.models.irse import Backbone
 from unmask_core.models.model_set import ModelSet, model_set_configs
 from unmask_core.models.psp import PSP
+from unmask_core.models.public import new_facenet
 from unmask_core.models.stylegan2 import Generator
 
 

@@ -192,7 +192,7 @@ def test_two_workers_survive_a_killed_worker_and_resume_past_a_broken_checkpoint
     restarted_at = max(row["resumed_from_step"] for row in history)
     assert restarted_at > 0 and restarted_at % 4 == 0  # the workers restarted from a checkpoint, not step 0
     assert len(_checkpoints(out, "unmask")) >= 1
-    assert storage.exists(storage.join(out, "models", "encoder.pt"))
+    assert storage.exists(storage.join(out, "models", "unmask_encoder.pt"))
 
     # Rerunning the same command with more steps resumes from the newest checkpoint that loads: here the
     # newest (step 12) is truncated, as a full disk would leave it, and a folder that a killed run never

@@ -148,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
 def exit_process(code: int) -> NoReturn:
     """End a job's process once its work is written and reported: Ray shut down, logs and streams
     flushed, then out without the interpreter's teardown (module cleanup, the destructors of torch,
-    Ray and Ray Data): 1.3-1.7 s at the end of every job on 2 cores, with nothing left to save, since
-    a job writes and commits all its output before `main` returns. Process entry points only: a
+    Ray and Ray Data), which take seconds at the end of every job with nothing left to save, since a
+    job writes and commits all its output before `main` returns. Process entry points only: a
     caller that goes on (a test calling `main`) keeps its process."""
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():

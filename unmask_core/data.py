@@ -185,9 +185,9 @@ def _to_rgb8(image: Image.Image) -> np.ndarray:
 def encode_png(image: np.ndarray) -> bytes:
     """RGB [H, W, 3] or grey [H, W] uint8 -> PNG bytes, as lossless as any PNG. The largest host step
     of the bulk job, so tuned for speed: OpenCV's libpng at zlib level 1 with the RLE strategy, and one
-    filter (Up) for every row instead of libpng's trial of all five per row. Faces at 256 px: about
-    1.7x faster than all five filters for 8% more bytes, and faster and smaller than Pillow at
-    compress_level=1 (bench/pipeline.py)."""
+    filter (Up) for every row instead of libpng's trial of all five per row: on faces, much faster than
+    all five filters for a few more bytes, and faster and smaller than Pillow at compress_level=1
+    (bench/pipeline.py measures it)."""
     import cv2
 
     if image.ndim == 3:

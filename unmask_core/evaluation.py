@@ -72,7 +72,7 @@ def _iter_test_batches(cfg: EvaluateConfig, chunk: int, columns: list[str] = IMA
     dataset = pads.dataset(path, filesystem=fs, format="parquet")
     expr = (pads.field("status") == "ok") & (pads.field("split") == cfg.split)
     if _has_real_masks(dataset, expr):  # RMFRD: its synthetic phase-1 pairs are not the test
-        expr = expr & (pads.field("mask_kind") == "real")
+        expr = expr & (pads.field("mask_kind") == data.REAL_MASK_KIND)
     yield from dataset.to_batches(columns=columns, filter=expr, batch_size=chunk)
 
 
@@ -90,7 +90,7 @@ def split_identities(cfg: EvaluateConfig) -> tuple[list[str], list[str]]:
 
 
 def _has_real_masks(dataset: pads.Dataset, expr: pads.Expression) -> bool:
-    return dataset.count_rows(filter=expr & (pads.field("mask_kind") == "real")) > 0
+    return dataset.count_rows(filter=expr & (pads.field("mask_kind") == data.REAL_MASK_KIND)) > 0
 
 
 def _to_256(image: np.ndarray) -> np.ndarray:

@@ -92,8 +92,7 @@ class Unmasker:
             if isinstance(getattr(matcher, "model", None), torch.nn.Module):
                 compile_in_place(matcher.model, compile_networks)
         self.embedding_dims = {name: m.dim for name, m in self.matchers.items()}
-        self.checkpoints = {"encoder": model_set.sha256("unmask"), "generator": model_set.sha256("generator")}
-        self.checkpoints.update({name: m.model_sha256 for name, m in self.matchers.items()})
+        self.checkpoints = model_hashes(model_set, self.matchers)
 
     @torch.inference_mode()
     def unmask(self, faces: torch.Tensor) -> torch.Tensor:
@@ -139,6 +138,22 @@ class Unmasker:
         )
 
 
+def model_hashes(model_set, matchers: dict) -> dict[str, str]:
+    """The sha256 of the weights of every model an output depends on: f ('encoder'), g ('generator')
+    and each matcher by its name. The report lists them; `provenance_columns` puts them in rows."""
+    hashes = {"encoder": model_set.sha256("unmask"), "generator": model_set.sha256("generator")}
+    return {**hashes, **{name: matcher.model_sha256 for name, matcher in matchers.items()}}
+
+
+def provenance_columns(hashes: dict[str, str], matchers: list[str]) -> dict[str, str]:
+    """The provenance columns of every output row (output_schema.py), from `model_hashes`."""
+    return {
+        "matchers": ",".join(f"{name}:{hashes[name]}" for name in matchers),
+        "encoder_sha256": hashes["encoder"],
+        "generator_sha256": hashes["generator"],
+    }
+
+
 def describe_model_set(models_uri: str, matchers: list[str]) -> ModelInfo:
     """What every output row records about the models, and the embedding sizes: the driver's check of a
     model set. It reads the manifest, one listing and each model's headers, never the weights (a set on
@@ -149,13 +164,8 @@ def describe_model_set(models_uri: str, matchers: list[str]) -> ModelInfo:
     model_set = ModelSet(models_uri, device="meta")
     model_set.validate(encoders=("unmask",))
     built = {name: build_matcher(name, model_set, "meta") for name in matchers}
-    provenance = {
-        "matchers": ",".join(f"{name}:{m.model_sha256}" for name, m in built.items()),
-        "encoder_sha256": model_set.sha256("unmask"),
-        "generator_sha256": model_set.sha256("generator"),
-    }
     return ModelInfo(
-        provenance=provenance,
+        provenance=provenance_columns(model_hashes(model_set, built), matchers),
         embedding_dims={n: m.dim for n, m in built.items()},
         normalized={n: m.normalized for n, m in built.items()},
     )

@@ -150,8 +150,8 @@ def connect(num_cpus: int | None = None) -> None:
         _join(address, env_vars)
     else:
         # Ray Train's controller checks on its workers every 2 s, so a run waits up to that long to
-        # learn that its workers started, and again that they finished: a 2-step demo run took 30 s
-        # instead of 24 s. Processes of a local Ray inherit this environment; clusters keep Ray's default.
+        # learn that its workers started, and again that they finished: seconds of every short local
+        # run. Processes of a local Ray inherit this environment; clusters keep Ray's default.
         os.environ.setdefault(TRAIN_POLL_ENV, LOCAL_TRAIN_POLL_S)
         _start_local(num_cpus or LOCAL_LOGICAL_CPUS)
         _STARTED_HERE = True
@@ -229,9 +229,9 @@ def configure_data_context() -> None:
     ctx.enable_progress_bars = False  # we draw one readable bar of our own (rows done / total, rate)
     ctx.print_on_execution_start = False
     # Ray Data's V2 Parquet reader starts 32 footer-reading actors (32 processes) each time a read
-    # runs, which a training dataset does every epoch: 13 s on 2 cores before the first batch, against
-    # 3 s with the V1 reader (a 2-step, 2-worker training run: 42 s -> 28 s). Our Parquet inputs are
-    # pairs folders of a few thousand files at most, whose footers V1 reads at plan time.
+    # runs, which a training dataset does every epoch: on a small machine, seconds before the first
+    # batch that the V1 reader does not spend. Our Parquet inputs are pairs folders of a few thousand
+    # files at most, whose footers V1 reads at plan time.
     ctx.use_datasource_v2 = False
 
 

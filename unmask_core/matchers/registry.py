@@ -13,7 +13,8 @@ A matcher built from a model set is pretrained unless the set's manifest lists i
 
 This module imports no torch (the report and the configs read it); builders import their networks.
 Adding a matcher: an entry here (with the package extra its code needs, if any), a builder beside it,
-and its network in networks.py or a module of its own (docs/extending.md).
+and its network in networks.py or a module of its own; one with weights of its own in the model set is
+also a model kind (models/kinds.py; docs/extending.md).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Our checkpoint format: one file per model, read with `torch.load(weights_only=True)`.
 
-`{'format': 'unmask-checkpoint/1', 'kind': 'generator'|'encoder'|'arcface'|'facenet', 'config': dict,
-'state_dict': {...}, 'extra': {...}, 'sha256': hex}`. The sha256 covers every tensor of the state dict
-and of `extra` (an encoder's latent_avg changes its output, so it belongs in its identity).
+`{'format': 'unmask-checkpoint/1', 'kind': str, 'config': dict, 'state_dict': {...}, 'extra': {...},
+'sha256': hex}`, `kind` one of kinds.py's table (which turns modules into these parts and back). The
+sha256 covers every tensor of the state dict and of `extra` (an encoder's latent_avg changes its
+output, so it belongs in its identity).
 
 Also the file primitives every loader shares (`torch_load`, `torch_save`, `check_fit`, `load_strict`,
 `build_strict`).
@@ -16,7 +17,7 @@ import hashlib
 import io
 import pickle
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -24,14 +25,9 @@ from torch import Tensor, nn
 
 from unmask_core import storage
 from unmask_core.errors import UserError
-from unmask_core.models.encoder import EncoderConfig, GradualStyleEncoder
-from unmask_core.models.irse import Backbone, BackboneConfig
-from unmask_core.models.psp import LatentEncoder
 from unmask_core.models.runtime import build_on_meta
-from unmask_core.models.stylegan2 import Generator, GeneratorConfig
 
 FORMAT = "unmask-checkpoint/1"
-KINDS = ("generator", "encoder", "arcface", "facenet")
 ZIP_MAGIC = b"PK\x03\x04"  # how every file torch.save writes begins
 
 
@@ -209,8 +205,6 @@ def checkpoint_bytes(
     kind: str, config: dict[str, Any], state_dict: Mapping[str, Tensor], extra: dict | None = None
 ) -> tuple[str, bytes]:
     """(sha256 of the weights, the file's bytes) of one model in our format."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     cpu = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     extra = {
         k: v.detach().cpu().contiguous() if isinstance(v, Tensor) else v for k, v in (extra or {}).items()
@@ -250,7 +244,7 @@ def read_checkpoint(
         keys = key_list(sorted(map(str, obj))) if isinstance(obj, dict) else type(obj).__name__
         raise CheckpointError(
             f"{uri}: not an unmask checkpoint (no format {FORMAT!r}; top-level keys: {keys}); "
-            "public formats load with load_rosinality_generator, load_psp, load_irse50 or load_facenet"
+            "public weights are converted by `unmask models import` (models/public.py)"
         )
     missing = [k for k in ("kind", "config", "state_dict", "extra", "sha256") if k not in obj]
     if missing:
@@ -272,73 +266,9 @@ def read_checkpoint(
     return Checkpoint(uri, obj["kind"], dict(obj["config"]), state_dict, dict(extra), actual)
 
 
-def new_facenet() -> nn.Module:
-    """facenet-pytorch's InceptionResnetV1 (embeddings only), randomly initialised."""
-    from facenet_pytorch import InceptionResnetV1
-
-    # pretrained=None: facenet-pytorch would otherwise download weights.
-    return InceptionResnetV1(pretrained=None, classify=False)
-
-
 def build_config(cls: type, config: dict[str, Any], uri: str) -> Any:
     """`cls(**config)`, or a CheckpointError naming the file when the config does not fit `cls`."""
     try:
         return cls(**config)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{uri}: config {config} is not a valid {cls.__name__}: {exc}") from None
-
-
-def module_from_checkpoint(ckpt: Checkpoint) -> nn.Module:
-    """Build the module a checkpoint describes, holding its weights (checked to fit exactly, on CPU)."""
-    sd, uri = ckpt.state_dict, ckpt.uri
-    if ckpt.kind == "generator":
-        config = build_config(GeneratorConfig, ckpt.config, uri)
-        module: nn.Module = build_strict(lambda: Generator(config), sd, uri, "Generator")
-    elif ckpt.kind == "encoder":
-        enc_config = build_config(EncoderConfig, ckpt.config, uri)
-        encoder = build_strict(lambda: GradualStyleEncoder(enc_config), sd, uri, "GradualStyleEncoder")
-        if not isinstance(ckpt.extra.get("latent_avg"), Tensor):
-            raise CheckpointError(f"{uri}: encoder checkpoint lacks extra['latent_avg']")
-        try:
-            module = LatentEncoder(encoder, ckpt.extra["latent_avg"])
-        except ValueError as exc:
-            raise CheckpointError(f"{uri}: extra['latent_avg']: {exc}") from None
-    elif ckpt.kind == "arcface":
-        backbone_config = build_config(BackboneConfig, ckpt.config, uri)
-        module = build_strict(lambda: Backbone(backbone_config), sd, uri, "IR-SE Backbone")
-    elif ckpt.kind == "facenet":
-        module = build_strict(new_facenet, sd, uri, "facenet-pytorch InceptionResnetV1")
-    else:
-        raise CheckpointError(f"{uri}: unknown model kind {ckpt.kind!r} (known: {', '.join(KINDS)})")
-    return module.eval()
-
-
-def load_module(uri: str, kind: str | None = None, device: str | torch.device = "cpu") -> nn.Module:
-    """Read one model file in our format and return the module, in eval mode, on `device`."""
-    return module_from_checkpoint(read_checkpoint(uri, kind)).to(device)
-
-
-def save_module(module: nn.Module, uri: str) -> str:
-    """Save a Generator, LatentEncoder, IR-SE Backbone or InceptionResnetV1 in our format; returns sha256."""
-    sha, data = module_bytes(module)
-    storage.write_bytes_atomic(uri, data)
-    return sha
-
-
-def module_bytes(module: nn.Module) -> tuple[str, bytes]:
-    """(sha256 of the weights, the file's bytes) of a module in our format (see `save_module`)."""
-    module = getattr(module, "module", module)  # DistributedDataParallel wraps the model
-    if isinstance(module, Generator):
-        return checkpoint_bytes("generator", asdict(module.config), module.state_dict())
-    if isinstance(module, LatentEncoder):
-        extra = {"latent_avg": module.latent_avg}
-        return checkpoint_bytes("encoder", asdict(module.config), module.encoder.state_dict(), extra)
-    if isinstance(module, Backbone):
-        return checkpoint_bytes("arcface", asdict(module.config), module.state_dict())
-    if type(module).__name__ == "InceptionResnetV1":
-        if getattr(module, "logits", None) is not None:
-            raise ValueError("save a FaceNet built with classify=False (embeddings only)")
-        return checkpoint_bytes("facenet", {}, module.state_dict())
-    if isinstance(module, GradualStyleEncoder):
-        raise TypeError("wrap the encoder as LatentEncoder(encoder, latent_avg): f(x) needs its latent_avg")
-    raise TypeError(f"cannot save a {type(module).__name__} as an unmask checkpoint")

@@ -1,10 +1,11 @@
 """Build a model set from the public checkpoints (`unmask models import`).
 
 generator  rosinality StyleGAN2 `{'g_ema', 'latent_avg'?}` (FFHQ 256 or 1024), or the pSp file's decoder
-encoder    a pSp checkpoint `{'state_dict' (encoder./decoder.), 'opts', 'latent_avg'}`, or, without
+encoders   a pSp checkpoint `{'state_dict' (encoder./decoder.), 'opts', 'latent_avg'}`, or, without
            one, pSp's own initialisation: a fresh encoder whose IR-SE body comes from model_ir_se50.pth
-arcface    `model_ir_se50.pth` (the ID loss; also the 'arcface' matcher unless an ONNX is given)
-facenet    facenet-pytorch InceptionResnetV1 state dict (e.g. VGGFace2)
+others     one public file each, by the `public` of their kind (kinds.py): arcface from
+           `model_ir_se50.pth` (--irse50: the ID loss, and the 'arcface' matcher unless an ONNX is
+           given), facenet from a facenet-pytorch InceptionResnetV1 state dict (--facenet), ...
 optional   insightface ArcFace ONNX (the 'arcface' matcher) and torchvision AlexNet (LPIPS)
 
 `add_checksums` brings a set written before manifests carried file checksums up to date
@@ -26,13 +27,12 @@ from unmask_core.errors import UserError
 from unmask_core.models.cache import FileChecksum
 from unmask_core.models.encoder import EncoderConfig, GradualStyleEncoder
 from unmask_core.models.format import CheckpointError, read_checkpoint
+from unmask_core.models.kinds import kind_of_model, public_weights
 from unmask_core.models.model_set import (
     CHECKSUMS,
-    KIND_OF,
     MANIFEST,
     MEAN_LATENT_SAMPLES,
     OPTIONAL_FILES,
-    REQUIRED_FILES,
     ModelSet,
     manifest_bytes,
     write_model_set,
@@ -40,8 +40,6 @@ from unmask_core.models.model_set import (
 from unmask_core.models.psp import LatentEncoder
 from unmask_core.models.public import (
     init_encoder_from_irse50,
-    load_facenet,
-    load_irse50,
     load_lpips,
     load_psp,
     load_rosinality_generator,
@@ -50,21 +48,29 @@ from unmask_core.models.public import (
 
 def import_public_model_set(
     out_uri: str,
-    irse50: str,
-    facenet: str,
     generator: str = "",
     psp: str = "",
     unmask_psp: str = "",
     arcface_onnx: str = "",
     lpips_alexnet: str = "",
+    **weights: str,
 ) -> dict[str, Any]:
     """Convert public checkpoints into a model set at `out_uri`; returns its manifest.
 
     f0 comes from `psp` (or pSp's IR-SE50 initialisation); f from `unmask_psp` when given (an encoder
-    already trained to unmask), otherwise it starts as a copy of f0, as training does.
+    already trained to unmask), otherwise it starts as a copy of f0, as training does. `weights`: the
+    public file of every other model, by its kind's import option (`irse50`, `facenet`, ...).
     """
+    options = {public.option: (name, public) for name, public in public_weights().items()}
+    unknown = sorted(set(weights) - set(options))
+    if unknown:
+        raise TypeError(f"unknown public weights {', '.join(unknown)}; known: {', '.join(options)}")
+    missing = [option for option in options if not weights.get(option)]
+    if missing:
+        raise UserError(f"give --{', --'.join(missing)}")
     if not (generator or psp):
         raise UserError("give --generator (rosinality StyleGAN2) and/or --psp (a pSp checkpoint)")
+    irse50 = weights["irse50"]  # pSp initialises the encoder's body from ArcFace's IR-SE50
     if storage.exists(storage.join(out_uri, MANIFEST)):
         raise UserError(f"{out_uri}: already holds a model set; choose another folder")
     latent_avg = None
@@ -84,15 +90,11 @@ def import_public_model_set(
     unmask = (
         LatentEncoder(load_psp(unmask_psp).encoder, latent_avg) if unmask_psp else copy.deepcopy(baseline)
     )
-    arcface = load_irse50(irse50)
-    face_net = load_facenet(facenet)
-    sources = {
-        k: v
-        for k, v in dict(
-            generator=generator, psp=psp, unmask_psp=unmask_psp, irse50=irse50, facenet=facenet
-        ).items()
-        if v
-    }
+    models = {"generator": g.eval(), "baseline": baseline.eval(), "unmask": unmask.eval()}
+    for option, (name, public) in options.items():
+        models[name] = public.load(weights[option])
+    sources = dict(generator=generator, psp=psp, unmask_psp=unmask_psp, **weights)
+    sources = {k: v for k, v in sources.items() if v}
     optional_files = {}
     if arcface_onnx:
         _check_onnx(arcface_onnx)
@@ -102,9 +104,7 @@ def import_public_model_set(
         optional_files["lpips_alexnet"] = storage.read_bytes(lpips_alexnet)
     notes = {"imported_from": sources}
     with torch.no_grad():
-        return write_model_set(
-            out_uri, g.eval(), baseline.eval(), unmask.eval(), arcface, face_net, notes, optional_files
-        )
+        return write_model_set(out_uri, models, notes, optional_files)
 
 
 def _check_onnx(uri: str) -> None:
@@ -126,7 +126,7 @@ def add_checksums(uri: str) -> dict[str, Any]:
     checksums = manifest.setdefault(CHECKSUMS, {})
     optional = [name for name in OPTIONAL_FILES if storage.exists(models.file_uri(name))]
     with tempfile.TemporaryDirectory(prefix="unmask-checksum-") as scratch:
-        for name in [*REQUIRED_FILES, *optional]:
+        for name in [*models.files, *optional]:
             file_uri = models.file_uri(name)
             filename = posixpath.basename(file_uri)
             if filename in checksums:
@@ -135,8 +135,8 @@ def add_checksums(uri: str) -> dict[str, Any]:
             if storage.is_s3(file_uri):
                 local = str(Path(scratch, filename))
                 storage.download(file_uri, local)
-            if name in REQUIRED_FILES:
-                weights = read_checkpoint(local, KIND_OF[name], label=file_uri).sha256
+            if name in models.files:
+                weights = read_checkpoint(local, kind_of_model()[name], label=file_uri).sha256
                 if weights != models.sha256(name):
                     raise CheckpointError(
                         f"{file_uri}: its weights hash to {weights[:16]}..., {MANIFEST} says "

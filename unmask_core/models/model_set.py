@@ -1,6 +1,7 @@
-"""Model sets: a folder (local or s3://) holding g, f0, f, ArcFace and FaceNet in our format plus
-`model_set.json`; see `ModelSet`. `init_model_set` writes a randomly initialised one (`unmask models
-init`), `write_model_set` one from modules (`unmask models import`, in importer.py)."""
+"""Model sets: a folder (local or s3://) holding one file in our format for each model of kinds.py's
+table (g, f0, f, ArcFace, FaceNet) plus `model_set.json`; see `ModelSet`. `init_model_set` writes a
+randomly initialised one (`unmask models init`), `write_model_set` one from modules (`unmask models
+import`, in importer.py)."""
 
 from __future__ import annotations
 
@@ -16,42 +17,27 @@ from unmask_core import storage
 from unmask_core.errors import UserError
 from unmask_core.models.cache import FileChecksum, cached_copy
 from unmask_core.models.encoder import EncoderConfig, GradualStyleEncoder
-from unmask_core.models.format import (
-    CheckpointError,
+from unmask_core.models.format import CheckpointError, read_checkpoint
+from unmask_core.models.irse import Backbone, BackboneConfig
+from unmask_core.models.kinds import (
+    MODEL_KINDS,
+    kind_of_model,
+    model_files,
     module_bytes,
     module_from_checkpoint,
-    new_facenet,
-    read_checkpoint,
 )
-from unmask_core.models.irse import Backbone, BackboneConfig
 from unmask_core.models.psp import PSP, LatentEncoder
 from unmask_core.models.stylegan2 import Generator, GeneratorConfig
 
 MODEL_SET_FORMAT = "unmask-model-set/1"
 MEAN_LATENT_SAMPLES = 10_000
 
-REQUIRED_FILES = {
-    "generator": "generator.pt",
-    "baseline": "baseline_encoder.pt",  # f0
-    "unmask": "encoder.pt",  # f
-    "arcface": "arcface_irse.pt",
-    "facenet": "facenet.pt",
-}
-KIND_OF = {
-    "generator": "generator",
-    "baseline": "encoder",
-    "unmask": "encoder",
-    "arcface": "arcface",
-    "facenet": "facenet",
-}
 OPTIONAL_FILES = {"arcface_onnx": "arcface.onnx", "lpips_alexnet": "lpips_alexnet.pth"}
-# File-stem names, as output columns such as encoder_sha256 use them.
-ALIASES = {"encoder": "unmask", "baseline_encoder": "baseline"}
 MANIFEST = "model_set.json"
 # Manifest key: file name -> {"size": bytes, "sha256": of the file's bytes}, for every file of the set.
 # (The "sha256" key names each model's weights hash, the provenance that output rows carry.)
 CHECKSUMS = "file_checksums"
-ENCODER_NAMES = ("baseline", "unmask")
+ENCODER_NAMES = tuple(MODEL_KINDS["encoder"].files)  # f0 ('baseline') and f ('unmask')
 
 
 def model_set_configs(size: int) -> tuple[GeneratorConfig, EncoderConfig, BackboneConfig]:
@@ -65,12 +51,13 @@ def model_set_configs(size: int) -> tuple[GeneratorConfig, EncoderConfig, Backbo
             units=(1, 2, 2, 1),
             widths=(16, 32, 48, 64),
         )
-        return generator, encoder, BackboneConfig(units=(1, 1, 1, 1), widths=(16, 32, 48, 64))
-    if size in (256, 1024):
+    elif size in (256, 1024):
         generator = GeneratorConfig(size=size)
         # pSp encodes 256 px inputs for every generator size and pools outputs to 256.
-        return generator, EncoderConfig(input_size=256, n_styles=generator.n_latent), BackboneConfig()
-    raise UserError(f"model set size must be 64, 256 or 1024, got {size}")
+        encoder = EncoderConfig(input_size=256, n_styles=generator.n_latent)
+    else:
+        raise UserError(f"model set size must be 64, 256 or 1024, got {size}")
+    return generator, encoder, MODEL_KINDS["arcface"].init_config(size)
 
 
 def manifest_bytes(manifest: dict) -> bytes:
@@ -84,53 +71,48 @@ def _write_file(uri: str, data: bytes) -> dict[str, Any]:
     return {"size": checksum.size, "sha256": checksum.sha256}
 
 
-def _save(module: nn.Module, out_uri: str, name: str, checksums: dict[str, Any]) -> str:
+def _save(module: nn.Module, out_uri: str, filename: str, checksums: dict[str, Any]) -> str:
     """Save one model of the set; records its file's checksum and returns its weights' sha256."""
     sha, data = module_bytes(module)
-    checksums[REQUIRED_FILES[name]] = _write_file(storage.join(out_uri, REQUIRED_FILES[name]), data)
+    checksums[filename] = _write_file(storage.join(out_uri, filename), data)
     return sha
 
 
 def write_model_set(
     out_uri: str,
-    generator: Generator,
-    baseline_encoder: LatentEncoder,
-    encoder: LatentEncoder,
-    arcface: Backbone,
-    facenet: nn.Module,
+    models: dict[str, nn.Module],
     notes: dict[str, Any] | None = None,
     optional_files: dict[str, bytes] | None = None,
 ) -> dict[str, Any]:
-    """Write a model set folder from modules (e.g. public weights loaded with the functions above), and
-    `optional_files` ('arcface_onnx', 'lpips_alexnet': their bytes).
+    """Write a model set folder from modules, one for each model of kinds.py's table by its name
+    ('generator', 'baseline', 'unmask', 'arcface', 'facenet', ...), and `optional_files`
+    ('arcface_onnx', 'lpips_alexnet': their bytes).
 
     Returns the manifest, which is written last so that a half-written folder has no model_set.json.
     """
-    for name, f in (("baseline_encoder", baseline_encoder), ("encoder", encoder)):
-        if (f.config.n_styles, f.config.style_dim) != (generator.n_latent, generator.style_dim):
+    files = model_files()
+    if set(models) != set(files):
+        raise ValueError(f"a model set holds {', '.join(files)}; got {', '.join(models)}")
+    generator = models["generator"]
+    for name in ENCODER_NAMES:
+        config = models[name].config
+        if (config.n_styles, config.style_dim) != (generator.n_latent, generator.style_dim):
             raise UserError(
-                f"{name} makes [{f.config.n_styles}, {f.config.style_dim}] codes; "
+                f"the {name} encoder makes [{config.n_styles}, {config.style_dim}] codes; "
                 f"the generator takes [{generator.n_latent}, {generator.style_dim}]"
             )
-    modules = {
-        "generator": generator,
-        "baseline": baseline_encoder,
-        "unmask": encoder,
-        "arcface": arcface,
-        "facenet": facenet,
-    }
     checksums: dict[str, Any] = {}
-    shas = {name: _save(module, out_uri, name, checksums) for name, module in modules.items()}
+    shas = {name: _save(models[name], out_uri, filename, checksums) for name, filename in files.items()}
     for name, data in (optional_files or {}).items():
         filename = OPTIONAL_FILES[name]
         checksums[filename] = _write_file(storage.join(out_uri, filename), data)
     manifest = {
         "format": MODEL_SET_FORMAT,
         "size": generator.size,
-        "image_size": encoder.config.input_size,
+        "image_size": models["unmask"].config.input_size,
         "n_latent": generator.n_latent,
         "style_dim": generator.style_dim,
-        "files": dict(REQUIRED_FILES),
+        "files": files,
         "sha256": shas,
         CHECKSUMS: checksums,
         **(notes or {}),
@@ -143,37 +125,42 @@ def init_model_set(size: int, out_uri: str, seed: int = 0, overwrite: bool = Fal
     """Write a randomly initialised model set (`unmask models init`); returns its manifest.
 
     64 px: tiny widths for CPU tests and the demo; 256 / 1024: the reference architectures. f starts
-    equal to f0, as training initialises f from f0. The same seed gives the same sha256s.
+    equal to f0, as training initialises f from f0. The other models come from their kinds'
+    `init_config`. The same seed gives the same sha256s.
     """
-    gen_config, enc_config, arc_config = model_set_configs(size)
+    gen_config, enc_config, _ = model_set_configs(size)
     if not overwrite and storage.exists(storage.join(out_uri, MANIFEST)):
         raise UserError(f"{out_uri}: already holds a model set ({MANIFEST}); choose another folder")
+    others = [(name, kind) for kind in MODEL_KINDS.values() if kind.init_config for name in kind.files]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         generator = Generator(gen_config).eval()
         latent_avg = generator.mean_latent(MEAN_LATENT_SAMPLES, torch.Generator().manual_seed(seed + 1))
         torch.manual_seed(seed + 2)
         baseline = LatentEncoder(GradualStyleEncoder(enc_config), latent_avg).eval()
-        torch.manual_seed(seed + 3)
-        arcface = Backbone(arc_config).eval()
-        torch.manual_seed(seed + 4)
-        facenet = new_facenet().eval()
-    notes = {"random_init": list(REQUIRED_FILES), "seed": seed}
-    return write_model_set(out_uri, generator, baseline, copy.deepcopy(baseline), arcface, facenet, notes)
+        models = {"generator": generator, "baseline": baseline, "unmask": copy.deepcopy(baseline)}
+        for offset, (name, kind) in enumerate(others):  # ArcFace seed + 3, FaceNet seed + 4, ...
+            torch.manual_seed(seed + 3 + offset)
+            models[name] = kind.build(kind.init_config(size)).eval()
+    notes = {"random_init": list(model_files()), "seed": seed}
+    return write_model_set(out_uri, models, notes)
 
 
 class ModelSet:
     """A model set folder (local or s3://): g, f0, f, ArcFace (IR-SE) and FaceNet in our format.
 
-    Layout: generator.pt, baseline_encoder.pt (f0), encoder.pt (f), arcface_irse.pt, facenet.pt,
-    model_set.json (format, size, image_size, n_latent, style_dim, files, sha256 per model's weights,
-    file_checksums: size and sha256 of each file's bytes), and optionally arcface.onnx (insightface
-    ArcFace) and lpips_alexnet.pth (torchvision AlexNet).
+    Layout: one file per model of kinds.py's table (generator.pt, baseline_encoder.pt (f0),
+    unmask_encoder.pt (f), arcface_irse.pt, facenet.pt), model_set.json (format, size, image_size,
+    n_latent, style_dim, files: model name -> file name, sha256 per model's weights, file_checksums:
+    size and sha256 of each file's bytes), and optionally arcface.onnx (insightface ArcFace) and
+    lpips_alexnet.pth (torchvision AlexNet). The manifest's `files` is what the set holds, under the
+    names it was written with (sets written before f had its own name keep it in encoder.pt).
 
-    Names: 'generator', 'baseline' (f0), 'unmask' (f), 'arcface', 'facenet'; `sha256`, `file_uri`
-    and `has` also take the file stems 'encoder' (f) and 'baseline_encoder' (f0). Frozen models
-    (generator, arcface, facenet) are loaded once, in eval mode with requires_grad off, and shared;
-    `encoder()` returns a fresh copy on every call because training changes it.
+    Models are named as in the table: 'generator', 'baseline' (f0), 'unmask' (f), 'arcface',
+    'facenet'. A set written before a model kind existed opens, and asking it for that model is a
+    one-line error. Frozen models (`frozen`: generator, arcface, facenet, ...) are loaded once, in
+    eval mode with requires_grad off, and shared; `encoder()` returns a fresh copy on every call
+    because training changes it.
 
     Where the weights come from, and how they are checked:
     - local folder: memory-mapped (every process on the node shares the page cache's copy), the
@@ -201,7 +188,7 @@ class ModelSet:
             raise CheckpointError(
                 f"{manifest_uri}: format is {self.manifest.get('format')!r}, expected {MODEL_SET_FORMAT!r}"
             )
-        missing = [n for n in REQUIRED_FILES if n not in self.manifest.get("sha256", {})]
+        missing = [n for n in self.files if n not in self.manifest.get("sha256", {})]
         if missing:
             raise CheckpointError(f"{manifest_uri}: no sha256 for {', '.join(missing)}")
         self._frozen: dict[str, nn.Module] = {}
@@ -222,13 +209,27 @@ class ModelSet:
     def n_latent(self) -> int:
         return int(self.manifest["n_latent"])
 
+    @property
+    def files(self) -> dict[str, str]:
+        """The models this set holds: name -> file name, as its manifest records them."""
+        known = model_files()
+        recorded = self.manifest.get("files") or known
+        return {name: filename for name, filename in recorded.items() if name in known}
+
+    def _file_name(self, name: str) -> str:
+        if name not in model_files():
+            raise KeyError(f"unknown model {name!r}; known: {', '.join([*model_files(), *OPTIONAL_FILES])}")
+        if name not in self.files:
+            raise CheckpointError(
+                f"{storage.join(self.uri, MANIFEST)}: the set holds no {name!r} model (it was written "
+                "before model sets had one); write it again with `unmask models import` or `models init`"
+            )
+        return self.files[name]
+
     def file_uri(self, name: str) -> str:
-        name = ALIASES.get(name, name)
         if name in OPTIONAL_FILES:
             return storage.join(self.uri, OPTIONAL_FILES[name])
-        if name not in REQUIRED_FILES:
-            raise KeyError(f"unknown model {name!r}; known: {', '.join([*REQUIRED_FILES, *OPTIONAL_FILES])}")
-        return storage.join(self.uri, self.manifest.get("files", {}).get(name, REQUIRED_FILES[name]))
+        return storage.join(self.uri, self._file_name(name))
 
     def checksum(self, uri: str) -> FileChecksum | None:
         """The manifest's size and sha256 of the set's file at `uri`; None if it records none."""
@@ -246,11 +247,10 @@ class ModelSet:
         return cached_copy(uri, checksum) if storage.is_s3(uri) else uri
 
     def has(self, name: str) -> bool:
-        """Whether the set holds a model: always for the required five, listed in the manifest or on
-        disk for optional files."""
-        name = ALIASES.get(name, name)
-        if name in REQUIRED_FILES:
-            return True
+        """Whether the set holds a model: the models its manifest lists, and optional files listed in
+        the manifest or on disk."""
+        if name in model_files():
+            return name in self.files
         uri = self.file_uri(name)  # KeyError for an unknown name
         return self.checksum(uri) is not None or posixpath.basename(uri) in self._file_sizes()
 
@@ -262,23 +262,20 @@ class ModelSet:
 
     def sha256(self, name: str) -> str:
         """sha256 of a model's weights (as recorded in model_set.json; verified whenever it is loaded)."""
-        name = ALIASES.get(name, name)
-        if name not in REQUIRED_FILES:
-            raise KeyError(f"unknown model {name!r}; known: {', '.join(REQUIRED_FILES)}")
+        self._file_name(name)  # KeyError for an unknown name, one line for one the set lacks
         return self.manifest["sha256"][name]
 
     def _load(self, name: str) -> nn.Module:
         uri = self.file_uri(name)
+        kind = kind_of_model()[name]
         checksum = self.checksum(uri)
         if self.device.type == "meta":
-            ckpt = read_checkpoint(
-                uri, KIND_OF[name], structure_only=True, size=checksum.size if checksum else None
-            )
+            ckpt = read_checkpoint(uri, kind, structure_only=True, size=checksum.size if checksum else None)
         elif checksum is not None and storage.is_s3(uri):
             local = cached_copy(uri, checksum)
-            ckpt = read_checkpoint(local, KIND_OF[name], hash_weights=False, label=uri)
+            ckpt = read_checkpoint(local, kind, hash_weights=False, label=uri)
         else:
-            ckpt = read_checkpoint(uri, KIND_OF[name])
+            ckpt = read_checkpoint(uri, kind)
         if ckpt.sha256 != self.sha256(name):
             raise CheckpointError(
                 f"{uri}: sha256 {ckpt.sha256[:16]}... differs from {MANIFEST}'s {self.sha256(name)[:16]}... "
@@ -286,14 +283,15 @@ class ModelSet:
             )
         return module_from_checkpoint(ckpt).to(self.device)
 
-    def _frozen_model(self, name: str) -> nn.Module:
+    def frozen(self, name: str) -> nn.Module:
+        """The model `name`, frozen (eval mode, no gradients), loaded once and shared."""
         if name not in self._frozen:
             self._frozen[name] = self._load(name).eval().requires_grad_(False)
         return self._frozen[name]
 
     def generator(self) -> Generator:
         """g, frozen."""
-        return self._frozen_model("generator")
+        return self.frozen("generator")
 
     def encoder(self, name: str = "unmask") -> LatentEncoder:
         """f ('unmask') or f0 ('baseline'): x -> W+ codes including latent_avg, in eval mode, trainable."""
@@ -333,7 +331,7 @@ class ModelSet:
 
     def _check_sizes(self) -> None:
         checksums = self.manifest.get(CHECKSUMS, {})
-        files = [posixpath.basename(self.file_uri(name)) for name in REQUIRED_FILES]
+        files = list(self.files.values())
         unlisted = [filename for filename in files if filename not in checksums]
         if unlisted and self.device.type == "meta":
             raise CheckpointError(
@@ -354,18 +352,19 @@ class ModelSet:
 
     def arcface(self) -> Backbone:
         """The IR-SE ArcFace used by the ID loss, frozen."""
-        return self._frozen_model("arcface")
+        return self.frozen("arcface")
 
     def facenet(self) -> nn.Module:
         """facenet-pytorch InceptionResnetV1 (embeddings), frozen."""
-        return self._frozen_model("facenet")
+        return self.frozen("facenet")
 
     def save_encoder(self, name: str, encoder: nn.Module, out_uri: str) -> ModelSet:
         """Write a trained f0 ('baseline') or f ('unmask') into the model set at `out_uri`.
 
         `encoder` is a LatentEncoder (or a bare GradualStyleEncoder, which keeps this set's
         latent_avg). When out_uri is another folder, the other models and optional files are copied
-        there (unless already present with the same sha256). The manifest is written last.
+        there (unless already present with the same sha256). The files keep this set's names. The
+        manifest is written last.
         """
         if name not in ENCODER_NAMES:
             raise KeyError(f"encoder name must be one of {ENCODER_NAMES}, got {name!r}")
@@ -383,8 +382,8 @@ class ModelSet:
         checksums = manifest.setdefault(CHECKSUMS, {})
         if not _same_folder(self.uri, out_uri):
             self._copy_files(out_uri, skip=name, checksums=checksums)
-        manifest["files"] = dict(REQUIRED_FILES)
-        manifest["sha256"][name] = _save(module, out_uri, name, checksums)
+        manifest["files"] = self.files
+        manifest["sha256"][name] = _save(module, out_uri, self.files[name], checksums)
         manifest["random_init"] = [n for n in manifest.get("random_init", []) if n != name]
         storage.write_bytes_atomic(storage.join(out_uri, MANIFEST), manifest_bytes(manifest))
         return ModelSet(out_uri, device=self.device)
@@ -396,7 +395,7 @@ class ModelSet:
             existing = json.loads(storage.read_bytes(storage.join(out_uri, MANIFEST)))
         except (UserError, ValueError):
             existing = {}
-        for name, filename in REQUIRED_FILES.items():
+        for name, filename in self.files.items():
             target = storage.join(out_uri, filename)
             kept = existing.get(CHECKSUMS, {}).get(filename)
             if name == skip:

@@ -26,7 +26,6 @@ from unmask_core.models.format import (
     check_fit,
     key_list,
     load_strict,
-    new_facenet,
     torch_load,
 )
 from unmask_core.models.irse import UNITS_BY_DEPTH, Backbone, BackboneConfig
@@ -214,6 +213,14 @@ def init_encoder_from_irse50(encoder: GradualStyleEncoder, uri: str) -> None:
     found = {k: v for k, v in state_dict.items() if k.startswith(("input_layer.", "body."))}
     check_fit(uri, "the encoder's IR-SE body (input_layer.*, body.*)", wanted, found)
     encoder.load_state_dict(found, strict=False)
+
+
+def new_facenet() -> nn.Module:
+    """facenet-pytorch's InceptionResnetV1 (embeddings only), randomly initialised."""
+    from facenet_pytorch import InceptionResnetV1
+
+    # pretrained=None: facenet-pytorch would otherwise download weights.
+    return InceptionResnetV1(pretrained=None, classify=False)
 
 
 def load_facenet(uri: str) -> nn.Module:

@@ -64,7 +64,7 @@ class GeneratorConfig:
 def make_blur_kernel(taps: tuple[float, ...] = BLUR_KERNEL) -> Tensor:
     """Separable 2-D FIR kernel normalised to sum 1 (rosinality's `make_kernel`). Always computed on the
     CPU: a build on the meta device would otherwise run these ops through torch's reference
-    implementations, whose first use imports 2 s of torch's compiler stack."""
+    implementations, whose first use imports torch's compiler stack (seconds)."""
     k = torch.tensor(taps, dtype=torch.float32, device="cpu")
     k = k[None, :] * k[:, None]
     return k / k.sum()

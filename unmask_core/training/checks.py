@@ -83,7 +83,7 @@ def check_training_inputs(cfg: TrainConfig) -> None:
     if cfg.lpips_weight and cfg.lpips_backbone != "random":
         from unmask_core.training.loop import build_lpips
 
-        build_lpips(cfg, cfg.models, spatial=False)  # loads it: 3 s, once, instead of in every worker
+        build_lpips(cfg, cfg.models, spatial=False)  # loads it once here, not in every worker
     if storage.is_s3(cfg.output):  # a local folder is made by the first write, once the checks have passed
         storage.check_writable(cfg.output)
 
@@ -113,7 +113,7 @@ def check_pairs(cfg: TrainConfig) -> None:
     retry its read tasks, and say why only in its logs."""
     import pyarrow.dataset as pads
 
-    from unmask_core.data import PAIRS_SCHEMA, REAL_MASK_KIND
+    from unmask_core.data import PAIRS_SCHEMA
 
     uri = storage.join(cfg.pairs, "pairs")
     storage.check_readable(uri)
@@ -137,12 +137,12 @@ def check_pairs(cfg: TrainConfig) -> None:
     if wrong:
         raise UserError(f"{uri}: not pairs written by `unmask prepare` ({'; '.join(wrong)})")
     usable = (pads.field("status") == "ok") & (pads.field("split") == "train")
-    if cfg.stage == "real":
-        usable = usable & (pads.field("mask_kind") == REAL_MASK_KIND)
+    if cfg.spec.mask_kind:
+        usable = usable & (pads.field("mask_kind") == cfg.spec.mask_kind)
     rows = dataset.count_rows(filter=usable)
     # Ray Train splits the rows evenly between the workers, and each drops its last short batch.
     if rows // cfg.workers < cfg.batch_size:
-        kind = "real-mask training" if cfg.stage == "real" else "training"
+        kind = f"{cfg.spec.mask_kind}-mask training" if cfg.spec.mask_kind else "training"
         raise UserError(
             f"{uri}: {rows} {kind} pairs (status ok, split train) are fewer than one batch of "
             f"{cfg.batch_size} for each of {cfg.workers} workers: that needs {cfg.batch_size * cfg.workers}"

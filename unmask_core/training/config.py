@@ -8,17 +8,13 @@ from unmask_core import storage
 from unmask_core.config import JobConfig, option
 from unmask_core.errors import UserError
 from unmask_core.losses import LossWeights
-
-STAGES = ("baseline", "unmask", "real")
-ENCODER_OF_STAGE = {"baseline": "baseline", "unmask": "unmask", "real": "unmask"}
+from unmask_core.training.stages import STAGES, T_HAT_CODES, Stage
 
 
 @dataclass
 class TrainConfig(JobConfig):
     stage: str = option(
-        "baseline",
-        "baseline: f0 on T (eq. 4); unmask: f on (T, M) (eq. 9); real: RMFRD fine-tune",
-        choices=list(STAGES),
+        "baseline", "; ".join(f"{name}: {s.summary}" for name, s in STAGES.items()), choices=list(STAGES)
     )
     pairs: str = option("", "pairs folder written by `unmask prepare` (local or s3://)", required=True)
     models: str = option("", "model set to start from (g, f0, f, ArcFace)", required=True)
@@ -98,8 +94,8 @@ class TrainConfig(JobConfig):
             self.lpips_backbone = storage.absolute(self.lpips_backbone)
         if self.resource_timeout <= 0:
             raise UserError("--resource-timeout must be positive")
-        if self.stage == "baseline" and self.latent_weight:
-            self.latent_weight = 0.0  # f0 has no teacher: eq. 4 has no latent term
+        if not self.spec.latent_target and self.latent_weight:
+            self.latent_weight = 0.0  # no target codes (f0 has no teacher): eq. 4 has no latent term
         counts = (
             self.workers,
             self.cpus_per_worker,
@@ -116,10 +112,17 @@ class TrainConfig(JobConfig):
             )
         if not (self.l2_weight or self.lpips_weight or self.id_weight or self.latent_weight):
             raise UserError("every loss term is switched off")
-        if self.cache_targets and self.stage == "real":
-            raise UserError("--cache-targets: stage real already caches its latent targets (T-hat)")
-        if self.cache_targets and not (self.id_weight or (self.stage == "unmask" and self.latent_weight)):
+        if self.cache_targets and self.spec.latent_target == T_HAT_CODES:
+            raise UserError(f"--cache-targets: stage {self.stage} already caches its latent targets (T-hat)")
+        if self.cache_targets and not (
+            self.spec.needs_teacher_codes(self) or self.spec.needs_target_embedding(self)
+        ):
             raise UserError("--cache-targets: with these weights the step computes nothing from T to cache")
+
+    @property
+    def spec(self) -> Stage:
+        """The stage's entry in the stage table."""
+        return STAGES[self.stage]
 
     @property
     def run_name(self) -> str:

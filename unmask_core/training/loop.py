@@ -25,9 +25,10 @@ from unmask_core.errors import UserError
 from unmask_core.losses import TrainingLoss
 from unmask_core.models.runtime import compile_in_place
 from unmask_core.training.batches import IMAGE_COLUMNS
-from unmask_core.training.config import ENCODER_OF_STAGE, TrainConfig
+from unmask_core.training.config import TrainConfig
 from unmask_core.training.history import append_metrics, truncate_metrics
 from unmask_core.training.resume import STATE_FILE, ResumePlan, load_resume_state
+from unmask_core.training.stages import STAGES
 
 # Batches Ray Data decodes ahead of the step: one is being copied to the device while the step runs,
 # one more absorbs a slow decode.
@@ -64,7 +65,7 @@ def build_lpips(cfg: TrainConfig, models_uri: str, spatial: bool) -> torch.nn.Mo
 class TrainingModels:
     encoder: torch.nn.Module  # the one being trained (f0 or f)
     generator: torch.nn.Module  # g, frozen
-    teacher: torch.nn.Module | None  # f0, frozen, for L_LR in the unmask stage (unless its codes are cached)
+    teacher: torch.nn.Module | None  # f0, frozen, when L_LR's target is f0(T) and not cached
     criterion: TrainingLoss
 
 
@@ -72,16 +73,18 @@ def build_training_models(cfg: TrainConfig, device: torch.device | str) -> Train
     """The trained encoder, the frozen networks and the loss for a stage; no Ray involved."""
     from unmask_core.models.model_set import ModelSet
 
+    stage = cfg.spec
     models = ModelSet(cfg.models, device=device)
     generator = models.generator().eval().requires_grad_(False)
+    # --init-from continues the encoder a previous stage or corpus trained (the curriculum).
     init = ModelSet(cfg.init_from, device=device) if cfg.init_from else models
-    encoder = init.encoder(ENCODER_OF_STAGE[cfg.stage] if cfg.init_from else _start_encoder(cfg.stage))
+    encoder = init.encoder(stage.trains if cfg.init_from else stage.starts_from)
     encoder.train().requires_grad_(True)
     teacher = None
-    if cfg.stage == "unmask" and cfg.latent_weight and not cfg.cache_targets:
+    if stage.needs_teacher_codes(cfg) and not cfg.cache_targets:
         teacher = init.encoder("baseline").eval().requires_grad_(False)  # f0, frozen (eq. 8)
     arcface = models.arcface().eval() if cfg.id_weight else None
-    lpips_net = build_lpips(cfg, cfg.models, spatial=cfg.stage == "real")
+    lpips_net = build_lpips(cfg, cfg.models, spatial=stage.periorbital)
     criterion = TrainingLoss(cfg.loss_weights(), lpips_net.to(device) if lpips_net else None, arcface)
     return TrainingModels(encoder, generator, teacher, criterion)
 
@@ -294,8 +297,8 @@ def train_loop(config: dict[str, Any]) -> None:
             last = step >= cfg.steps
             checkpoint_now = step % cfg.checkpoint_every == 0 or last
             if checkpoint_now or step % cfg.report_every == 0:
-                # Not every step: Ray Train's report is a barrier across workers (measured on 2 CPU
-                # workers: 2.0 s a step with a report each step, 0.5 s without).
+                # Not every step: Ray Train's report is a barrier across workers, which costs more
+                # than a small step itself.
                 rows = records.flush()
                 # Adam's own step count continues across a resume only if its state was restored.
                 adam_step = float(next(iter(optimizer.state.values()))["step"])
@@ -335,11 +338,6 @@ def _report(rank, metrics, writer, model, optimizer, rows, checkpoint_now: bool,
     ray.train.report(metrics, checkpoint=checkpoint, checkpoint_upload_mode=CheckpointUploadMode.ASYNC)
 
 
-def _start_encoder(stage: str) -> str:
-    # f starts from f0 (METHOD: "initialised from f0"); f0 starts from the model set's baseline encoder.
-    return "baseline" if stage in ("baseline", "unmask") else "unmask"
-
-
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
@@ -364,31 +362,27 @@ def normalise_images(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 def training_step(
     stage, batch, model, generator, teacher, criterion
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One forward pass and the loss for the stage (eq. 4, 9, or the RMFRD phase-2 variant); the terms
-    are detached device tensors."""
+    """One forward pass and the loss of the stage named `stage` (stages.py: eq. 4, eq. 9, or the RMFRD
+    phase-2 variant); the terms are detached device tensors."""
+    spec = STAGES[stage]
     batch = normalise_images(batch)
-    size = batch["M"].shape[-1]
-    cached_embedding = batch.get("target_embedding")  # ArcFace(T), with --cache-targets
-    if stage == "baseline":
-        codes = model(batch["T"])
-        return criterion(batch["T"], decode(generator, codes, size), id_target_features=cached_embedding)
-    codes = model(batch["M"])
-    output = decode(generator, codes, size)
-    if stage == "unmask":
-        target_codes = batch.get("target_codes")  # f0(T), with --cache-targets
-        if target_codes is None and teacher is not None:
-            with torch.no_grad():
-                target_codes = teacher(batch["T"])
-        return criterion(
-            batch["T"], output, codes=codes, target_codes=target_codes, id_target_features=cached_embedding
-        )
-    # real masks: L_R/LPIPS on the periorbital region of M, identity from another unmasked photo,
-    # latent target from T_hat (found by latent optimisation, cached with the pairs).
+    source = batch[spec.source]  # T for f0 (eq. 4), M for f (eq. 9)
+    codes = model(source)
+    output = decode(generator, codes, source.shape[-1])  # U = g(f(source))
+    # L_LR's target (eq. 8): cached f0(T) (--cache-targets) or T-hat (stage real) come with the batch;
+    # otherwise the frozen f0 computes f0(T) here.
+    target_codes = batch.get("target_codes")
+    if target_codes is None and teacher is not None:
+        with torch.no_grad():
+            target_codes = teacher(batch["T"])
+    # L_R and LPIPS against the target (eq. 1/5, 2/6), L_ID against the identity image (eq. 3/7),
+    # L_LR against the target codes (eq. 8).
     return criterion(
-        batch["M"],
+        batch[spec.target],
         output,
         codes=codes,
-        target_codes=batch["target_codes"],
-        region=batch["region"],
-        id_target=batch["T_ref"],
+        target_codes=target_codes,
+        region=batch.get("region"),  # the periorbital weights of a stage that has them
+        id_target=batch[spec.identity],
+        id_target_features=batch.get("target_embedding"),  # ArcFace(T), with --cache-targets
     )

@@ -11,9 +11,8 @@ import torch
 
 from unmask_core import storage
 from unmask_core.config import save_config
-from unmask_core.training.batches import decode_batch
 from unmask_core.training.checks import check_training_inputs
-from unmask_core.training.config import ENCODER_OF_STAGE, TrainConfig
+from unmask_core.training.config import TrainConfig
 from unmask_core.training.history import plot_metrics, read_metrics
 from unmask_core.training.loop import train_loop
 from unmask_core.training.resume import STATE_FILE, plan_resume
@@ -23,24 +22,7 @@ from unmask_core.training.targets import TargetsLookup, ensure_targets
 def training_dataset(cfg: TrainConfig, size: int, targets: TargetsLookup | None = None):
     """The stage's training rows as a Ray Data dataset of decoded batches (with their cached targets
     when `targets` is given)."""
-    import ray
-    from ray.data.expressions import col
-
-    if cfg.stage == "real":
-        from unmask_core.training.t_hat import real_stage_dataset
-
-        return real_stage_dataset(cfg, size)
-    pairs_uri = storage.join(cfg.pairs, "pairs")
-    storage.check_readable(pairs_uri)
-    fs, path = storage.pyarrow_filesystem(pairs_uri)
-    columns = ["T", "M", "status", "split", *(["id", "path"] if targets else [])]
-    ds = ray.data.read_parquet(path, filesystem=fs, include_paths=targets is not None).select_columns(columns)
-    ds = ds.filter(expr=(col("status") == "ok") & (col("split") == "train"))
-    # decode_batch's module imports no torch: each Ray Data worker process starts faster. It emits
-    # uint8 images; the training loop scales them on the device.
-    return ds.map_batches(
-        decode_batch, fn_kwargs={"size": size, "stage": cfg.stage, "targets": targets}, batch_format="numpy"
-    )
+    return cfg.spec.dataset(cfg, size, targets)
 
 
 def run_training(cfg: TrainConfig) -> dict[str, Any]:
@@ -105,9 +87,9 @@ def finish_run(cfg: TrainConfig, result) -> dict[str, Any]:
     plot_metrics(run_uri)
     models_out = storage.join(cfg.output, "models")
     base = ModelSet(cfg.models)
-    encoder = base.encoder(ENCODER_OF_STAGE[cfg.stage])
+    encoder = base.encoder(cfg.spec.trains)
     encoder.load_state_dict(state["encoder"])
-    base.save_encoder(ENCODER_OF_STAGE[cfg.stage], encoder, models_out)
+    base.save_encoder(cfg.spec.trains, encoder, models_out)
     return {
         "step": int(state["step"]),
         "final": history[-1] if history else {},

@@ -271,4 +271,4 @@ def real_stage_dataset(cfg: TrainConfig, size: int):
         }
     )
     ds = ray.data.from_arrow(table)
-    return ds.map_batches(decode_batch, fn_kwargs={"size": size, "stage": "real"}, batch_format="numpy")
+    return ds.map_batches(decode_batch, fn_kwargs={"size": size, "stage": cfg.stage}, batch_format="numpy")

@@ -2,9 +2,9 @@
 every step.
 
 In stage `unmask` the step runs f0(T) (the target of L_LR, eq. 8) and ArcFace(T) (the identity target,
-eq. 7) on every sample of every epoch, though neither changes while f trains: 13% of the step's FLOPs
-at 64 px, and 8-16% of its CPU time (BENCHMARKS.md, training section). Stage `baseline` has
-ArcFace(T). With the flag they are computed in one pass before training and cached next to the pairs:
+eq. 7) on every sample of every epoch, though neither changes while f trains: a share of the step's
+FLOPs and time that BENCHMARKS.md's training section measures. Stage `baseline` has ArcFace(T).
+With the flag they are computed in one pass before training and cached next to the pairs:
 
     PAIRS/targets/<key>/<pairs file>.parquet    columns id, codes, embedding (float32)
 
@@ -55,10 +55,9 @@ def target_settings(cfg) -> TargetSettings:
 
     models = ModelSet(cfg.models)
     encoders = ModelSet(cfg.init_from) if cfg.init_from else models
-    needs_codes = cfg.stage == "unmask" and bool(cfg.latent_weight)
     return TargetSettings(
-        baseline_sha256=encoders.sha256("baseline") if needs_codes else "",
-        arcface_sha256=models.sha256("arcface") if cfg.id_weight else "",
+        baseline_sha256=encoders.sha256("baseline") if cfg.spec.needs_teacher_codes(cfg) else "",
+        arcface_sha256=models.sha256("arcface") if cfg.spec.needs_target_embedding(cfg) else "",
         image_size=models.image_size,
     )
 
