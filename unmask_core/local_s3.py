@@ -103,6 +103,10 @@ def start(data_dir: str | Path, s3_port: int | None = None, timeout_s: float = 6
         f"-master.port={free_port()}",
         f"-volume.port={free_port()}",
         f"-filer.port={free_port()}",
+        # Its Iceberg and Lance catalogs listen on fixed ports, on which a second server beside this
+        # one (a test's own, another checkout's suite) fails to start: we use neither.
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
         "-webdav=false",
         "-admin.ui=false",
         "-master.telemetry=false",
