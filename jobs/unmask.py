@@ -9,11 +9,9 @@ from unmask_core.config import parse_config
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(BulkConfig, argv, "unmask unmask", __doc__.split(":", 1)[1].strip())
-    from unmask_core import ray_session, shards, storage
+    from unmask_core import ray_session, shards
     from unmask_core.bulk.run import format_summary, run_bulk
 
-    for uri in (cfg.input, cfg.models):  # a missing input fails in a second, before Ray starts
-        storage.check_readable(uri)
     summary = run_bulk(cfg)
     print(format_summary(summary))
     print(f"rows: {cfg.output}/rows/  images: {cfg.output}/images/")

@@ -31,6 +31,19 @@ class OwnS3:
     def env(self) -> dict[str, str]:
         return self.server.env()
 
+    def put(self, uri: str, payload: bytes) -> None:
+        import boto3
+
+        bucket, _, key = uri.removeprefix("s3://").partition("/")
+        env = self.env()
+        boto3.client(
+            "s3",
+            endpoint_url=env["AWS_ENDPOINT_URL"],
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+            region_name=env["AWS_REGION"],
+        ).put_object(Bucket=bucket, Key=key, Body=payload)
+
     def stop(self) -> None:
         """Gone at once, as a crashed or unplugged server is (no graceful shutdown)."""
         self.server.process.kill()

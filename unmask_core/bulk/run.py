@@ -8,28 +8,73 @@ objects under the same names (no duplicates).
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from unmask_core import corpora, data, shards, storage
-from unmask_core.bulk.config import BulkConfig, image_pins, micro_batch_size, pool_range
+from unmask_core.bulk.config import BulkConfig, micro_batch_size, pool_range, settings_pins
 from unmask_core.bulk.stages import FaceFindingStage, ImageWriter, ShardCommitter, UnmaskingStage
 from unmask_core.errors import UserError
 
 
-def list_inputs(uri: str) -> list[data.ImageRecord]:
+def is_manifest(uri: str) -> bool:
+    return uri.lower().endswith((".csv", ".parquet"))
+
+
+def list_inputs(uri: str, output: str | None = None) -> list[data.ImageRecord]:
     """Every file under a prefix (whatever its name: a non-image becomes a `decode_error` row), or the
-    rows of a manifest."""
+    rows of a manifest. Files under `output`, when it lies inside the prefix, are not inputs."""
     storage.check_readable(uri)
-    if uri.lower().endswith((".csv", ".parquet")):
+    if is_manifest(uri):
         return sorted(corpora.read_manifest(uri), key=lambda r: r.id)
     records = [
-        data.ImageRecord(uri=u, identity="", id=storage.relative_key(uri, u)) for u in storage.list_files(uri)
+        data.ImageRecord(uri=u, identity="", id=storage.relative_key(uri, u))
+        for u in storage.list_files(uri)
+        if output is None or not storage.is_within(u, output)
     ]
     if not records:
         raise UserError(f"{uri}: no files found")
     return sorted(records, key=lambda r: r.id)
+
+
+def check_before_start(cfg: BulkConfig) -> str:
+    """The checks that need neither Ray nor the model set's weights, before anything is written: the
+    input and the models can be read (every row of a manifest), the output can be written and does not
+    hold the input, the detector loads. Returns the detector as the plan pins it.
+
+    An output inside the input folder is allowed: the listing leaves it out (`list_inputs`)."""
+    storage.check_readable(cfg.input)
+    storage.check_readable(cfg.models)
+    if is_manifest(cfg.input):
+        corpora.check_manifest(cfg.input)
+    elif storage.is_within(cfg.input, cfg.output):
+        raise UserError(f"--input {cfg.input} lies inside --output {cfg.output}: use another output")
+    storage.check_writable(cfg.output)
+    return detector_pin(cfg.detector)
+
+
+def detector_pin(spec: str) -> str:
+    """'mtcnn', or the ONNX file of an insightface detector folder with its hash (another file under
+    the same folder name gives other faces). A folder that holds no readable detector is refused."""
+    if spec.lower() == "mtcnn":
+        return "mtcnn"
+    from unmask_core.faces.detect import find_detector_onnx
+
+    if not Path(spec).is_dir():
+        raise UserError(
+            f"--detector {spec}: no such folder (expected mtcnn, or a folder with a detector ONNX)"
+        )
+    try:
+        onnx_file = find_detector_onnx(spec)
+        digest = hashlib.sha256(onnx_file.read_bytes()).hexdigest()
+    except UserError:
+        raise
+    except Exception as exc:  # protobuf and OS errors of a damaged file
+        raise UserError(f"--detector {spec}: its ONNX cannot be read ({type(exc).__name__})") from exc
+    return f"{onnx_file.name} sha256:{digest[:16]}"
 
 
 def run_bulk(cfg: BulkConfig) -> dict[str, Any]:
@@ -38,25 +83,27 @@ def run_bulk(cfg: BulkConfig) -> dict[str, Any]:
     from unmask_core import ray_session
     from unmask_core.inference import describe_model_set
 
-    storage.check_writable(cfg.output)
+    detector = check_before_start(cfg)
+    if not cfg.overwrite:  # a resume with other settings is refused before Ray starts
+        shards.check_pins(cfg.output, settings_pins(cfg, detector, on_gpu=None))
     # The driver checks the model set (a broken one fails here in one line, not inside an actor) while
     # Ray starts: two waits of about 5 s each on 2 cores, now side by side.
     with ThreadPoolExecutor(1) as pool:
         described = pool.submit(describe_model_set, cfg.models, cfg.matchers)
-        records = list_inputs(cfg.input)
+        records = list_inputs(cfg.input, cfg.output)
         ray_session.connect()
         model_info = described.result()
+    gpus = cfg.gpus_per_actor
+    if gpus < 0:
+        gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     payload = [{"uri": r.uri, "id": r.id} for r in records]
+    pins = {**model_info.provenance, **settings_pins(cfg, detector, on_gpu=gpus > 0)}
+    run = shards.start_job(cfg, "rows", payload, records, pins=pins)
     if cfg.overwrite:
         storage.delete(storage.join(cfg.output, "images"))
-    pins = {**model_info.provenance, **image_pins(cfg)}
-    run = shards.start_job(cfg, "rows", payload, records, pins=pins)
     bar = run.progress_bar("unmask")
     if run.todo:
         todo = run.todo_payloads()
-        gpus = cfg.gpus_per_actor
-        if gpus < 0:
-            gpus = 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
         on_device = not cfg.aligned and (
             cfg.face_finding == "device" or (cfg.face_finding == "auto" and gpus > 0)
         )
@@ -104,12 +151,18 @@ def run_bulk(cfg: BulkConfig) -> dict[str, Any]:
             )
         )
         committer = ShardCommitter(cfg.output, model_info.provenance, model_info.embedding_dims)
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-            committer.add(batch)
-            for inputs in committer.committed():
+        try:
+            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                committer.add(batch)
+                for inputs in committer.committed():
+                    bar.update(inputs)
+            for inputs in committer.finish():
                 bar.update(inputs)
-        for inputs in committer.finish():
-            bar.update(inputs)
+        except Exception as exc:
+            # Every shard that completed is committed before the job stops; the rest wait for a rerun.
+            committer.drain()
+            bar.close()
+            raise shards.job_failure(exc) from exc
     bar.close()
     summary = summarize(cfg.output, records, skipped_shards=len(run.done), processed_shards=len(run.todo))
     storage.write_json(storage.join(cfg.output, "summary.json"), summary)

@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from unmask_core import data, output_schema, shards, storage
 from unmask_core.bulk.config import BulkConfig
-from unmask_core.errors import UserError
+from unmask_core.errors import TransientError, UserError
 
 FACE_SIZE = 256  # aligned faces travel between stages at the reference size
 
@@ -388,7 +388,8 @@ def _or_exception(function, *args):
 class ImageWriter:
     """Encodes (PNG, or JPEG) and uploads a batch's unmasked faces in a thread pool (concurrent PUTs; the
     encoders and the uploads release the GIL), and passes the rows on without pixels, each with its
-    image's URI."""
+    image's URI. A write that fails after storage's retries (a full disk, an unreachable endpoint) is
+    never a row: it raises a TransientError, which stops the job with the shard uncommitted."""
 
     def __init__(
         self, output: str, image_format: str = "png", jpeg_quality: int = 95, threads: int = 16
@@ -414,19 +415,13 @@ class ImageWriter:
             i: self.pool.submit(self.write, ids[i], face_indices[i], p) for i, p in enumerate(pixels) if p
         }
         uris: list[str | None] = [None] * table.num_rows
-        statuses, errors = table.column("status").to_pylist(), table.column("error").to_pylist()
         for i, upload in uploads.items():
             try:
                 uris[i] = upload.result()
-            except UserError as exc:  # this image could not be written (a full disk, a refused PUT)
-                statuses[i], errors[i] = "write_error", str(exc)
+            except UserError as exc:
+                # Not this input's fault: its shard must not commit, and the job stops (a rerun writes it).
+                raise TransientError(str(exc)) from exc
         table = table.drop_columns(["unmasked"])
-        table = table.set_column(
-            table.schema.get_field_index("status"), "status", pa.array(statuses, pa.string())
-        )
-        table = table.set_column(
-            table.schema.get_field_index("error"), "error", pa.array(errors, pa.string())
-        )
         return table.append_column("unmasked_uri", pa.array(uris, pa.string()))
 
 
@@ -499,6 +494,11 @@ class ShardCommitter:
         done = [future for future in self.commits if future.done()]
         self.commits = [future for future in self.commits if future not in done]
         return [future.result() for future in done]
+
+    def drain(self) -> None:
+        """Wait for the commits already submitted, when the job stops early: every shard that completed
+        is kept; one whose commit failed is left to the rerun."""
+        self.pool.shutdown(wait=True)
 
     def finish(self) -> list[int]:
         """Wait for every commit; a shard with missing rows is a bug (every input yields a row)."""
