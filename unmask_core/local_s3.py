@@ -1,4 +1,5 @@
-"""A real S3-compatible server on 127.0.0.1 (SeaweedFS `weed mini`), for tests and local experiments.
+"""A real S3-compatible server on 127.0.0.1 (SeaweedFS `weed mini`), for tests and local experiments,
+and `CountingProxy`, which counts the requests that clients send it.
 
 `python -m unmask_core.local_s3` starts one in the foreground and prints the environment to export.
 """
@@ -6,16 +7,21 @@
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 DEFAULT_ACCESS_KEY = "unmask-local"
@@ -130,6 +136,197 @@ def create_bucket(server: S3Server, name: str) -> None:
         region_name="us-east-1",
     )
     s3.create_bucket(Bucket=name)
+
+
+# Query parameters of a GET on a bucket that ask for something other than a listing of its keys.
+BUCKET_SUBRESOURCES = {
+    "acl", "cors", "encryption", "lifecycle", "location", "logging", "notification", "object-lock",
+    "policy", "replication", "tagging", "uploads", "versioning", "website",
+}  # fmt: skip
+# Query parameters of a GET on an object that ask for something other than its bytes.
+OBJECT_SUBRESOURCES = {"acl", "tagging", "attributes", "legal-hold", "retention", "torrent", "uploadId"}
+COPY_BLOCK = 1 << 16
+
+
+def request_kind(method: str, path: str) -> tuple[str, str]:
+    """(kind, 'bucket/key') of a path-style S3 request. Kinds: LIST (a GET on a bucket for its keys:
+    ListObjects v1, v2, versions), GET (an object's bytes, whole or a range), HEAD, PUT, DELETE, and
+    OTHER (multipart POSTs, bucket or object subresources, ListBuckets)."""
+    split = urllib.parse.urlsplit(path)
+    bucket, _, key = urllib.parse.unquote(split.path).lstrip("/").partition("/")
+    query = set(urllib.parse.parse_qs(split.query, keep_blank_values=True))
+    target = f"{bucket}/{key}" if key else bucket
+    if method == "GET" and bucket and not key:
+        return ("OTHER" if query & BUCKET_SUBRESOURCES else "LIST"), target
+    if method == "GET" and key:
+        return ("OTHER" if query & OBJECT_SUBRESOURCES else "GET"), target
+    if method in ("HEAD", "PUT", "DELETE") and bucket:
+        return method, target
+    return "OTHER", target
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    """Forwards one client connection's requests, unchanged, over one upstream connection."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, as S3 clients expect
+    server: _ProxyServer
+
+    def setup(self) -> None:
+        super().setup()
+        self.upstream = http.client.HTTPConnection(self.server.upstream_host, self.server.upstream_port)
+
+    def finish(self) -> None:
+        self.upstream.close()
+        super().finish()
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+        pass
+
+    def do_request(self) -> None:
+        kind, target = request_kind(self.command, self.path)
+        self.server.record(kind, target)
+        try:
+            self.upstream.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+            # Every header as the client sent it, Host included: SigV4 signs Host, and the server checks
+            # it. Expect (never signed) is dropped: the handler has already answered 100 Continue.
+            for name, value in self.headers.items():
+                if name.lower() != "expect":
+                    self.upstream.putheader(name, value)
+            self.upstream.endheaders()
+            self._send_request_body()
+            response = self.upstream.getresponse()
+        except OSError as exc:
+            self.upstream.close()
+            self.send_error(502, f"upstream {self.server.upstream_host}:{self.server.upstream_port}: {exc}")
+            return
+        self._relay_response(response, kind, target)
+
+    def _send_request_body(self) -> None:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            while True:  # relay the chunked framing as it comes (aws-chunked bodies sign their chunks)
+                size_line = self.rfile.readline()
+                self.upstream.send(size_line)
+                size = int(size_line.split(b";")[0].strip(), 16)
+                if size == 0:
+                    while True:  # trailers, up to the empty line
+                        line = self.rfile.readline()
+                        self.upstream.send(line)
+                        if line in (b"\r\n", b"\n", b""):
+                            return
+                self.upstream.send(self.rfile.read(size + 2))  # the chunk and its CRLF
+        remaining = int(self.headers.get("Content-Length") or 0)
+        while remaining > 0:
+            block = self.rfile.read(min(COPY_BLOCK, remaining))
+            if not block:
+                raise ConnectionError("client closed the connection mid-body")
+            self.upstream.send(block)
+            remaining -= len(block)
+
+    def _relay_response(self, response: http.client.HTTPResponse, kind: str, target: str) -> None:
+        self.send_response_only(response.status, response.reason)
+        chunked = response.chunked
+        for name, value in response.getheaders():
+            self.send_header(name, value)
+        delimited = chunked or response.length is not None or self.command == "HEAD"
+        if not delimited:  # the body ends when upstream closes: so must ours
+            self.close_connection = True
+        self.end_headers()
+        sent = 0
+        while block := response.read(COPY_BLOCK):
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(block), block) if chunked else block)
+            sent += len(block)
+        if chunked:
+            self.wfile.write(b"0\r\n\r\n")
+        if response.will_close:
+            self.upstream.close()
+            self.close_connection = True
+        if kind == "GET":
+            self.server.record_bytes(target, sent)
+
+    do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = do_request
+
+
+class _ProxyServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        split = urllib.parse.urlsplit(upstream)
+        if split.scheme != "http" or not split.hostname:
+            raise ValueError(f"CountingProxy forwards to an http:// endpoint, got {upstream!r}")
+        self.upstream_host, self.upstream_port = split.hostname, split.port or 80
+        self.lock = threading.Lock()
+        self.kinds: Counter[str] = Counter()
+        self.gets: Counter[str] = Counter()
+        self.get_bytes: Counter[str] = Counter()
+
+    def record(self, kind: str, target: str) -> None:
+        with self.lock:
+            self.kinds[kind] += 1
+            if kind == "GET":
+                self.gets[target] += 1
+
+    def record_bytes(self, target: str, n: int) -> None:
+        with self.lock:
+            self.get_bytes[target] += n
+
+
+class CountingProxy:
+    """A reverse proxy on 127.0.0.1 in front of an S3 endpoint that forwards every request unchanged
+    (headers and signatures included, bodies streamed) and counts them by kind (see `request_kind`).
+
+    Point clients at `endpoint` (e.g. AWS_ENDPOINT_URL, set before Ray starts its workers, or in an
+    actor's runtime_env). Path-style addressing only, which is what clients use with an IP endpoint:
+
+        with CountingProxy(server.endpoint) as proxy:
+            ...  # clients with AWS_ENDPOINT_URL=proxy.endpoint
+            assert proxy.counts()["LIST"] == 1
+            assert set(proxy.gets_by_key().values()) == {1}
+    """
+
+    def __init__(self, upstream: str) -> None:
+        self._server = _ProxyServer(upstream)
+        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="s3-counting-proxy", daemon=True
+        )
+
+    def __enter__(self) -> CountingProxy:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+
+    def counts(self) -> Counter[str]:
+        """Requests so far by kind: LIST, GET, HEAD, PUT, DELETE, OTHER."""
+        with self._server.lock:
+            return Counter(self._server.kinds)
+
+    def gets_by_key(self) -> Counter[str]:
+        """Object GETs so far per 'bucket/key' (ranged GETs count one each)."""
+        with self._server.lock:
+            return Counter(self._server.gets)
+
+    def get_bytes_by_key(self) -> Counter[str]:
+        """Body bytes that object GETs returned so far, per 'bucket/key'."""
+        with self._server.lock:
+            return Counter(self._server.get_bytes)
+
+    def reset(self) -> None:
+        """Forget every count so far."""
+        with self._server.lock:
+            self._server.kinds.clear()
+            self._server.gets.clear()
+            self._server.get_bytes.clear()
 
 
 def main() -> None:
