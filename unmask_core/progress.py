@@ -8,7 +8,7 @@ import sys
 from tqdm import tqdm
 
 
-def progress_bar(total: int, desc: str, unit: str = "img") -> tqdm:
+def progress_bar(total: int | None, desc: str, unit: str = "img") -> tqdm:
     quiet = os.environ.get("CI", "").lower() in ("1", "true", "yes") or not sys.stderr.isatty()
     # Without a terminal a bar would print one line per update; print a line every 30 s instead.
     return tqdm(

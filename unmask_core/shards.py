@@ -22,7 +22,7 @@ from unmask_core import storage
 from unmask_core.config import save_config
 from unmask_core.errors import TransientError, UserError
 
-_SHARD_FILE = re.compile(r"shard-(\d{6})\.parquet$")
+SHARD_FILE = re.compile(r"shard-(\d{6})\.parquet$")
 PLAN_FILE = "_plan.json"
 
 
@@ -32,10 +32,10 @@ class ShardPlan:
     inputs (their ids, and `pins["inputs"]`, a fingerprint of their content) cut into the same shards,
     and the same models (`pins`: their sha256)."""
 
-    n_inputs: int
-    shard_size: int
-    first_id: str
-    last_id: str
+    n_inputs: int = 0  # 0, "" and "" in a streamed plan: its inputs are in OUTPUT/_inputs/
+    shard_size: int = 0
+    first_id: str = ""
+    last_id: str = ""
     pins: dict[str, str] = field(default_factory=dict)
 
     def differences(self, other: ShardPlan) -> list[str]:
@@ -97,7 +97,7 @@ def finished_shards(rows_uri: str) -> set[int]:
         return set()
     done = set()
     for uri in storage.list_files(rows_uri, (".parquet",)):
-        match = _SHARD_FILE.search(uri)
+        match = SHARD_FILE.search(uri)
         if match:
             done.add(int(match.group(1)))
     return done

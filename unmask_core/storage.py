@@ -288,7 +288,7 @@ def retrying(uri: str, action: Callable[[], T]) -> T:
         delay = min(2 * delay, _MAX_DELAY_S)
 
 
-def _check_bucket(uri: str) -> None:
+def check_bucket(uri: str) -> None:
     """One HEAD on the bucket of an s3:// URI: it exists, we may use it, and the endpoint answers.
     (s3fs's `exists` says False for a bucket when the endpoint is down.)"""
     client, bucket, _ = s3_client(uri)
@@ -305,7 +305,7 @@ def exists(uri: str) -> bool:
     fs, path = fsspec_filesystem(uri)
     try:
         if is_s3(uri) and "/" not in path:
-            _check_bucket(uri)
+            check_bucket(uri)
             return True
         return fs.exists(path)
     except UserError as exc:
@@ -321,7 +321,7 @@ def check_readable(uri: str) -> None:
     reached. Checks are not retried: a job should refuse to start in seconds."""
     fs, path = fsspec_filesystem(uri)
     if is_s3(uri):
-        _check_bucket(uri)
+        check_bucket(uri)
     try:
         found = fs.exists(path)
     except Exception as exc:
@@ -335,7 +335,7 @@ def check_writable(uri: str) -> None:
     local path whose nearest existing folder is a file or not writable. Nothing is created: a job
     that is refused later leaves no empty folder behind (the first write creates it)."""
     if is_s3(uri):
-        _check_bucket(uri)
+        check_bucket(uri)
         return
     path = Path(uri).expanduser().absolute()
     existing = next(p for p in (path, *path.parents) if p.exists())
@@ -509,7 +509,7 @@ def versions(uri: str) -> dict[str, str]:
     return out
 
 
-def _path_of(uri: str) -> str:
+def path_of(uri: str) -> str:
     """`uri` as a path for comparisons: `bucket/key` on S3, an absolute path on disk (no I/O, unlike
     building its filesystem: listings call this once per file)."""
     if is_s3(uri):
@@ -519,7 +519,7 @@ def _path_of(uri: str) -> str:
 
 def relative_key(base: str, uri: str) -> str:
     """The part of `uri` below the prefix `base`, with '/' separators."""
-    base_path, path = _path_of(base), _path_of(uri)
+    base_path, path = path_of(base), path_of(uri)
     if path.startswith(base_path + "/"):
         return path[len(base_path) + 1 :]
     return posixpath.basename(path)
@@ -529,7 +529,7 @@ def is_within(uri: str, prefix: str) -> bool:
     """Whether `uri` is `prefix` or lies below it (both local, or both on S3)."""
     if is_s3(uri) != is_s3(prefix):
         return False
-    path, prefix_path = _path_of(uri), _path_of(prefix)
+    path, prefix_path = path_of(uri), path_of(prefix)
     return path == prefix_path or path.startswith(prefix_path + "/")
 
 

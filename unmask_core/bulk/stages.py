@@ -28,6 +28,7 @@ import pyarrow as pa
 from unmask_core import data, output_schema, shards, storage
 from unmask_core.bulk.config import BulkConfig
 from unmask_core.errors import TransientError, UserError
+from unmask_core.shard_counts import ShardRanges, shard_summary, with_summary
 
 FACE_SIZE = 256  # aligned faces travel between stages at the reference size
 
@@ -61,11 +62,14 @@ class FaceFindingStage:
     def faces_of(self, record: dict) -> list[dict]:
         base = {"id": record["id"], "source_uri": record["uri"]}
         try:
-            raw = storage.read_bytes(record["uri"], self.cfg.max_bytes)
+            # One GET: the size and version come from the listing (a manifest's rows have neither).
+            raw = storage.read_bytes(
+                record["uri"], self.cfg.max_bytes, record.get("size"), record.get("version")
+            )
             if not self.detect and not self.cfg.aligned:
                 return [dict(base, status="ok", error="", **photo_for_device(raw, self.cfg.max_pixels))]
             image = data.decode_image(raw, self.cfg.max_pixels)
-        except UserError as exc:
+        except UserError as exc:  # the input's own fault; a TransientError stops the job instead
             return [dict(base, status="read_error", error=str(exc))]
         except data.ImageDecodeError as exc:
             return [dict(base, status=exc.status, error=exc.reason)]
@@ -453,7 +457,7 @@ class ShardCommitter:
         self.pending: dict[int, dict[tuple[str, int], dict]] = defaultdict(dict)
         self.expected: dict[int, int] = {}
         self.pool = ThreadPoolExecutor(max_workers=threads)
-        self.submitted: set[int] = set()
+        self.submitted = ShardRanges()  # a few ranges, however many shards
         self.commits: list[Future] = []
 
     def add(self, table: pa.Table) -> None:
@@ -468,9 +472,8 @@ class ShardCommitter:
         for shard in touched:
             if self._complete(shard):
                 self.submitted.add(shard)
-                self.commits.append(
-                    self.pool.submit(self._commit, shard, list(self.pending.pop(shard).values()))
-                )
+                rows, inputs = list(self.pending.pop(shard).values()), self.expected.pop(shard)
+                self.commits.append(self.pool.submit(self._commit, shard, rows, inputs))
 
     def _complete(self, shard: int) -> bool:
         rows_of: dict[str, list[dict]] = defaultdict(list)
@@ -480,19 +483,23 @@ class ShardCommitter:
             len(rows) == rows[0]["input_rows"] for rows in rows_of.values()
         )
 
-    def _commit(self, shard: int, rows: list[dict]) -> int:
+    def _commit(self, shard: int, rows: list[dict], inputs: int) -> tuple[int, dict]:
         rows.sort(key=lambda r: (r["id"], r["face_index"] or 0))
         out = pa.Table.from_pylist(
             [{**{n: r.get(n) for n in self.schema.names}, **self.provenance} for r in rows],
             schema=self.schema,
         )
-        shards.write_table_atomic(shards.shard_file(self.rows_uri, shard), out)
-        return self.expected[shard]
+        summary = shard_summary(rows, inputs)
+        shards.write_table_atomic(shards.shard_file(self.rows_uri, shard), with_summary(out, summary))
+        return shard, summary
 
-    def committed(self) -> list[int]:
-        """Input counts of the shards committed since the last call (for a progress bar)."""
+    def committed(self, ignore_failures: bool = False) -> list[tuple[int, dict]]:
+        """(shard, its summary) of the shards committed since the last call; a commit that failed
+        raises (or, with `ignore_failures`, is left to the rerun)."""
         done = [future for future in self.commits if future.done()]
         self.commits = [future for future in self.commits if future not in done]
+        if ignore_failures:
+            done = [future for future in done if future.exception() is None]
         return [future.result() for future in done]
 
     def drain(self) -> None:
@@ -500,7 +507,7 @@ class ShardCommitter:
         is kept; one whose commit failed is left to the rerun."""
         self.pool.shutdown(wait=True)
 
-    def finish(self) -> list[int]:
+    def finish(self) -> list[tuple[int, dict]]:
         """Wait for every commit; a shard with missing rows is a bug (every input yields a row)."""
         self.pool.shutdown(wait=True)
         counts = self.committed()
