@@ -15,7 +15,7 @@ import pytest
 
 from tests.images import gallery_photos
 from tests.support.faults import full_disk, own_s3
-from unmask_core import cli, local_s3, shards, storage
+from unmask_core import cli, faults, local_s3, shards, storage
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,7 +33,7 @@ def test_a_storage_outage_and_a_full_disk_lose_nothing(tmp_path, tiny_model_set:
     out = tmp_path / "out"
     with own_s3(tmp_path / "s3") as s3, full_disk(out / "images", size="64m") as disk:
         local_s3.create_bucket(s3.server, "gallery")
-        env = {**os.environ, **s3.env(), storage.PATIENCE_ENV: "3"}
+        env = {**os.environ, **s3.env(), faults.PATIENCE_ENV: "3"}
         env.pop("RAY_ADDRESS", None)
         for name, payload in photos.items():
             s3.put(f"s3://gallery/g/{name}", payload)

@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from unmask_core import storage
+from unmask_core import faults, storage
 from unmask_core.errors import TransientError, UserError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -174,7 +174,7 @@ def test_an_unreachable_endpoint_is_transient_and_named(monkeypatch) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "someone")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
-    monkeypatch.setenv(storage.PATIENCE_ENV, "0")
+    monkeypatch.setenv(faults.PATIENCE_ENV, "0")
     for call in (
         lambda: storage.read_bytes("s3://gallery/a.jpg"),
         lambda: storage.check_readable("s3://gallery/photos"),  # not "bucket does not exist"
@@ -229,7 +229,7 @@ def test_a_full_disk_is_transient_and_leaves_no_temporary_file(tmp_path) -> None
             "except TransientError as exc:\n"
             "    print(exc)\n"
         )
-        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), **{storage.PATIENCE_ENV: "1"})
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), **{faults.PATIENCE_ENV: "1"})
         proc = subprocess.run(
             disk.command(sys.executable, "-c", code), capture_output=True, text=True, env=env, timeout=120
         )
