@@ -100,13 +100,25 @@ def run_job(argv: list[str], result_file: str) -> None:
     from unmask_core.config import build_config
 
     run.FaceFindingStage, run.UnmaskingStage = ProbeFaceFinding, ProbeUnmasking
+    # When the driver got to its plan (checks, Ray and the model set done) and had it (first page).
+    times = {"job_began": time.time()}
+    plan = run.start
+
+    def timed_start(*args, **kwargs):
+        times["plan_began"] = time.time()
+        began = plan(*args, **kwargs)
+        times["plan_ready"] = time.time()
+        return began
+
+    run.start = timed_start
     parser = argparse.ArgumentParser()
     from unmask_core.config import add_config_arguments
 
     add_config_arguments(parser, BulkConfig)
     summary = run.run_bulk(build_config(BulkConfig, parser.parse_args(argv)))
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    Path(result_file).write_text(json.dumps({"summary": summary, "driver_peak_rss_mb": rss_mb}))
+    report = {"summary": summary, "driver_peak_rss_mb": rss_mb, "times": times}
+    Path(result_file).write_text(json.dumps(report))
 
 
 # ---------------------------------------------------------------- inputs
@@ -177,17 +189,26 @@ def measure(
             first_call.unlink(missing_ok=True)
             proxy.reset()
             began = time.time()
-            done = subprocess.run(command, env=job_env, cwd=REPO, capture_output=True, text=True)
-            if done.returncode != 0:
-                raise RuntimeError(f"{attempt} run failed:\n{done.stderr[-3000:]}")
+            with open(workdir / "job.log", "w") as log:
+                job = subprocess.Popen(command, env=job_env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+                samples = _rss_samples(job)
+            if job.wait() != 0:
+                raise RuntimeError(f"{attempt} run failed:\n{(workdir / 'job.log').read_text()[-3000:]}")
             finished = time.time()
             report = json.loads(result.read_text())
+            called = float(first_call.read_text()) if first_call.exists() else None
             counts, gets = proxy.counts(), proxy.gets_by_key()
             output_key = output.split("://", 1)[-1] + "/"
             out[attempt] = {
-                "first_model_call_s": float(first_call.read_text()) - began if first_call.exists() else None,
+                "first_model_call_s": called - began if called else None,
+                "driver_phases_s": {k: round(t - began, 2) for k, t in report["times"].items()},
                 "total_s": finished - began,
                 "driver_peak_rss_mb": report["driver_peak_rss_mb"],
+                # The driver's RSS, sampled: when the first model call came, and every ~10% of the run.
+                "driver_rss_at_first_call_mb": next((mb for t, mb in samples if t >= called), None)
+                if called
+                else None,
+                "driver_rss_mb_over_the_run": [mb for _, mb in samples[:: max(1, len(samples) // 10)]],
                 "requests": dict(counts),
                 "most_gets_of_an_input": max(
                     (v for k, v in gets.items() if not k.startswith(output_key)), default=0
@@ -196,6 +217,20 @@ def measure(
                 "summary": report["summary"],
             }
     return out
+
+
+def _rss_samples(job: subprocess.Popen, every_s: float = 0.5) -> list[tuple[float, float]]:
+    """(time, MB) of the job's driver process's resident memory, every `every_s`, until it ends."""
+    samples: list[tuple[float, float]] = []
+    while job.poll() is None:
+        try:
+            status = Path(f"/proc/{job.pid}/status").read_text()
+        except OSError:
+            break
+        kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+        samples.append((time.time(), kb / 1024))
+        time.sleep(every_s)
+    return samples
 
 
 def measure_kind(kind: str, n: int, root: Path, models: str, read: bool, env: dict[str, str]) -> dict:

@@ -96,7 +96,9 @@ def test_the_layout_is_as_documented(output: Path) -> None:
     assert {p.name for p in output.iterdir()} == {
         "rows",
         "images",
+        "_inputs",
         "_plan.json",
+        "_counts.json",
         "summary.json",
         "config.yaml",
     }

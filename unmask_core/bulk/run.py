@@ -17,6 +17,7 @@ objects under the same names (no duplicates).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from concurrent.futures import ThreadPoolExecutor
@@ -32,7 +33,8 @@ from ray.data.datasource import Datasource, ReadTask
 from unmask_core import corpora, input_plan, listing, shards, storage
 from unmask_core.bulk.config import BulkConfig, micro_batch_size, pool_range, settings_pins
 from unmask_core.bulk.stages import FaceFindingStage, ImageWriter, ShardCommitter, UnmaskingStage
-from unmask_core.errors import UserError
+from unmask_core.config import save_config
+from unmask_core.errors import TransientError, UserError
 from unmask_core.shard_counts import COUNTS_FILE, CountsKeeper, ShardRanges, committed_shards
 
 ROWS_FOLDER = "rows"
@@ -128,8 +130,6 @@ def start(cfg: BulkConfig, plan: shards.ShardPlan) -> Start:
         for part in OUTPUT_PARTS if cfg.overwrite else (input_plan.INPUTS_FOLDER, COUNTS_FILE):
             storage.delete(storage.join(cfg.output, part))
         shards.record_plan(cfg.output, plan)
-    from unmask_core.config import save_config
-
     save_config(cfg, cfg.output)
     if first is not None:
         part = store.write_part(0, first.table)
@@ -180,7 +180,8 @@ def run_bulk(cfg: BulkConfig) -> dict[str, Any]:
             # Every shard that completed is committed before the job stops; the rest wait for a rerun.
             committer.drain()
             _count(committer.committed(ignore_failures=True), counts, bar)
-            counts.save()
+            with contextlib.suppress(UserError, TransientError):  # else the rerun reads their footers
+                counts.save()
             bar.close()
             raise shards.job_failure(exc) from exc
     bar.close()
