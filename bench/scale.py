@@ -205,10 +205,12 @@ def measure(
                 "total_s": finished - began,
                 "driver_peak_rss_mb": report["driver_peak_rss_mb"],
                 # The driver's RSS, sampled: when the first model call came, and every ~10% of the run.
-                "driver_rss_at_first_call_mb": next((mb for t, mb in samples if t >= called), None)
+                "driver_rss_at_first_call_mb": next((mb for t, mb, _ in samples if t >= called), None)
                 if called
                 else None,
-                "driver_rss_mb_over_the_run": [mb for _, mb in samples[:: max(1, len(samples) // 10)]],
+                "driver_rss_mb_over_the_run": [mb for _, mb, _ in samples[:: max(1, len(samples) // 10)]],
+                "driver_anon_peak_mb": max((anon for _, _, anon in samples), default=None),
+                "driver_anon_mb_over_the_run": [a for _, _, a in samples[:: max(1, len(samples) // 10)]],
                 "requests": dict(counts),
                 "most_gets_of_an_input": max(
                     (v for k, v in gets.items() if not k.startswith(output_key)), default=0
@@ -219,16 +221,22 @@ def measure(
     return out
 
 
-def _rss_samples(job: subprocess.Popen, every_s: float = 0.5) -> list[tuple[float, float]]:
-    """(time, MB) of the job's driver process's resident memory, every `every_s`, until it ends."""
-    samples: list[tuple[float, float]] = []
+def _rss_samples(job: subprocess.Popen, every_s: float = 0.5) -> list[tuple[float, float, float]]:
+    """(time, resident MB, of which the process's own (anonymous) MB) of the job's driver, every
+    `every_s`, until it ends. The rest is mostly pages of Ray's object store that the driver read."""
+    samples: list[tuple[float, float, float]] = []
     while job.poll() is None:
         try:
             status = Path(f"/proc/{job.pid}/status").read_text()
         except OSError:
             break
-        kb = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
-        samples.append((time.time(), kb / 1024))
+        kb = {
+            line.split(":")[0]: int(line.split()[1]) for line in status.splitlines() if line.startswith("Rss")
+        }
+        kb["VmRSS"] = next(
+            (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0
+        )
+        samples.append((time.time(), kb["VmRSS"] / 1024, kb.get("RssAnon", 0) / 1024))
         time.sleep(every_s)
     return samples
 
@@ -323,6 +331,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000,1000000", help="N, comma-separated")
     parser.add_argument("--kinds", default="s3,folder,manifest", help="input kinds: s3, folder, manifest")
     parser.add_argument("--read", action="store_true", help="read every input once (counts GETs per input)")
+    parser.add_argument("--shard-size", type=int, default=64, help="the job's --shard-size (default 64)")
     parser.add_argument("--check", type=int, metavar="N", help="the virtual endpoint against SeaweedFS at N")
     parser.add_argument("--workdir", help="where inputs are made and kept (default: a temporary folder)")
     parser.add_argument("--json", help="also write every figure to this file")
@@ -340,6 +349,7 @@ def main() -> None:
         "AWS_REGION": "us-east-1",
     }
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    JOB_FLAGS.extend(["--shard-size", str(args.shard_size)])
     models = str(root / "models")
     if not Path(models).exists():
         from unmask_core.models.model_set import init_model_set
