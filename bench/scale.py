@@ -126,14 +126,14 @@ def run_job(argv: list[str], result_file: str) -> None:
 
 def folder_input(root: Path, n: int) -> str:
     """n small files in folders of 1,000 (made once, kept between runs)."""
-    folder = root / f"folder_{n}"
-    if not (folder / ".complete").exists():
+    folder, made = root / f"folder_{n}", root / f"folder_{n}.complete"  # the mark is no input
+    if not made.exists():
         shutil.rmtree(folder, ignore_errors=True)
         for k in range(n):
             if k % 1000 == 0:
                 (folder / f"{k // 1000:05d}").mkdir(parents=True)
             (folder / f"{k // 1000:05d}" / f"{k:08d}.jpg").write_bytes(PAYLOAD)
-        (folder / ".complete").write_text("")
+        made.write_text("")
     return str(folder)
 
 
