@@ -8,8 +8,8 @@ the number of inputs and the listing's fingerprint. A run that stops while listi
 after the last planned row; the rows planned before are never listed again, even if the input changed.
 
 Shard i is rows [i * shard_size, (i + 1) * shard_size). The shards are grouped in segments that grow
-fourfold (`segment_rows`): segment 0 is about one listing page, so that a job starts work after one
-list request, and 16 segments cover any gallery (over 10^12 inputs). `segment_shards` gives one
+fourfold (`segment_rows`): segment 0 is about one listing page, so that a job starts work after a
+list request or two, and 16 segments cover any gallery (over 10^12 inputs). `segment_shards` gives one
 segment's shards, listing what it needs first; each shard is given only once its rows are written
 here, so that a committed shard always means the same inputs.
 """

@@ -5,7 +5,7 @@ plan instead. `PlannedShards` feeds Ray Data: one read task per segment of the p
 each listing as far as its segment needs and giving its shards. This pattern keeps the driver flat and
 the start quick: Ray Data fixes its read tasks when it plans, and holds a task's output until the task
 ends, so one generator over the whole listing would give no shard before the listing ended; segments
-that grow fourfold give the first shards after one list request, and 16 tasks cover any gallery. The
+that grow fourfold give the first shards after a list request or two, and 16 tasks cover any gallery. The
 driver holds no input: it lists only the first page (before it writes anything, so that an empty input
 is refused) and counts what the shards' commits report (shard_counts.py).
 
