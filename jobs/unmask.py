@@ -5,17 +5,13 @@ from __future__ import annotations
 from unmask_core.bulk.config import BulkConfig
 from unmask_core.cli import job_process, print_log_line
 from unmask_core.config import parse_config
-from unmask_core.matchers.registry import require_installed
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(BulkConfig, argv, "unmask unmask", __doc__.split(":", 1)[1].strip())
-    require_installed(cfg.matchers)  # a missing extra: one line naming its install command
-    from unmask_core import shards, storage
+    from unmask_core import shards
     from unmask_core.bulk.run import format_summary, run_bulk
 
-    for uri in (cfg.input, cfg.models):  # a missing input fails in a second, before Ray starts
-        storage.check_readable(uri)
     summary = run_bulk(cfg)
     print(format_summary(summary))
     print(f"rows: {cfg.output}/rows/  images: {cfg.output}/images/")

@@ -63,3 +63,19 @@ def bogus_sampling_jpeg(jpeg: bytes) -> bytes:
     # SOF0: marker(2) length(2) precision(1) height(2) width(2) components(1), then id, HV, table each
     out[sof + 11] = 0x00
     return bytes(out)
+
+
+def gallery_photos(count: int) -> dict[str, bytes]:
+    """`count` gallery photos with faces, as JPEG files by name: crops of a real group photo around
+    different people, every other one flipped."""
+    from unmask_core.faces.samples import load_rgb, sample_photo
+
+    group = load_rgb(sample_photo("t1.jpg"))
+    photos = {}
+    for k in range(count):
+        left = (k * 180) % max(1, group.shape[1] - 400)
+        crop = group[:, left : left + 400]
+        if k % 2:
+            crop = crop[:, ::-1]
+        photos[f"{k:03d}.jpg"] = encode(Image.fromarray(np.ascontiguousarray(crop)), "JPEG", quality=90)
+    return photos

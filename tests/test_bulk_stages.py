@@ -14,6 +14,7 @@ import torch
 from unmask_core import data, shards
 from unmask_core.bulk.config import BulkConfig, micro_batch_size
 from unmask_core.bulk.stages import STAGE_SCHEMA, FaceFindingStage, ShardCommitter, row_schema
+from unmask_core.shard_counts import read_summary
 
 
 @pytest.fixture(scope="module")
@@ -84,13 +85,15 @@ def test_a_shard_is_committed_once_all_rows_of_all_its_inputs_arrived(tmp_path: 
     # Shard 0: input a (two faces) and b; shard 1: input c. Batches interleave shards, as the stream does.
     committer.add(pa.Table.from_pylist([_stage_row(0, 2, "a", 0, 2), _stage_row(1, 1, "c", 0, 1)], schema))
     futures.wait(committer.commits)
-    assert committer.committed() == [1]  # shard 1's input count
+    assert [(shard, summary["inputs"]) for shard, summary in committer.committed()] == [(1, 1)]
     assert shards.finished_shards(rows_uri) == {1}
     committer.add(pa.Table.from_pylist([_stage_row(0, 2, "b", 0, 1), _stage_row(0, 2, "a", 0, 2)], schema))
     assert shards.finished_shards(rows_uri) == {1}  # a's second face has not come yet
     # A retried task sends a row twice: it counts once.
     committer.add(pa.Table.from_pylist([_stage_row(0, 2, "a", 1, 2), _stage_row(0, 2, "a", 1, 2)], schema))
-    assert committer.finish() == [2]
+    ((shard, summary),) = committer.finish()
+    assert shard == 0 and summary == read_summary(shards.shard_file(rows_uri, 0))
+    assert (summary["inputs"], summary["rows"], summary["status_counts"]) == (2, 3, {"ok": 3})
     table = shards.read_rows(rows_uri)
     assert table.schema.equals(row_schema({}))
     assert sorted(zip(table.column("id").to_pylist(), table.column("face_index").to_pylist())) == [

@@ -1,11 +1,14 @@
-"""The bulk image writer: an image that cannot be written becomes an error row, and nothing is lost."""
+"""The bulk image writer: an image that cannot be written stops the job (its shard stays uncommitted
+for the rerun); it never becomes a row."""
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from unmask_core.bulk.stages import FACE_SIZE, ImageWriter
+from unmask_core.errors import TransientError
 
 
 def _batch(n: int) -> pa.Table:
@@ -30,13 +33,10 @@ def test_images_are_written_and_rows_name_them(tmp_path) -> None:
     )
 
 
-def test_a_failed_image_write_becomes_a_write_error_row(tmp_path) -> None:
+def test_a_failed_image_write_is_never_a_row(tmp_path) -> None:
     (tmp_path / "images").write_text("a file where the images folder should be")
-    out = ImageWriter(str(tmp_path))(_batch(2))
-    assert out.num_rows == 2
-    assert out.column("status").to_pylist() == ["write_error"] * 2
-    assert all(str(tmp_path / "images") in error for error in out.column("error").to_pylist())
-    assert out.column("unmasked_uri").to_pylist() == [None, None]
+    with pytest.raises(TransientError, match=str(tmp_path / "images")):
+        ImageWriter(str(tmp_path))(_batch(2))
 
 
 def test_jpeg_output_is_a_full_colour_jpeg_close_to_the_face(tmp_path) -> None:

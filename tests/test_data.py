@@ -6,6 +6,8 @@ import io
 import time
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
@@ -216,3 +218,49 @@ def test_a_decode_over_its_time_limit_is_a_timeout(monkeypatch: pytest.MonkeyPat
         data.decode_image(_progressive_jpeg_with_repeated_scans(1000, size=512), seconds=0.2)
     assert error.value.status == "timeout"
     assert time.perf_counter() - started < 5
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("latin1.csv", b"uri,id\na.jpg,1\nb\xe9.jpg,2\n", r"latin1.csv: line 3: not UTF-8 text"),
+        ("ragged.csv", b"uri,id\na.jpg,1\nb.jpg,2,3\n", r"ragged.csv: line 3: 3 values, the header names 2"),
+        ("blank.csv", b"uri,id\na.jpg,1\n ,2\n", r"blank.csv: line 3 has no uri"),
+        ("twice.csv", b"uri,id\na.jpg,1\nb.jpg,1\n", r"twice.csv: duplicate id '1'"),
+        (
+            "no_uri.csv",
+            b"path,id\na.jpg,1\n",
+            r"no_uri.csv: a manifest needs a `uri` column \(found: path, id\)",
+        ),
+        ("empty.csv", b"uri,id\n", r"empty.csv: the manifest has no rows"),
+        ("null.parquet", {"uri": ["a.jpg", None], "id": ["1", "2"]}, r"null.parquet: row 2 has no uri"),
+        ("nested.parquet", {"uri": [["a.jpg"]]}, r"nested.parquet: column `uri` is not text"),
+        ("junk.parquet", b"not parquet at all", r"junk.parquet: not a readable Parquet file"),
+    ],
+)
+def test_a_bad_manifest_is_one_line_naming_the_file_and_row(
+    tmp_path, name: str, content, message: str
+) -> None:
+    path = tmp_path / name
+    if isinstance(content, dict):
+        pq.write_table(pa.table(content), path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(UserError, match=message) as error:
+        corpora.check_manifest(str(path))
+    assert "\n" not in str(error.value)
+
+
+def test_manifest_rows_stream_with_their_defaults(tmp_path, bucket: str) -> None:
+    rows = "\ufeffuri,identity\nsub/a.jpg,ann\n/abs/b.jpg,\ns3://other/c.jpg,cy\n"
+    for manifest in (str(tmp_path / "m.csv"), f"{bucket}/lists/m.csv"):
+        storage.write_bytes_atomic(manifest, rows.encode())
+        folder = manifest.rsplit("/", 1)[0]
+        assert corpora.check_manifest(manifest) == 3
+        got = [row for batch in corpora.manifest_batches(manifest) for row in batch.to_pylist()]
+        relative = f"{folder}/sub/a.jpg"  # relative to the manifest's folder
+        assert got == [
+            {"id": relative.split("://", 1)[-1], "uri": relative, "identity": "ann"},
+            {"id": "/abs/b.jpg", "uri": "/abs/b.jpg", "identity": "/abs/b.jpg"},
+            {"id": "other/c.jpg", "uri": "s3://other/c.jpg", "identity": "cy"},
+        ]

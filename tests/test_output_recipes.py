@@ -120,7 +120,9 @@ def test_the_layout_is_as_documented(outputs: dict[str, Path], name: str) -> Non
     assert {p.name for p in output.iterdir()} == {
         "rows",
         "images",
+        "_inputs",
         "_plan.json",
+        "_counts.json",
         "summary.json",
         "config.yaml",
     }

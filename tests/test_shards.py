@@ -30,9 +30,9 @@ def test_a_rerun_with_other_models_is_refused_naming_what_differs(tmp_path) -> N
     shards.write_table_atomic(run.shard_file(0), pa.table({"id": ["a.jpg", "b.jpg"]}))
 
     other = dict(MODELS_A, encoder_sha256="b" * 64)
-    with pytest.raises(UserError, match=r"\(encoder_sha256 differ\).*--overwrite"):
+    with pytest.raises(UserError, match=r"\(encoder_sha256 differs\).*--overwrite"):
         _start(out, other)
-    with pytest.raises(UserError, match="shard_size"):
+    with pytest.raises(UserError, match="shard_size: 2 before, 3 now"):
         _start(out, MODELS_A, shard_size=3)
     assert _start(out, MODELS_A).todo == [1]  # the same plan resumes
 

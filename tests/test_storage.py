@@ -5,13 +5,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from unmask_core import storage
-from unmask_core.errors import UserError
+from unmask_core import faults, storage
+from unmask_core.errors import TransientError, UserError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_s3fs_put_get_round_trip(bucket: str) -> None:
@@ -158,3 +162,77 @@ def test_bulk_image_keys_of_long_ids_stay_unique_and_under_s3s_limit() -> None:
     same_tail = unmasked_image_key(f"q/{prefix}/a.jpg", 0)
     assert len({a, b, same_tail}) == 3
     assert max(len(k.encode()) for k in (a, b, same_tail)) <= 1024 - 256
+
+
+# ---------------------------------------------------------------- faults: final or transient
+
+
+def test_an_unreachable_endpoint_is_transient_and_named(monkeypatch) -> None:
+    from unmask_core.local_s3 import free_port
+
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "someone")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    monkeypatch.setenv(faults.PATIENCE_ENV, "0")
+    for call in (
+        lambda: storage.read_bytes("s3://gallery/a.jpg"),
+        lambda: storage.check_readable("s3://gallery/photos"),  # not "bucket does not exist"
+    ):
+        with pytest.raises(TransientError, match=f"cannot reach the S3 endpoint '{endpoint}'"):
+            call()
+
+
+def test_an_outage_is_waited_out_in_place(tmp_path, monkeypatch) -> None:
+    import threading
+
+    from tests.support.faults import own_s3
+    from unmask_core import local_s3
+
+    with own_s3(tmp_path / "s3") as s3:
+        for key, value in s3.env().items():
+            monkeypatch.setenv(key, value)
+        local_s3.create_bucket(s3.server, "gallery")
+        storage.write_bytes_atomic("s3://gallery/a.jpg", b"pixels")
+        s3.stop()
+        result: dict = {}
+        reader = threading.Thread(target=lambda: result.update(data=storage.read_bytes("s3://gallery/a.jpg")))
+        reader.start()  # patience: the default minute
+        time.sleep(1.0)
+        assert reader.is_alive()  # still retrying, not failed
+        s3.restart()
+        reader.join(timeout=120)
+        assert result["data"] == b"pixels"
+
+
+def test_what_belongs_to_the_object_is_final(tmp_path, bucket: str) -> None:
+    with pytest.raises(UserError, match="no such file or prefix"):
+        storage.read_bytes(f"{bucket}/missing.jpg")
+    with pytest.raises(UserError, match="no such file or prefix"):
+        storage.read_bytes(str(tmp_path / "missing.jpg"))
+    storage.write_bytes_atomic(f"{bucket}/a.jpg", b"12345")
+    with pytest.raises(UserError, match="larger than the limit"):
+        storage.read_bytes(f"{bucket}/a.jpg", max_bytes=4, size=5)  # the listing's size: no request
+    with pytest.raises(UserError, match="changed since the job was planned"):
+        storage.read_bytes(f"{bucket}/a.jpg", version="an-older-etag")
+
+
+def test_a_full_disk_is_transient_and_leaves_no_temporary_file(tmp_path) -> None:
+    from tests.support.faults import full_disk
+
+    with full_disk(tmp_path / "disk", size="64k") as disk:
+        code = (
+            "from unmask_core import storage\n"
+            "from unmask_core.errors import TransientError\n"
+            "try:\n"
+            f"    storage.write_bytes_atomic('{disk.path}/face.png', bytes(100_000))\n"
+            "except TransientError as exc:\n"
+            "    print(exc)\n"
+        )
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), **{faults.PATIENCE_ENV: "1"})
+        proc = subprocess.run(
+            disk.command(sys.executable, "-c", code), capture_output=True, text=True, env=env, timeout=120
+        )
+        assert proc.stdout.strip().startswith(f"{disk.path}/face.png: no space left on device"), proc.stderr
+        assert "still failing after 1 s of retries" in proc.stdout
+        assert list(disk.seen(disk.path).iterdir()) == []

@@ -9,10 +9,12 @@ from __future__ import annotations
 import csv
 import io
 import posixpath
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from unmask_core import storage
 from unmask_core.data import IMAGE_SUFFIXES, ImageRecord
@@ -95,32 +97,166 @@ def _rmfrd_records(root: str) -> list[ImageRecord]:
     )
 
 
-def read_manifest(uri: str) -> list[ImageRecord]:
-    """A CSV or Parquet manifest with a `uri` column and optional `identity` and `id` columns."""
-    if uri.lower().endswith(".parquet"):
-        import pyarrow.parquet as pq
+MANIFEST_COLUMNS = ("uri", "id", "identity")
+MANIFEST_BATCH_ROWS = 65_536
 
-        fs, path = storage.pyarrow_filesystem(uri)
-        rows = pq.read_table(path, filesystem=fs).to_pylist()
-    else:
-        rows = list(csv.DictReader(io.StringIO(storage.read_bytes(uri).decode("utf-8-sig"))))
-    if not rows or "uri" not in rows[0]:
-        raise UserError(f"{uri}: a manifest needs a `uri` column")
-    base = posixpath.dirname(uri) if storage.is_s3(uri) else None
-    records, seen = [], set()
-    for row in rows:
-        image_uri = str(row["uri"]).strip()
-        if not image_uri:
-            continue
-        if not storage.is_s3(image_uri) and base and not image_uri.startswith("/"):
-            image_uri = storage.join(base, image_uri)  # relative to the manifest
-        record_id = str(row.get("id") or image_uri.split("://", 1)[-1])
-        if record_id in seen:
-            raise UserError(f"{uri}: duplicate id {record_id!r}")
-        seen.add(record_id)
-        identity = str(row.get("identity") or record_id)
-        records.append(ImageRecord(uri=image_uri, identity=identity, id=record_id))
-    return records
+
+def manifest_batches(uri: str) -> Iterator[pa.Table]:
+    """A CSV or Parquet manifest's rows in record batches of (id, uri, identity) strings, in file
+    order, never whole in memory. `uri` is required; a relative one is relative to the manifest's
+    folder. A missing `id` is the uri (without its scheme), a missing `identity` the id. A file that is
+    not UTF-8 CSV, a malformed row, or a row without a uri is one UserError naming the file and the
+    row (its line in a CSV, its number in a Parquet file)."""
+    parquet = uri.lower().endswith(".parquet")
+    base = posixpath.dirname(uri) if storage.is_s3(uri) else str(Path(storage.absolute(uri)).parent)
+    rows_before = 0
+    for batch in _parquet_batches(uri) if parquet else _csv_batches(uri):
+        yield _manifest_table(uri, batch, base, rows_before, parquet)
+        rows_before += batch.num_rows
+
+
+def _open(uri: str):
+    fs, path = storage.pyarrow_filesystem(uri)
+    try:
+        return fs.open_input_file(path)
+    except Exception as exc:
+        raise storage.storage_error(uri, exc) from exc
+
+
+def _csv_batches(uri: str) -> Iterator[pa.RecordBatch]:
+    import pyarrow.csv as pacsv
+
+    with _open(uri) as header_file:
+        try:
+            names = pacsv.open_csv(
+                header_file, read_options=pacsv.ReadOptions(block_size=1 << 16)
+            ).schema.names
+        except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+            raise UserError(f"{uri}: {_csv_fault(uri) or _first_line(exc)}") from exc
+    columns = _manifest_columns(uri, names)
+    convert = pacsv.ConvertOptions(
+        column_types={name: pa.string() for name in columns}, include_columns=columns
+    )
+    with _open(uri) as f:
+        try:
+            reader = pacsv.open_csv(f, convert_options=convert)
+            yield from reader
+        except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+            raise UserError(f"{uri}: {_csv_fault(uri) or _first_line(exc)}") from exc
+
+
+def _csv_fault(uri: str) -> str:
+    """Where a CSV file that pyarrow refused goes wrong, as `line N: what` (pyarrow names no row):
+    a second, slow read, only after a failure."""
+    fs, path = storage.fsspec_filesystem(uri)
+    with fs.open(path, "rb") as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        reader = csv.reader(text)
+        try:
+            header = next(reader, [])
+            for row in reader:
+                if any("\udc80" <= ch <= "\udcff" for field in row for ch in field):
+                    return f"line {reader.line_num}: not UTF-8 text"
+                if len(row) != len(header) and row:
+                    columns = len(header)
+                    return f"line {reader.line_num}: {len(row)} values, the header names {columns} columns"
+        except csv.Error as exc:
+            return f"line {reader.line_num}: {exc}"
+    return ""
+
+
+def _parquet_batches(uri: str) -> Iterator[pa.RecordBatch]:
+    import pyarrow.parquet as pq
+
+    with _open(uri) as f:
+        try:
+            parquet = pq.ParquetFile(f)
+            columns = _manifest_columns(uri, parquet.schema_arrow.names)
+            yield from parquet.iter_batches(batch_size=MANIFEST_BATCH_ROWS, columns=columns)
+        except pa.ArrowException as exc:
+            raise UserError(f"{uri}: not a readable Parquet file ({_first_line(exc)})") from exc
+
+
+def _manifest_columns(uri: str, names: list[str]) -> list[str]:
+    if "uri" not in names:
+        raise UserError(f"{uri}: a manifest needs a `uri` column (found: {', '.join(names) or 'none'})")
+    return [name for name in MANIFEST_COLUMNS if name in names]
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
+def _manifest_table(uri: str, batch: pa.RecordBatch, base: str, rows_before: int, parquet: bool) -> pa.Table:
+    import pyarrow.compute as pc
+
+    def text(name: str) -> pa.Array:
+        try:
+            return pc.utf8_trim_whitespace(batch.column(name).cast(pa.string()))
+        except pa.ArrowException as exc:
+            raise UserError(f"{uri}: column `{name}` is not text ({batch.schema.field(name).type})") from exc
+
+    uris = text("uri")
+    missing = pc.or_kleene(pc.is_null(uris), pc.equal(uris, "")).fill_null(True)
+    if pc.any(missing).as_py():
+        index = pc.index(missing, True).as_py()
+        where = f"row {rows_before + index + 1}" if parquet else f"line {rows_before + index + 2}"
+        raise UserError(f"{uri}: {where} has no uri")
+    absolute = pc.or_(
+        pc.starts_with(uris, "/"), pc.match_substring_regex(uris, r"^[A-Za-z][A-Za-z0-9+.-]*://")
+    )
+    uris = pc.if_else(absolute, uris, pc.binary_join_element_wise(base, uris, "/"))
+    ids = _filled(
+        text("id") if "id" in batch.schema.names else None,
+        pc.replace_substring_regex(uris, r"^[^:/]+://", ""),
+    )
+    identities = _filled(text("identity") if "identity" in batch.schema.names else None, ids)
+    return pa.table({"id": ids, "uri": uris, "identity": identities})
+
+
+def _filled(values: pa.Array | None, fallback: pa.Array) -> pa.Array:
+    """`values` where they hold text, `fallback` where they are missing or empty."""
+    import pyarrow.compute as pc
+
+    if values is None:
+        return fallback
+    return pc.if_else(pc.fill_null(pc.not_equal(values, ""), False), values, fallback)
+
+
+def check_manifest(uri: str) -> int:
+    """Read a manifest once, checking every row (see `manifest_batches`) and that its ids are unique,
+    and return its row count. Memory: 8 bytes per row (a hash of its id), not the rows."""
+    hashes = [
+        np.fromiter(map(hash, batch.column("id").to_pylist()), np.int64, batch.num_rows)
+        for batch in manifest_batches(uri)
+    ]
+    found = np.sort(np.concatenate(hashes)) if hashes else np.empty(0, np.int64)
+    if not len(found):
+        raise UserError(f"{uri}: the manifest has no rows")
+    repeated = found[1:][found[1:] == found[:-1]]
+    if len(repeated):
+        duplicate = _duplicate_id(uri, set(repeated.tolist()))
+        if duplicate is not None:
+            raise UserError(f"{uri}: duplicate id {duplicate!r}")
+    return len(found)
+
+
+def _duplicate_id(uri: str, suspects: set[int]) -> str | None:
+    """The first id that really repeats among those whose hash does (two ids may share a hash)."""
+    seen = set()
+    for batch in manifest_batches(uri):
+        for record_id in batch.column("id").to_pylist():
+            if hash(record_id) in suspects:
+                if record_id in seen:
+                    return record_id
+                seen.add(record_id)
+    return None
+
+
+def read_manifest(uri: str) -> list[ImageRecord]:
+    """A manifest's rows as records (a corpus for `prepare`; the bulk job streams `manifest_batches`)."""
+    check_manifest(uri)
+    return [ImageRecord(**row) for batch in manifest_batches(uri) for row in batch.to_pylist()]
 
 
 # ---------------------------------------------------------------- crops of pre-aligned corpora

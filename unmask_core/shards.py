@@ -20,9 +20,9 @@ import pyarrow.parquet as pq
 
 from unmask_core import storage
 from unmask_core.config import save_config
-from unmask_core.errors import UserError
+from unmask_core.errors import TransientError, UserError
 
-_SHARD_FILE = re.compile(r"shard-(\d{6})\.parquet$")
+SHARD_FILE = re.compile(r"shard-(\d{6})\.parquet$")
 PLAN_FILE = "_plan.json"
 
 
@@ -32,18 +32,30 @@ class ShardPlan:
     inputs (their ids, and `pins["inputs"]`, a fingerprint of their content) cut into the same shards,
     and the same models (`pins`: their sha256)."""
 
-    n_inputs: int
-    shard_size: int
-    first_id: str
-    last_id: str
+    n_inputs: int = 0  # 0, "" and "" in a streamed plan: its inputs are in OUTPUT/_inputs/
+    shard_size: int = 0
+    first_id: str = ""
+    last_id: str = ""
     pins: dict[str, str] = field(default_factory=dict)
 
     def differences(self, other: ShardPlan) -> list[str]:
+        """What differs between this (earlier) plan and `other`, for people: `name: old before, new
+        now` where both values are short, else `name differs`."""
         mine, theirs = asdict(self), asdict(other)
         pins_mine, pins_theirs = mine.pop("pins"), theirs.pop("pins")
-        names = [k for k in mine if mine[k] != theirs[k]]
-        names += [k for k in sorted({*pins_mine, *pins_theirs}) if pins_mine.get(k) != pins_theirs.get(k)]
-        return names
+        changed = [(k, mine[k], theirs[k]) for k in mine if mine[k] != theirs[k]]
+        changed += [
+            (k, pins_mine.get(k), pins_theirs.get(k))
+            for k in sorted({*pins_mine, *pins_theirs})
+            if pins_mine.get(k) != pins_theirs.get(k)
+        ]
+        return [_difference(name, before, now) for name, before, now in changed]
+
+
+def _difference(name: str, before: Any, now: Any) -> str:
+    if max(len(str(before)), len(str(now))) > 24:
+        return f"{name} differs"
+    return f"{name}: {'not recorded' if before is None else before} before, {now} now"
 
 
 def input_fingerprint(input_uri: str, records: Sequence[Any]) -> str:
@@ -85,31 +97,56 @@ def finished_shards(rows_uri: str) -> set[int]:
         return set()
     done = set()
     for uri in storage.list_files(rows_uri, (".parquet",)):
-        match = _SHARD_FILE.search(uri)
+        match = SHARD_FILE.search(uri)
         if match:
             done.add(int(match.group(1)))
     return done
+
+
+def _recorded_plan(out_uri: str) -> ShardPlan | None:
+    uri = storage.join(out_uri, PLAN_FILE)
+    if not storage.exists(uri):
+        return None
+    try:
+        return ShardPlan(**json.loads(storage.read_bytes(uri)))
+    except (TypeError, ValueError) as exc:
+        raise UserError(
+            f"{uri}: not a plan this version wrote ({exc}); use --overwrite or a new output"
+        ) from exc
+
+
+def _refuse(out_uri: str, differences: list[str]) -> UserError:
+    return UserError(
+        f"{out_uri}: holds the output of other inputs, models or settings "
+        f"({'; '.join(differences)}); use a new output location, or --overwrite to start over"
+    )
+
+
+def check_pins(out_uri: str, pins: dict[str, str]) -> None:
+    """Refuse early, before the listing and the models are known, to resume into an output whose plan
+    pinned other values for these `pins` (or none: an output of a version that did not record them)."""
+    previous = _recorded_plan(out_uri)
+    if previous is None:
+        return
+    differences = [
+        _difference(name, previous.pins.get(name), value)
+        for name, value in pins.items()
+        if previous.pins.get(name) != value
+    ]
+    if differences:
+        raise _refuse(out_uri, differences)
 
 
 def check_plan(out_uri: str, plan: ShardPlan) -> bool:
     """Refuse to resume into an output made from other inputs, models or settings (its shard numbers
     would mean other images, or its rows come from other weights or name other kinds of files). True
     when the output already has this plan; nothing is written here (see `record_plan`)."""
-    uri = storage.join(out_uri, PLAN_FILE)
-    if not storage.exists(uri):
+    previous = _recorded_plan(out_uri)
+    if previous is None:
         return False
-    try:
-        previous = ShardPlan(**json.loads(storage.read_bytes(uri)))
-    except (TypeError, ValueError) as exc:
-        raise UserError(
-            f"{uri}: not a plan this version wrote ({exc}); use --overwrite or a new output"
-        ) from exc
     differences = previous.differences(plan)
     if differences:
-        raise UserError(
-            f"{out_uri}: holds the output of other inputs, models or settings "
-            f"({', '.join(differences)} differ); use a new output location, or --overwrite to start over"
-        )
+        raise _refuse(out_uri, differences)
     return True
 
 
@@ -201,6 +238,23 @@ def start_job(
         overwrite=cfg.overwrite,
         config=cfg,
     )
+
+
+# The last line of one of our errors inside the text of a Ray error: Ray Data passes a stage's
+# exception to the driver as text (its traceback), not as the object.
+_RAISED_IN_A_WORKER = re.compile(r"unmask_core\.errors\.(?:TransientError|UserError): ([^\n]+)")
+
+
+def job_failure(exc: BaseException) -> BaseException:
+    """What stopped a job during its work, as one line: a TransientError (exit 1) when the cause is
+    one of our storage or input errors, in the driver or inside a Ray error's text; else `exc`
+    itself (a bug keeps its traceback)."""
+    if isinstance(exc, TransientError):
+        return exc
+    if isinstance(exc, UserError):
+        return TransientError(str(exc))
+    found = _RAISED_IN_A_WORKER.findall(str(exc))
+    return TransientError(found[-1].strip()) if found else exc
 
 
 INTERNAL_ERROR = "internal_error"  # the status of a row whose input met a bug, not a bad input

@@ -16,13 +16,17 @@ import uuid
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, TypeVar
 
 import fsspec
 import pyarrow.fs as pafs
 
-from unmask_core.errors import UserError
+from unmask_core import faults
+from unmask_core.errors import TransientError, UserError
 
-S3_SCHEMES = ("s3://", "s3a://")
+T = TypeVar("T")
+
+S3_SCHEMES = faults.S3_SCHEMES
 
 
 def is_s3(uri: str) -> bool:
@@ -70,12 +74,40 @@ def _require_endpoint(uri: str) -> None:
         )
 
 
+# botocore's own retries are few and quick (our `retrying` waits out longer outages), and a connection
+# attempt gives up in seconds, not botocore's default minute.
+_BOTO_CONFIG = {"connect_timeout": 10, "read_timeout": 60, "retries": {"max_attempts": 3, "mode": "standard"}}
+
+
 @lru_cache(maxsize=8)
 def _s3fs(endpoint: str | None) -> fsspec.AbstractFileSystem:
     import s3fs
 
     client_kwargs = {"endpoint_url": endpoint} if endpoint else {}
-    return s3fs.S3FileSystem(client_kwargs=client_kwargs, use_listings_cache=False)
+    return s3fs.S3FileSystem(
+        client_kwargs=client_kwargs, config_kwargs=_BOTO_CONFIG, use_listings_cache=False
+    )
+
+
+@lru_cache(maxsize=8)
+def _s3_client_for(endpoint: str | None) -> Any:
+    import botocore.config
+    import botocore.session
+
+    return botocore.session.get_session().create_client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=os.environ.get("AWS_REGION") or None,
+        config=botocore.config.Config(max_pool_connections=32, **_BOTO_CONFIG),
+    )
+
+
+def s3_client(uri: str) -> tuple[Any, str, str]:
+    """(a botocore S3 client, bucket, key) for an s3:// URI: one request per call, which s3fs's file
+    objects do not promise (an open is a HEAD and then GETs). Thread-safe; one per process."""
+    _require_endpoint(uri)
+    bucket, key = _split_s3(uri)
+    return _s3_client_for(_endpoint()), bucket, key
 
 
 def fsspec_filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -93,7 +125,12 @@ def pyarrow_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
         _require_endpoint(uri)
         bucket, key = _split_s3(uri)
         endpoint = _endpoint()
-        kwargs: dict = {"region": os.environ.get("AWS_REGION", "us-east-1")}
+        kwargs: dict = {
+            "region": os.environ.get("AWS_REGION", "us-east-1"),
+            "connect_timeout": _BOTO_CONFIG["connect_timeout"],
+            "request_timeout": _BOTO_CONFIG["read_timeout"],
+            "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3),
+        }
         if endpoint:
             scheme, _, host = endpoint.partition("://")
             kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
@@ -101,63 +138,71 @@ def pyarrow_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), str(Path(uri).expanduser().absolute())
 
 
-def _translate_errors(uri: str, exc: BaseException) -> UserError:
-    text = str(exc)
-    if isinstance(exc, FileNotFoundError) or "NoSuchBucket" in text or "does not exist" in text:
-        if is_s3(uri) and ("NoSuchBucket" in text or "bucket" in text.lower()):
-            return UserError(f"{uri}: bucket {_split_s3(uri)[0]!r} does not exist")
-        return UserError(f"{uri}: no such file or prefix")
-    if isinstance(exc, PermissionError) or "AccessDenied" in text or "Forbidden" in text:
-        return UserError(f"{uri}: access denied")
-    if (
-        "Could not connect" in text
-        or "Connection refused" in text
-        or "ConnectTimeout" in text
-        or "EndpointConnectionError" in type(exc).__name__
-    ):
-        return UserError(f"{uri}: cannot reach the S3 endpoint {_endpoint()!r}")
-    if isinstance(exc, OSError) and exc.errno is not None:
-        return UserError(f"{uri}: {os.strerror(exc.errno).lower()}")
-    return UserError(f"{uri}: {type(exc).__name__}: {text.splitlines()[0] if text else ''}")
+def storage_error(uri: str, exc: BaseException) -> UserError | TransientError:
+    """What a failed storage call on `uri` means, in one line: final or transient (faults.py)."""
+    return faults.classify(uri, exc, _endpoint() if is_s3(uri) else None)
+
+
+def retrying(uri: str, action: Callable[[], T]) -> T:
+    """`action()` with its transient faults retried in place (faults.retry)."""
+    return faults.retry(uri, action, _endpoint() if is_s3(uri) else None)
+
+
+def check_bucket(uri: str) -> None:
+    """One HEAD on the bucket of an s3:// URI: it exists, we may use it, and the endpoint answers.
+    (s3fs's `exists` says False for a bucket when the endpoint is down.)"""
+    client, bucket, _ = s3_client(uri)
+    try:
+        client.head_bucket(Bucket=bucket)
+    except Exception as exc:
+        code, status = faults.s3_error_code(exc)
+        if code in faults.NOT_FOUND_CODES or status == 404:
+            raise UserError(f"{uri}: bucket {bucket!r} does not exist") from exc
+        raise storage_error(uri, exc) from exc
 
 
 def exists(uri: str) -> bool:
     fs, path = fsspec_filesystem(uri)
     try:
+        if is_s3(uri) and "/" not in path:
+            check_bucket(uri)
+            return True
         return fs.exists(path)
+    except UserError as exc:
+        if "does not exist" in str(exc):
+            return False
+        raise
     except Exception as exc:  # boto and s3fs errors come in many types
-        raise _translate_errors(uri, exc) from exc
+        raise storage_error(uri, exc) from exc
 
 
 def check_readable(uri: str) -> None:
-    """Fail with one clear line if `uri` (file or prefix) cannot be read."""
+    """Fail with one clear line if `uri` (file or prefix) cannot be read, or its S3 endpoint cannot be
+    reached. Checks are not retried: a job should refuse to start in seconds."""
     fs, path = fsspec_filesystem(uri)
+    if is_s3(uri):
+        check_bucket(uri)
     try:
-        if is_s3(uri):
-            bucket = path.split("/", 1)[0]
-            if not fs.exists(bucket):
-                raise UserError(f"{uri}: bucket {bucket!r} does not exist")
-        if not fs.exists(path):
-            raise UserError(f"{uri}: no such file or prefix")
-    except UserError:
-        raise
+        found = fs.exists(path)
     except Exception as exc:
-        raise _translate_errors(uri, exc) from exc
+        raise storage_error(uri, exc) from exc
+    if not found:
+        raise UserError(f"{uri}: no such file or prefix")
 
 
 def check_writable(uri: str) -> None:
-    """Fail early when an output URI points into a missing bucket (local folders are created)."""
+    """Fail early when an output cannot be written: an S3 bucket that is missing or unreachable, or a
+    local path whose nearest existing folder is a file or not writable. Nothing is created: a job
+    that is refused later leaves no empty folder behind (the first write creates it)."""
     if is_s3(uri):
-        fs, path = fsspec_filesystem(uri)
-        bucket = path.split("/", 1)[0]
-        try:
-            ok = fs.exists(bucket)
-        except Exception as exc:
-            raise _translate_errors(uri, exc) from exc
-        if not ok:
-            raise UserError(f"{uri}: bucket {bucket!r} does not exist")
-    else:
-        Path(uri).expanduser().mkdir(parents=True, exist_ok=True)
+        check_bucket(uri)
+        return
+    path = Path(uri).expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"{uri}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{uri}: {existing} is not writable")
 
 
 def local_file(uri: str) -> str:
@@ -167,51 +212,82 @@ def local_file(uri: str) -> str:
     try:
         mode = os.stat(path).st_mode
     except OSError as exc:
-        raise _translate_errors(uri, exc) from exc
+        raise storage_error(uri, exc) from exc
     if not stat.S_ISREG(mode):
         raise UserError(f"{uri}: not a regular file")
     return path
 
 
-def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
-    """The whole object at `uri`. Only regular files are read, and with `max_bytes` a larger object is
-    refused before it is read."""
-    fs, path = fsspec_filesystem(uri)
-    if not is_s3(uri):
-        local_file(uri)
+def _too_large(uri: str, max_bytes: int) -> UserError:
+    return UserError(f"{uri}: larger than the limit of {max_bytes:,} bytes (--max-bytes)")
+
+
+def _changed(uri: str) -> UserError:
+    return UserError(f"{uri}: changed since the job was planned (its size or version differs)")
+
+
+def read_bytes(
+    uri: str, max_bytes: int | None = None, size: int | None = None, version: str | None = None
+) -> bytes:
+    """The whole object at `uri`, in one GET on S3; transient faults are retried (`retrying`).
+
+    Only regular files are read. With `max_bytes`, a larger object is refused before its bytes are
+    read (before any request when `size`, from a listing, says so). With `version` (the listing's
+    ETag, or a local file's mtime in ns), an object that changed since is refused."""
+    if max_bytes is not None and size is not None and size > max_bytes:
+        raise _too_large(uri, max_bytes)
+    if is_s3(uri):
+        return retrying(uri, lambda: _get_object(uri, max_bytes, version))
+    return retrying(uri, lambda: _read_local(uri, max_bytes, size, version))
+
+
+def _get_object(uri: str, max_bytes: int | None, version: str | None) -> bytes:
+    client, bucket, key = s3_client(uri)
+    response = client.get_object(Bucket=bucket, Key=key)
+    body = response["Body"]
     try:
-        with fs.open(path, "rb") as f:
-            data = f.read() if max_bytes is None else f.read(max_bytes + 1)
-    except UserError:
-        raise
-    except Exception as exc:
-        raise _translate_errors(uri, exc) from exc
+        if max_bytes is not None and response["ContentLength"] > max_bytes:
+            raise _too_large(uri, max_bytes)
+        if version is not None and response.get("ETag", "").strip('"') != version:
+            raise _changed(uri)
+        return body.read()
+    finally:
+        body.close()
+
+
+def _read_local(uri: str, max_bytes: int | None, size: int | None, version: str | None) -> bytes:
+    with open(local_file(uri), "rb") as f:
+        info = os.fstat(f.fileno())
+        if version is not None and (str(info.st_mtime_ns) != version or info.st_size != size):
+            raise _changed(uri)
+        data = f.read() if max_bytes is None else f.read(max_bytes + 1)
     if max_bytes is not None and len(data) > max_bytes:
-        raise UserError(f"{uri}: larger than the limit of {max_bytes:,} bytes (--max-bytes)")
+        raise _too_large(uri, max_bytes)
     return data
 
 
 def write_bytes_atomic(uri: str, data: bytes) -> None:
-    """Write a whole object so that readers see either nothing or all of it.
+    """Write a whole object so that readers see either nothing or all of it; transient faults (an
+    unreachable endpoint, a full disk) are retried (`retrying`), then raised as a TransientError.
 
     An S3 PUT is atomic by itself; on a local disk we write a temporary file and rename it, and remove
-    the temporary file when the write fails (a full disk, say). Errors are one line naming `uri`.
+    the temporary file when the write fails. Errors are one line naming `uri`.
     """
-    fs, path = fsspec_filesystem(uri)
+    if is_s3(uri):
+        client, bucket, key = s3_client(uri)
+        retrying(uri, lambda: client.put_object(Bucket=bucket, Key=key, Body=data))
+        return
+    retrying(uri, lambda: _write_local_atomic(Path(uri).expanduser().absolute(), data))
+
+
+def _write_local_atomic(target: Path, data: bytes) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name[:200]}.{uuid.uuid4().hex}.tmp")
     try:
-        if is_s3(uri):
-            fs.pipe_file(path, data)
-            return
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name[:200]}.{uuid.uuid4().hex}.tmp")
-        try:
-            tmp.write_bytes(data)
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
-    except Exception as exc:
-        raise _translate_errors(uri, exc) from exc
+        tmp.write_bytes(data)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def append_bytes(uri: str, data: bytes) -> None:
@@ -221,7 +297,7 @@ def append_bytes(uri: str, data: bytes) -> None:
         with fs.open(path, "ab") as f:
             f.write(data)
     except Exception as exc:
-        raise _translate_errors(uri, exc) from exc
+        raise storage_error(uri, exc) from exc
 
 
 def first_line(uri: str) -> str:
@@ -230,7 +306,7 @@ def first_line(uri: str) -> str:
         with fs.open(path, "rb") as f:
             return f.readline().decode().rstrip("\r\n")
     except Exception as exc:
-        raise _translate_errors(uri, exc) from exc
+        raise storage_error(uri, exc) from exc
 
 
 def write_json(uri: str, value: object) -> None:
@@ -255,7 +331,7 @@ def delete(uri: str) -> None:
         for folder in sorted(folders, key=len, reverse=True):
             fs.rm_file(f"{folder}/")
     except Exception as exc:
-        raise _translate_errors(uri, exc) from exc
+        raise storage_error(uri, exc) from exc
 
 
 def list_files(uri: str, suffixes: tuple[str, ...] | None = None) -> list[str]:
@@ -268,7 +344,7 @@ def list_files(uri: str, suffixes: tuple[str, ...] | None = None) -> list[str]:
         else:
             found = fs.find(path)
     except Exception as exc:
-        raise _translate_errors(uri, exc) from exc
+        raise storage_error(uri, exc) from exc
     out = []
     for p in found:
         name = posixpath.basename(p)
@@ -285,7 +361,7 @@ def versions(uri: str) -> dict[str, str]:
     try:
         found = {path: fs.info(path)} if fs.isfile(path) else fs.find(path, detail=True)
     except Exception as exc:
-        raise _translate_errors(uri, exc) from exc
+        raise storage_error(uri, exc) from exc
     out = {}
     for p, info in found.items():
         stamp = info.get("ETag") or info.get("LastModified") or info.get("mtime") or ""
@@ -293,13 +369,28 @@ def versions(uri: str) -> dict[str, str]:
     return out
 
 
+def path_of(uri: str) -> str:
+    """`uri` as a path for comparisons: `bucket/key` on S3, an absolute path on disk (no I/O, unlike
+    building its filesystem: listings call this once per file)."""
+    if is_s3(uri):
+        return uri.split("://", 1)[1].rstrip("/")
+    return os.path.abspath(os.path.expanduser(uri))
+
+
 def relative_key(base: str, uri: str) -> str:
     """The part of `uri` below the prefix `base`, with '/' separators."""
-    base_path = fsspec_filesystem(base)[1].rstrip("/")
-    path = fsspec_filesystem(uri)[1]
+    base_path, path = path_of(base), path_of(uri)
     if path.startswith(base_path + "/"):
         return path[len(base_path) + 1 :]
     return posixpath.basename(path)
+
+
+def is_within(uri: str, prefix: str) -> bool:
+    """Whether `uri` is `prefix` or lies below it (both local, or both on S3)."""
+    if is_s3(uri) != is_s3(prefix):
+        return False
+    path, prefix_path = path_of(uri), path_of(prefix)
+    return path == prefix_path or path.startswith(prefix_path + "/")
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -332,10 +423,7 @@ def safe_relative_path(key: str, max_part: int = 120, max_total: int = MAX_KEY_B
 def file_sizes(uri: str) -> dict[str, int]:
     """Name -> size in bytes of each file directly in the folder `uri`, from one listing (no reads)."""
     fs, path = fsspec_filesystem(uri)
-    try:
-        found = fs.ls(path, detail=True)
-    except Exception as exc:
-        raise _translate_errors(uri, exc) from exc
+    found = retrying(uri, lambda: fs.ls(path, detail=True))
     return {posixpath.basename(info["name"]): int(info["size"]) for info in found if info["type"] == "file"}
 
 
@@ -389,16 +477,10 @@ def open_ranged(uri: str, size: int | None = None, block: int = 1 << 17) -> io.R
     fs, path = fsspec_filesystem(uri)
 
     def fetch(start: int, stop: int) -> bytes:
-        try:
-            return fs.cat_file(path, start=start, end=stop)
-        except Exception as exc:
-            raise _translate_errors(uri, exc) from exc
+        return retrying(uri, lambda: fs.cat_file(path, start=start, end=stop))
 
     if size is None:
-        try:
-            size = int(fs.size(path))
-        except Exception as exc:
-            raise _translate_errors(uri, exc) from exc
+        size = int(retrying(uri, lambda: fs.size(path)))
     return _EndsFile(uri, fetch, size, block)
 
 
@@ -411,11 +493,11 @@ def download(uri: str, local_path: str | Path) -> None:
     from unmask_core.errors import TransientError
 
     fs, path = fsspec_filesystem(uri)
-    try:
+    try:  # not retried in place: the caller's next try downloads the whole file again
         fs.get_file(path, str(local_path), max_concurrency=1)
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise TransientError(f"{local_path}: disk full while copying {uri}") from exc
-        raise _translate_errors(uri, exc) from exc
+        raise storage_error(uri, exc) from exc
     except Exception as exc:
-        raise _translate_errors(uri, exc) from exc
+        raise storage_error(uri, exc) from exc

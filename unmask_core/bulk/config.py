@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from unmask_core import data
 from unmask_core.config import JobConfig, option
 from unmask_core.errors import UserError
-from unmask_core.matchers.registry import MATCHERS
+from unmask_core.matchers.registry import MATCHERS, require_installed
 
 
 @dataclass
@@ -67,13 +67,55 @@ class BulkConfig(JobConfig):
     )
     jpeg_quality: int = option(95, "JPEG quality (1-100) with --image-format jpeg")
 
+    # Every setting is in one of these groups (a test keeps it so). `input`, `models` and `output` say
+    # what the run is about: the input is pinned by its listing, the models by their hashes.
+    # PINNED settings change what a row says: the output's plan records them (`settings_pins`), and a
+    # resume with another value is refused. OPERATIONAL ones change only where and how fast the work
+    # runs: the same inputs give the same rows whatever they are. `face_finding` is operational: the
+    # device and CPU face finders run the same detector, transform and filters (the same faces, up to
+    # the rounding of another decoder and device); `bf16` is pinned through the precision it gives
+    # (`precision`: bf16 only on GPU actors), which changes every embedding's last digits.
+    SUBJECT = ("input", "output", "models")
+    PINNED = (
+        "matchers",
+        "faces",
+        "shard_size",
+        "max_pixels",
+        "max_bytes",
+        "aligned",
+        "detector",
+        "bf16",
+        "image_format",
+        "jpeg_quality",
+    )
+    OPERATIONAL = (
+        "batch_size",
+        "gpus_per_actor",
+        "actors",
+        "cpu_actors",
+        "overwrite",
+        "face_finding",
+        "compile",
+    )
+
     def check(self) -> None:
-        if self.batch_size < 1 or self.shard_size < 1:
-            raise UserError("--batch-size and --shard-size must be positive")
+        for flag, value in (
+            ("batch-size", self.batch_size),
+            ("shard-size", self.shard_size),
+            ("max-pixels", self.max_pixels),
+            ("max-bytes", self.max_bytes),
+        ):
+            if value < 1:
+                raise UserError(f"--{flag} must be positive (got {value})")
+        if self.gpus_per_actor < 0 and self.gpus_per_actor != -1:
+            raise UserError(
+                f"--gpus-per-actor must be -1 (automatic) or at least 0 (got {self.gpus_per_actor})"
+            )
         if not 1 <= self.jpeg_quality <= 100:
             raise UserError(f"--jpeg-quality must be 1 to 100 (got {self.jpeg_quality})")
         if not self.matchers:
             raise UserError("--matchers needs at least one matcher")
+        require_installed(self.matchers)  # a missing extra: one line naming its install command
         pool_range(self.actors, "--actors")
         if self.cpu_actors:
             pool_range(self.cpu_actors, "--cpu-actors")
@@ -96,7 +138,18 @@ def micro_batch_size(requested: int, inputs: int, actors: int) -> int:
     return max(1, min(requested, math.ceil(inputs / max(1, actors))))
 
 
-def image_pins(cfg: BulkConfig) -> dict[str, str]:
-    """What the plan pins about the image files, so that a rerun into the same output writes the same
-    kind. PNG, the default and the only kind before JPEG, pins nothing: earlier outputs still resume."""
-    return {} if cfg.image_format == "png" else {"images": f"jpeg q{cfg.jpeg_quality}"}
+def settings_pins(cfg: BulkConfig, detector: str, on_gpu: bool | None) -> dict[str, str]:
+    """The PINNED settings as the plan records them (`shard_size` is a field of the plan itself, the
+    matchers are pinned with their hashes). `detector`: what the detector is (see bulk.run); `on_gpu`:
+    whether the unmask actors have GPUs (None: not known yet, and the precision is left out)."""
+    pins = {
+        "faces": cfg.faces,
+        "max_pixels": str(cfg.max_pixels),
+        "max_bytes": str(cfg.max_bytes),
+        "aligned": str(cfg.aligned).lower(),
+        "detector": "none (aligned inputs)" if cfg.aligned else detector,
+        "images": "png" if cfg.image_format == "png" else f"jpeg q{cfg.jpeg_quality}",
+    }
+    if on_gpu is not None:
+        pins["precision"] = "bf16" if cfg.bf16 and on_gpu else "fp32"
+    return pins

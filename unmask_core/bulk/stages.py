@@ -27,7 +27,8 @@ import pyarrow as pa
 
 from unmask_core import data, output_schema, shards, storage
 from unmask_core.bulk.config import BulkConfig
-from unmask_core.errors import UserError
+from unmask_core.errors import TransientError, UserError
+from unmask_core.shard_counts import ShardRanges, shard_summary, with_summary
 
 FACE_SIZE = 256  # aligned faces travel between stages at the reference size
 
@@ -61,11 +62,14 @@ class FaceFindingStage:
     def faces_of(self, record: dict) -> list[dict]:
         base = {"id": record["id"], "source_uri": record["uri"]}
         try:
-            raw = storage.read_bytes(record["uri"], self.cfg.max_bytes)
+            # One GET: the size and version come from the listing (a manifest's rows have neither).
+            raw = storage.read_bytes(
+                record["uri"], self.cfg.max_bytes, record.get("size"), record.get("version")
+            )
             if not self.detect and not self.cfg.aligned:
                 return [dict(base, status="ok", error="", **photo_for_device(raw, self.cfg.max_pixels))]
             image = data.decode_image(raw, self.cfg.max_pixels)
-        except UserError as exc:
+        except UserError as exc:  # the input's own fault; a TransientError stops the job instead
             return [dict(base, status="read_error", error=str(exc))]
         except data.ImageDecodeError as exc:
             return [dict(base, status=exc.status, error=exc.reason)]
@@ -410,7 +414,8 @@ def _or_exception(function, *args):
 class ImageWriter:
     """Encodes (PNG, or JPEG) and uploads a batch's unmasked faces in a thread pool (concurrent PUTs; the
     encoders and the uploads release the GIL), and passes the rows on without pixels, each with its
-    image's URI."""
+    image's URI. A write that fails after storage's retries (a full disk, an unreachable endpoint) is
+    never a row: it raises a TransientError, which stops the job with the shard uncommitted."""
 
     def __init__(
         self, output: str, image_format: str = "png", jpeg_quality: int = 95, threads: int = 16
@@ -436,19 +441,13 @@ class ImageWriter:
             i: self.pool.submit(self.write, ids[i], face_indices[i], p) for i, p in enumerate(pixels) if p
         }
         uris: list[str | None] = [None] * table.num_rows
-        statuses, errors = table.column("status").to_pylist(), table.column("error").to_pylist()
         for i, upload in uploads.items():
             try:
                 uris[i] = upload.result()
-            except UserError as exc:  # this image could not be written (a full disk, a refused PUT)
-                statuses[i], errors[i] = "write_error", str(exc)
+            except UserError as exc:
+                # Not this input's fault: its shard must not commit, and the job stops (a rerun writes it).
+                raise TransientError(str(exc)) from exc
         table = table.drop_columns(["unmasked"])
-        table = table.set_column(
-            table.schema.get_field_index("status"), "status", pa.array(statuses, pa.string())
-        )
-        table = table.set_column(
-            table.schema.get_field_index("error"), "error", pa.array(errors, pa.string())
-        )
         return table.append_column("unmasked_uri", pa.array(uris, pa.string()))
 
 
@@ -480,25 +479,28 @@ class ShardCommitter:
         self.pending: dict[int, dict[tuple[str, int], dict]] = defaultdict(dict)
         self.expected: dict[int, int] = {}
         self.pool = ThreadPoolExecutor(max_workers=threads)
-        self.submitted: set[int] = set()
+        self.submitted = ShardRanges()  # a few ranges, however many shards
         self.commits: list[Future] = []
-        self.decoded: Counter[str] = Counter()  # where the committed photos were decoded (device finding)
 
-    def add(self, table: pa.Table) -> None:
-        touched = set()
+    def add(self, table: pa.Table) -> int:
+        """Take a batch of rows; the number of inputs it finished (their first row, seen once), for a
+        progress bar that moves as images finish rather than as shards commit."""
+        touched, finished = set(), 0
         for row in table.to_pylist():
             shard = row["shard"]
             if shard in self.submitted:
                 continue  # a late duplicate of a committed shard's row
-            self.pending[shard][(row["id"], row["face_index"] or 0)] = row
+            key = (row["id"], row["face_index"] or 0)
+            finished += key[1] == 0 and key not in self.pending[shard]
+            self.pending[shard][key] = row
             self.expected[shard] = row["shard_inputs"]
             touched.add(shard)
         for shard in touched:
             if self._complete(shard):
                 self.submitted.add(shard)
-                rows = list(self.pending.pop(shard).values())
-                self.decoded.update(r["decoded_on"] for r in rows if r["decoded_on"] and not r["face_index"])
-                self.commits.append(self.pool.submit(self._commit, shard, rows))
+                rows, inputs = list(self.pending.pop(shard).values()), self.expected.pop(shard)
+                self.commits.append(self.pool.submit(self._commit, shard, rows, inputs))
+        return finished
 
     def _complete(self, shard: int) -> bool:
         rows_of: dict[str, list[dict]] = defaultdict(list)
@@ -508,22 +510,31 @@ class ShardCommitter:
             len(rows) == rows[0]["input_rows"] for rows in rows_of.values()
         )
 
-    def _commit(self, shard: int, rows: list[dict]) -> int:
+    def _commit(self, shard: int, rows: list[dict], inputs: int) -> tuple[int, dict]:
         rows.sort(key=lambda r: (r["id"], r["face_index"] or 0))
         out = pa.Table.from_pylist(
             [{**{n: r.get(n) for n in self.schema.names}, **self.provenance} for r in rows],
             schema=self.schema,
         )
-        shards.write_table_atomic(shards.shard_file(self.rows_uri, shard), out)
-        return self.expected[shard]
+        summary = shard_summary(rows, inputs)
+        shards.write_table_atomic(shards.shard_file(self.rows_uri, shard), with_summary(out, summary))
+        return shard, summary
 
-    def committed(self) -> list[int]:
-        """Input counts of the shards committed since the last call (for a progress bar)."""
+    def committed(self, ignore_failures: bool = False) -> list[tuple[int, dict]]:
+        """(shard, its summary) of the shards committed since the last call; a commit that failed
+        raises (or, with `ignore_failures`, is left to the rerun)."""
         done = [future for future in self.commits if future.done()]
         self.commits = [future for future in self.commits if future not in done]
+        if ignore_failures:
+            done = [future for future in done if future.exception() is None]
         return [future.result() for future in done]
 
-    def finish(self) -> list[int]:
+    def drain(self) -> None:
+        """Wait for the commits already submitted, when the job stops early: every shard that completed
+        is kept; one whose commit failed is left to the rerun."""
+        self.pool.shutdown(wait=True)
+
+    def finish(self) -> list[tuple[int, dict]]:
         """Wait for every commit; a shard with missing rows is a bug (every input yields a row)."""
         self.pool.shutdown(wait=True)
         counts = self.committed()
