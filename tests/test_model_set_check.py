@@ -64,10 +64,10 @@ def test_the_check_on_s3_reads_headers_only_and_describes_what_a_full_load_does(
     sizes = ModelSet(tiny_model_set).manifest[CHECKSUMS]
     total = sum(entry["size"] for entry in sizes.values())
     assert sum(read.values()) < total / 50  # 1/300th for this tiny set; far less at 256 px
-    # The manifest (a HEAD and a GET), the files' sizes (one LIST), and the two ends of each model
-    # the bulk job runs (g, f and the matchers': f0 is not read).
+    # The manifest (one GET), the files' sizes (one LIST), and the two ends of each model the bulk
+    # job runs (g, f and the matchers': f0 is not read).
     prefix = s3_set.removeprefix("s3://")
-    assert proxy.counts() == {"HEAD": 1, "LIST": 1, "GET": 1 + 2 * 4}
+    assert proxy.counts() == {"LIST": 1, "GET": 1 + 2 * 4}
     assert proxy.gets_by_key() == {
         f"{prefix}/{name}": 2
         for name in ("generator.pt", "unmask_encoder.pt", "arcface_irse.pt", "facenet.pt")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from unmask_core import data
+from unmask_core import data, output_schema
 from unmask_core.config import JobConfig, option
 from unmask_core.errors import UserError
 from unmask_core.matchers.registry import MATCHERS, require_installed
@@ -96,6 +96,7 @@ class BulkConfig(JobConfig):
         "overwrite",
         "face_finding",
         "compile",
+        "resource_timeout",
     )
 
     def check(self) -> None:
@@ -149,6 +150,8 @@ def settings_pins(cfg: BulkConfig, detector: str, on_gpu: bool | None) -> dict[s
         "aligned": str(cfg.aligned).lower(),
         "detector": "none (aligned inputs)" if cfg.aligned else detector,
         "images": "png" if cfg.image_format == "png" else f"jpeg q{cfg.jpeg_quality}",
+        # Rows of another schema version mean other things (docs/output.md): never in one output.
+        "rows_schema": output_schema.SCHEMA_VERSIONS["rows"],
     }
     if on_gpu is not None:
         pins["precision"] = "bf16" if cfg.bf16 and on_gpu else "fp32"
