@@ -107,6 +107,11 @@ def start(data_dir: str | Path, s3_port: int | None = None, timeout_s: float = 6
         # one (a test's own, another checkout's suite) fails to start: we use neither.
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
+        # Every bucket is a collection with volumes of its own, and by default the volume count is the
+        # free disk over the volume size: a suite's worth of buckets ran out on a fuller disk. Volumes
+        # are not preallocated, so a fixed, generous count costs nothing.
+        "-volume.max=1000",
+        "-master.volumeSizeLimitMB=64",
         "-webdav=false",
         "-admin.ui=false",
         "-master.telemetry=false",
