@@ -52,7 +52,7 @@ def test_a_storage_outage_and_a_full_disk_lose_nothing(tmp_path, tiny_model_set:
             time.sleep(0.05)
         s3.stop()
         _, stderr = first.communicate(timeout=300)
-        assert first.returncode == 1
+        assert first.returncode == 1, stderr.decode()[-3000:]
         assert f"cannot reach the S3 endpoint '{s3.server.endpoint}'" in stderr.decode()
         assert {row["status"] for row in _rows(out)} <= {"ok"}  # what was committed is whole
 

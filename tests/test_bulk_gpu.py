@@ -72,7 +72,7 @@ def test_bulk_job_runs_on_a_ray_that_declares_a_gpu(tmp_path: Path) -> None:
     codes = json.loads(done.stdout.split("CODES", 1)[1])
     # The third run asks for PNGs where the second wrote JPEGs: refused, as any other change of plan.
     assert codes == {"1 png": 0, "0.5 jpeg": 0, "0.5 png": 2}
-    assert "(images differ)" in done.stderr
+    assert "images: jpeg q95 before, png now" in done.stderr
     for gpus, image_format in (("1", "PNG"), ("0.5", "JPEG")):
         out = tmp_path / f"out-{gpus}"
         summary = json.loads((out / "summary.json").read_text())
