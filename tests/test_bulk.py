@@ -20,7 +20,7 @@ from PIL import Image
 
 from tests.images import encode, odd_files
 from tests.processes import pids_with_title
-from unmask_core import cli, shards, storage
+from unmask_core import cli, local_s3, shards, storage
 from unmask_core.faces.samples import load_rgb, sample_photo
 from unmask_core.models.model_set import init_model_set
 
@@ -68,8 +68,6 @@ def _generated_photos(count: int) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def models_uri(tmp_path_factory, s3_server) -> str:
     bucket = f"s3://models-{os.getpid()}"
-    from unmask_core import local_s3
-
     local_s3.create_bucket(s3_server, bucket[5:])
     init_model_set(64, f"{bucket}/set", seed=3)
     return f"{bucket}/set"
@@ -229,23 +227,29 @@ def test_killed_driver_rerun_redoes_only_unfinished_shards(bucket: str, models_u
         "--actors",
         "1,1",
     ]
-    env = dict(os.environ)
-    env.pop("RAY_ADDRESS", None)
-    first = subprocess.Popen(
-        command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
     rows_uri = storage.join(out, "rows")
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and len(shards.finished_shards(rows_uri)) < 2:
-        assert first.poll() is None, "the job ended before it could be killed"
-        time.sleep(0.2)
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
-    time.sleep(3)  # let the killed job's workers notice their driver is gone
-    finished_before = shards.finished_shards(rows_uri)
-    assert 2 <= len(finished_before) < inputs
+    with local_s3.CountingProxy(os.environ["AWS_ENDPOINT_URL"]) as proxy:
+        env = {**os.environ, "AWS_ENDPOINT_URL": proxy.endpoint}
+        env.pop("RAY_ADDRESS", None)
+        # The last 4 inputs' reads stall until the driver is dead: the kill cannot come too late,
+        # however fast the machine finishes shards.
+        listed = _s3_client().list_objects_v2(Bucket=bucket[5:], Prefix="g/")["Contents"]  # in key order
+        proxy.hold(f"{bucket[5:]}/{obj['Key']}" for obj in listed[2:])
+        first = subprocess.Popen(
+            command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and len(shards.finished_shards(rows_uri)) < 2:
+            assert first.poll() is None, "the job ended before it could be killed"
+            time.sleep(0.2)
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+        time.sleep(3)  # let the killed job's workers notice their driver is gone
+        proxy.release()
+        finished_before = shards.finished_shards(rows_uri)
+        assert finished_before == {0, 1}
 
-    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
+        second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
     assert second.returncode == 0, second.stderr[-3000:]
     summary = json.loads(storage.read_bytes(storage.join(out, "summary.json")))
     assert summary["shards_skipped"] == len(finished_before)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import boto3
 import botocore.exceptions
@@ -65,6 +67,21 @@ def test_boto3_through_the_proxy_is_counted_by_kind_and_key(proxy: CountingProxy
     assert proxy.get_bytes_by_key() == {f"{name}/in/a.bin": 14, f"{name}/in/b.bin": len(big)}
     proxy.reset()
     assert proxy.counts() == {} and proxy.gets_by_key() == {} and proxy.get_bytes_by_key() == {}
+
+
+def test_held_gets_wait_for_the_release_and_others_pass(proxy: CountingProxy, bucket: str) -> None:
+    name = bucket.removeprefix("s3://")
+    s3 = _client(proxy.endpoint)
+    for key in ("held.bin", "free.bin"):
+        s3.put_object(Bucket=name, Key=key, Body=key.encode())
+    proxy.hold([f"{name}/held.bin"])
+    with ThreadPoolExecutor(1) as pool:
+        held = pool.submit(lambda: s3.get_object(Bucket=name, Key="held.bin")["Body"].read())
+        assert s3.get_object(Bucket=name, Key="free.bin")["Body"].read() == b"free.bin"
+        time.sleep(1)
+        assert not held.done()
+        proxy.release()
+        assert held.result(timeout=30) == b"held.bin"
 
 
 def test_signatures_are_still_checked_upstream(proxy: CountingProxy, bucket: str) -> None:

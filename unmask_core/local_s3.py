@@ -20,6 +20,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -155,6 +156,7 @@ BUCKET_SUBRESOURCES = {
 # Query parameters of a GET on an object that ask for something other than its bytes.
 OBJECT_SUBRESOURCES = {"acl", "tagging", "attributes", "legal-hold", "retention", "torrent", "uploadId"}
 COPY_BLOCK = 1 << 16
+HOLD_AT_MOST_S = 300  # a held GET is answered by then, released or not
 
 
 def request_kind(method: str, path: str) -> tuple[str, str]:
@@ -194,6 +196,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
     def do_request(self) -> None:
         kind, target = request_kind(self.command, self.path)
         self.server.record(kind, target)
+        if kind == "GET":
+            self.server.wait_if_held(target)
         try:
             self.upstream.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
             # Every header as the client sent it, Host included: SigV4 signs Host, and the server checks
@@ -272,6 +276,12 @@ class _ProxyServer(ThreadingHTTPServer):
         self.kinds: Counter[str] = Counter()
         self.gets: Counter[str] = Counter()
         self.get_bytes: Counter[str] = Counter()
+        self.held: frozenset[str] = frozenset()
+        self.released = threading.Event()
+
+    def wait_if_held(self, target: str) -> None:
+        if target in self.held:
+            self.released.wait(timeout=HOLD_AT_MOST_S)
 
     def record(self, kind: str, target: str) -> None:
         with self.lock:
@@ -333,6 +343,17 @@ class CountingProxy:
         """Body bytes that object GETs returned so far, per 'bucket/key'."""
         with self._server.lock:
             return Counter(self._server.get_bytes)
+
+    def hold(self, keys: Iterable[str]) -> None:
+        """Answer no GET of these 'bucket/key's until `release` (at most HOLD_AT_MOST_S): a job that
+        reads them stalls there, as it would on a slow store, so a test can stop it at a known point."""
+        self._server.released.clear()
+        self._server.held = frozenset(keys)
+
+    def release(self) -> None:
+        """Let every held GET, and every later one, through."""
+        self._server.held = frozenset()
+        self._server.released.set()
 
     def reset(self) -> None:
         """Forget every count so far."""

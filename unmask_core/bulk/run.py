@@ -173,7 +173,9 @@ def run_bulk(cfg: BulkConfig) -> dict[str, Any]:
         ds = _pipeline(cfg, began, gpus, inputs_left, shards_left)
         committer = ShardCommitter(cfg.output, model_info.provenance, model_info.embedding_dims)
         try:
-            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            # No prefetch: with Ray's default of one, a block reaches this loop only once the next one
+            # exists, so a finished shard would wait uncommitted behind a stalled one.
+            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
                 bar.update(committer.add(batch))
                 _count(committer.committed(), counts)
             _count(committer.finish(), counts)

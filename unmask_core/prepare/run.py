@@ -85,8 +85,10 @@ def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
             num_cpus=1,
             **ray_session.retry_args(),
         )
-        for row in ds.iter_rows():
-            bar.update(json.loads(row["summary"])["rows"])
+        # No prefetch: each shard's summary as it ends, not once the next one has.
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=0):
+            for summary in batch.column("summary").to_pylist():
+                bar.update(json.loads(summary)["rows"])
     bar.close()
     summary = summarize(
         cfg.output, records, split_of, skipped_shards=len(run.done), processed_shards=len(run.todo)
