@@ -13,7 +13,7 @@ import dataclasses
 
 # In the order they run: the goals' sections first (after the quick yardstick that MFU needs), so that
 # a run cut short loses the least valuable ones; compiling, whose length is hardest to foresee, last.
-SECTIONS = ("peak", "unmask_stage", "train", "photos", "numerics", "f_g", "compiled")
+SECTIONS = ("peak", "unmask_stage", "train", "photos", "numerics", "f_g", "forms", "compiled")
 
 # Dense (no sparsity) bf16 tensor-core TFLOP/s from the vendor's data sheets, matched in this order
 # against torch.cuda.get_device_name (so 'GH200' before 'H200', 'L40S' before 'L40' before 'L4').
@@ -41,7 +41,16 @@ def spec_bf16_tflops(device_name: str) -> float | None:
 
 # Seconds after which a section starts no new call (measure() checks between calls, so a section ends
 # at most one call past its cap). They leave the shot's budget a margin: see time_plan.
-CAPS = {"peak": 15, "f_g": 70, "unmask_stage": 55, "photos": 40, "numerics": 15, "train": 55, "compiled": 90}
+CAPS = {
+    "peak": 15,
+    "f_g": 70,
+    "forms": 25,
+    "unmask_stage": 55,
+    "photos": 40,
+    "numerics": 15,
+    "train": 55,
+    "compiled": 90,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +159,14 @@ def section_estimates(plan: Plan, spec_tflops: float = 989.0) -> dict[str, dict[
             f, g = (batch * GFLOP[part] * 1e9 / (TFLOPS[precision] * 1e12) for part in ("f", "g"))
             f_g_calls += [f, g, f + g]
     sections["f_g"] = (len(f_g_calls), sum(measure_seconds(t, plan) for t in f_g_calls), max(f_g_calls))
+    # Per-sample weights move more bytes: timed as if at fp32's rate (their case rests on bytes).
+    form_calls = [
+        batch * GFLOP[part] * 1e9 / (TFLOPS[precision] * 1e12)
+        for batch in plan.batches[:2]
+        for part in ("f", "g")
+        for precision in ("bf16", "fp32")
+    ]
+    sections["forms"] = (len(form_calls), sum(measure_seconds(t, plan) for t in form_calls), max(form_calls))
     shapes = [shape or job_stage_shape() for shape in plan.stage_shapes]
     stage = [_stage_call_s(shard) for shard, _ in shapes]
     sections["unmask_stage"] = (

@@ -15,6 +15,7 @@ crash or a kill loses at most the section in flight. Sections, in the order they
   the device first (JPEG decode with its CPU fallback, MTCNN, the alignment warp);
 - numerics: the job's bf16 networks against true fp32 ones, as PSNR of U and cosine of each embedding;
 - f_g: f, g and f+g in bf16 (the job's networks), TF32 and fp32 (networks built without bf16);
+- forms: both forms of f's heads and of g's modulated convolutions, the job's networks, two batches;
 - compiled (--compile): the stage and f, g, f+g in bf16 with torch.compile'd networks.
 
 Models are a random-weight model set of the reference architectures (speed does not depend on the
@@ -289,6 +290,60 @@ def section_f_g(bench: Bench, deadline: Deadline) -> dict:
         f"({best['precision']}, batch {best['batch']})",
         "rows": rows,
     }
+
+
+def _form_rows(bench: Bench, deadline: Deadline, batch: int) -> list[dict]:
+    """f in both head forms and g in both modulated forms, the job's networks, at one batch size."""
+    from bench.forms import HEAD_FORMS, MODULATED_FORMS, heads_form, modulated_form
+
+    plan, model = bench.plan, bench.stage.unmasker.model
+    x = torch.rand(batch, 3, bench.args.size, bench.args.size, device=bench.device) * 2 - 1
+    with torch.inference_mode():
+        codes = model.encode(x)
+    forms = [("f", form, heads_form(model.encoder, form), lambda: model.encode(x)) for form in HEAD_FORMS]
+    forms += [
+        ("g", form, modulated_form(model.decoder, form), lambda: model.decode(codes))
+        for form in MODULATED_FORMS
+    ]
+    rows = []
+    for module, form, forced, call in forms:
+        if deadline.passed():
+            return rows + [CAP_NOTE]
+        row = {"module": module, "form": form, "batch": batch, "weights": weights_dtype(model.encoder)}
+        try:
+            with forced, torch.inference_mode():
+                timing = measure(
+                    call, bench.device, plan.warmup_s, plan.trials, plan.trial_s, plan.warmup_calls, deadline
+                )
+        except torch.OutOfMemoryError:
+            bench.free_memory()
+            rows.append({**row, "note": "out of memory"})
+            continue
+        except CapReached:
+            return rows + [CAP_NOTE]
+        rows.append({**row, "images_per_s": batch / timing.seconds, "ms_per_batch": timing.seconds * 1e3})
+    return rows
+
+
+def section_forms(bench: Bench, deadline: Deadline) -> dict:
+    """Both forms of f's heads (one by one, batched per level) and of g's modulated convolutions
+    (per-sample weights, shared weight), the job's networks in its precision, at the two largest batch
+    sizes: which form the GPU should run, from numbers (docs/gpu.md says which it runs until then)."""
+    rows = []
+    for batch in bench.plan.batches[:2]:
+        rows += _form_rows(bench, deadline, batch)
+        bench.free_memory()
+        if rows and rows[-1] is CAP_NOTE:
+            break
+    rate = {(r["module"], r["form"], r["batch"]): r["images_per_s"] for r in rows if "images_per_s" in r}
+    ratios = []
+    for module, a, b in (("f", "per_head", "batched"), ("g", "per_sample", "shared_weight")):
+        for batch in bench.plan.batches[:2]:
+            if (module, a, batch) in rate and (module, b, batch) in rate:
+                ratios.append(
+                    f"{module} {b}/{a} {rate[module, b, batch] / rate[module, a, batch]:.2f}x (batch {batch})"
+                )
+    return {"summary": "; ".join(ratios) or "no pair of forms measured", "rows": rows}
 
 
 def _stage_table(shard: np.ndarray) -> pa.Table:
@@ -622,6 +677,7 @@ def section_compiled(bench: Bench, deadline: Deadline) -> dict:
 SECTION_FUNCTIONS = {
     "peak": section_peak,
     "f_g": section_f_g,
+    "forms": section_forms,
     "unmask_stage": section_unmask_stage,
     "photos": section_photos,
     "numerics": section_numerics,

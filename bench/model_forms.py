@@ -1,8 +1,9 @@
 """Old and new forms of f and g at 256 px, in one run (`python -m bench.model_forms`).
 
 1. CPU fp32 seconds per image at batch 4: g with the per-sample modulated convolution (one grouped
-   convolution, B weight copies) vs the shared-weight form; f with pSp's 14 sequential map2style heads
-   vs the heads batched per pyramid level. Old and new alternate, so machine load hits both alike.
+   convolution, B weight copies) vs the shared-weight form; f with pSp's 14 map2style heads one after
+   another vs the heads batched per pyramid level (bench/forms.py). The two alternate, so machine load
+   hits both alike. The faster form is the one the CPU path uses.
 2. Bytes moved per image by g's modulated convolutions, before and after, counted analytically from
    the layer shapes (weights per sample, activations read and written), in fp32 and under bf16 autocast.
 Results go to BENCHMARKS.md (section `model_forms`).
@@ -11,54 +12,18 @@ Results go to BENCHMARKS.md (section `model_forms`).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from bench.benchmarks_md import LoadWatch, machine_description, update_section
-from unmask_core.models.encoder import GradualStyleBlock, GradualStyleEncoder, upsample_add
+from bench.forms import heads_form, modulated_form
+from unmask_core.models.encoder import GradualStyleEncoder
 from unmask_core.models.model_set import model_set_configs
-from unmask_core.models.stylegan2 import Generator, ModulatedConv2d, modulated_conv2d_per_sample
-
-
-@contextlib.contextmanager
-def per_sample_form(g: Generator) -> Iterator[None]:
-    """g with every modulated convolution in the per-sample (grouped) form, the code before this change."""
-    convs = [m for m in g.modules() if isinstance(m, ModulatedConv2d)]
-    for conv in convs:
-        conv.forward = lambda x, style, conv=conv: modulated_conv2d_per_sample(conv, x, style)
-    try:
-        yield
-    finally:
-        for conv in convs:
-            del conv.forward
-
-
-def per_head_forward(encoder: GradualStyleEncoder) -> Callable[[Tensor], Tensor]:
-    """f with pSp's map2style heads run one after another (the code before this change), same weights."""
-    config, state = encoder.config, encoder.state_dict()
-    c3_size = config.input_size // 16
-    heads = nn.ModuleList()
-    for i in range(config.n_styles):
-        spatial = c3_size if i < config.coarse_ind else 2 * c3_size if i < config.middle_ind else 4 * c3_size
-        head = GradualStyleBlock(config.widths[3], config.style_dim, spatial)
-        prefix = f"styles.{i}."
-        head.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
-        heads.append(head.eval())
-
-    def forward(x: Tensor) -> Tensor:
-        c1, c2, c3 = encoder.features(x)
-        p2 = upsample_add(c3, encoder.latlayer1(c2))
-        p1 = upsample_add(p2, encoder.latlayer2(c1))
-        maps = [c3] * config.coarse_ind + [p2] * (config.middle_ind - config.coarse_ind)
-        maps += [p1] * (config.n_styles - config.middle_ind)
-        return torch.stack([head(m) for head, m in zip(heads, maps)], dim=1)
-
-    return forward
+from unmask_core.models.stylegan2 import Generator, ModulatedConv2d
 
 
 def seconds(fn: Callable[[], Tensor]) -> float:
@@ -67,14 +32,14 @@ def seconds(fn: Callable[[], Tensor]) -> float:
     return time.perf_counter() - started
 
 
-def compare(old: Callable[[], Tensor], new: Callable[[], Tensor], repeats: int) -> tuple[float, float, float]:
-    """(old s/batch, new s/batch, max |old - new|): medians over alternating repeats after a warm-up."""
-    difference = (old() - new()).abs().max().item()
-    old_times, new_times = [], []
+def compare(a: Callable[[], Tensor], b: Callable[[], Tensor], repeats: int) -> tuple[float, float, float]:
+    """(A s/batch, B s/batch, max |A - B|): medians over alternating repeats after a warm-up."""
+    difference = (a() - b()).abs().max().item()
+    a_times, b_times = [], []
     for _ in range(repeats):
-        old_times.append(seconds(old))
-        new_times.append(seconds(new))
-    return statistics.median(old_times), statistics.median(new_times), difference
+        a_times.append(seconds(a))
+        b_times.append(seconds(b))
+    return statistics.median(a_times), statistics.median(b_times), difference
 
 
 def modulated_layers(g: Generator) -> list[dict[str, int]]:
@@ -130,7 +95,7 @@ def bytes_per_image(layers: list[dict[str, int]], batch: int) -> dict[str, float
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=6)
     args = parser.parse_args()
     torch.manual_seed(0)
     gen_config, enc_config, _ = model_set_configs(256)
@@ -138,34 +103,51 @@ def main() -> None:
     encoder = GradualStyleEncoder(enc_config).eval()
     x = torch.rand(args.batch, 3, 256, 256) * 2 - 1
     codes = torch.randn(args.batch, g.n_latent, g.style_dim)
-    old_f = per_head_forward(encoder)
 
-    def old_g() -> Tensor:
-        with per_sample_form(g):
-            return g(codes)
+    def f_in(form: str) -> Callable[[], Tensor]:
+        def run() -> Tensor:
+            with heads_form(encoder, form):
+                return encoder(x)
+
+        return run
+
+    def g_in(form: str) -> Callable[[], Tensor]:
+        def run() -> Tensor:
+            with modulated_form(g, form):
+                return g(codes)
+
+        return run
 
     with torch.no_grad(), LoadWatch() as load:
-        f_old, f_new, f_diff = compare(lambda: old_f(x), lambda: encoder(x), args.repeats)
-        g_old, g_new, g_diff = compare(old_g, lambda: g(codes), args.repeats)
+        f_old, f_new, f_diff = compare(f_in("per_head"), f_in("batched"), args.repeats)
+        g_old, g_new, g_diff = compare(g_in("per_sample"), g_in("shared_weight"), args.repeats)
     per_image = args.batch
     traffic = bytes_per_image(modulated_layers(g), args.batch)
     n_weights = sum(layer["weight"] for layer in modulated_layers(g))
 
     gb = 1e9
     lines = [
-        "## Model forms: old vs new, f and g at 256 px (`bench/model_forms.py`)",
+        "## Model forms: two forms each of f and g at 256 px (`bench/model_forms.py`)",
         "",
         f"Machine: {machine_description()}; torch threads: {torch.get_num_threads()}.",
         "",
         f"CPU fp32, batch {args.batch}, random weights, median of {args.repeats} alternating repeats "
         "after one warm-up; seconds per image (wall).",
         "",
-        "| model | old form, s/image | new form, s/image | new / old | max abs difference |",
+        "| model | form A, s/image | form B, s/image | B / A | max abs difference |",
         "|---|---:|---:|---:|---:|",
-        f"| f: 14 map2style heads sequential → batched per level | {f_old / per_image:.3f} | "
+        f"| f: 14 map2style heads one by one (A) → batched per level (B) | {f_old / per_image:.3f} | "
         f"{f_new / per_image:.3f} | {f_new / f_old:.2f} | {f_diff:.1e} |",
-        f"| g: per-sample grouped → shared-weight modulated conv | {g_old / per_image:.3f} | "
+        f"| g: per-sample grouped (A) → shared-weight (B) modulated conv | {g_old / per_image:.3f} | "
         f"{g_new / per_image:.3f} | {g_new / g_old:.2f} | {g_diff:.1e} |",
+        "",
+        "The CPU path runs f's heads one by one (A) and g's shared weight (B); the CUDA state runs the "
+        "heads batched (docs/gpu.md). This run "
+        + (
+            "agrees with the CPU's choice."
+            if f_old <= f_new and g_new <= g_old
+            else "**contradicts the CPU's choice.**"
+        ),
         "",
         f"Bytes moved per image by g's modulated convolutions (analytic, `bytes_per_image`; "
         f"{n_weights / 1e6:.1f} M modulated weight elements; batch {args.batch} for the shared weight's "

@@ -322,6 +322,22 @@ def table(results: dict[str, dict[int, dict]]) -> str:
     return "\n".join(lines)
 
 
+def section(results: dict[str, dict[int, dict]], args: argparse.Namespace) -> str:
+    from bench.benchmarks_md import machine_description
+
+    return (
+        "## The bulk job's driver at scale (`bench/scale.py`)\n\n"
+        f"Machine: {machine_description()}. `python -m bench.scale` (shard size {args.shard_size}): the "
+        "real job with its face-finding and unmask stages replaced by probes, each job a process of its "
+        "own with its own local Ray; S3 inputs from bench/virtual_s3.py's virtual keys, requests counted "
+        "by local_s3.CountingProxy. First model call: seconds from the command to the unmask stage's "
+        "first call. Goals (issue 29): first call at 1M at most 1.5x that at 10k and under 30 s; driver "
+        "peak RSS at 1M at most 1.2x that at 10k; LIST = ceil(N/1000) + c on a fresh run, 0 on a resume.\n\n"
+        + table(results)
+        + "\n"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench.scale",
@@ -355,7 +371,7 @@ def main() -> None:
         from unmask_core.models.model_set import init_model_set
 
         init_model_set(64, models, seed=0)
-    from bench.benchmarks_md import machine_description
+    from bench.benchmarks_md import LoadWatch, machine_description, update_section
 
     print(f"machine: {machine_description()}", flush=True)
     if args.check:
@@ -363,12 +379,15 @@ def main() -> None:
         print(json.dumps(found, indent=1, default=str))
         return
     results: dict[str, dict[int, dict]] = {}
-    for kind in args.kinds.split(","):
-        for n in (int(x) for x in args.sizes.split(",")):
-            print(f"{kind} {n:,} ...", flush=True)
-            results.setdefault(kind, {})[n] = measure_kind(kind, n, root, models, args.read, env)
-            print(table({kind: {n: results[kind][n]}}).splitlines()[2], flush=True)
+    with LoadWatch() as load:
+        for kind in args.kinds.split(","):
+            for n in (int(x) for x in args.sizes.split(",")):
+                print(f"{kind} {n:,} ...", flush=True)
+                results.setdefault(kind, {})[n] = measure_kind(kind, n, root, models, args.read, env)
+                print(table({kind: {n: results[kind][n]}}).splitlines()[2], flush=True)
     print(table(results))
+    if not args.read and args.kinds == "s3,folder,manifest":  # the whole table: BENCHMARKS.md's section
+        update_section("scale", section(results, args), load)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))
 

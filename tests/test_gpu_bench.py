@@ -73,6 +73,7 @@ def test_cuda_state_dry_run_runs_every_section_without_ray_s3fs_or_insightface(t
         "photos": "ok",
         "numerics": "ok",
         "f_g": "ok",
+        "forms": "ok",
         "compiled": "skipped",
     }, {n: s.get("error") for n, s in report["sections"].items()}
     assert report["sections"]["compiled"]["reason"] == "--compile not given"
@@ -90,6 +91,16 @@ def test_cuda_state_dry_run_runs_every_section_without_ray_s3fs_or_insightface(t
         for p, w in (("bf16", "bfloat16"), ("tf32", "float32"), ("fp32", "float32"))
         for m in ("f", "g", "f+g")
     ]
+    # Both forms of f and of g, on the job's bf16 networks.
+    forms = sections["forms"]["rows"]
+    assert [(r["module"], r["form"], r["weights"]) for r in forms] == [
+        ("f", "per_head", "bfloat16"),
+        ("f", "batched", "bfloat16"),
+        ("g", "per_sample", "bfloat16"),
+        ("g", "shared_weight", "bfloat16"),
+    ]
+    assert all(r["images_per_s"] > 0 for r in forms)
+    assert "f batched/per_head" in sections["forms"]["summary"]
     stage = sections["unmask_stage"]["rows"][0]
     assert (stage["bf16"], stage["weights"]) == (True, "bfloat16")
     assert stage["images_per_s"] > 0 and stage["gflop_per_image"] > 0

@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from unmask_core.models.encoder import EncoderConfig, GradualStyleEncoder
+from unmask_core.accelerator import CUDA_STATE_ENV
+from unmask_core.models.encoder import EncoderConfig, GradualStyleEncoder, StyleHeads
 from unmask_core.models.irse import Backbone, BackboneConfig, id_preprocess
 from unmask_core.models.psp import PSP, LatentEncoder
 from unmask_core.models.stylegan2 import Generator, GeneratorConfig, fir_filter, upsample_fir
@@ -169,7 +170,7 @@ def reference_api(name: str, module: torch.nn.Module) -> Any:
 
 
 @pytest.mark.parametrize("spec_path", FIXTURES or [None], ids=[p.stem for p in FIXTURES] or ["none"])
-def test_module_reproduces_reference_fixture(spec_path: Path | None) -> None:
+def test_module_reproduces_reference_fixture(spec_path: Path | None, monkeypatch) -> None:
     if spec_path is None:
         pytest.fail(f"no reference fixtures (*.json) in {REFERENCE_DIR}")
     spec = json.loads(spec_path.read_text())
@@ -190,16 +191,25 @@ def test_module_reproduces_reference_fixture(spec_path: Path | None) -> None:
         module.latent_avg.copy_(extra["latent_avg"])
     module.eval()
 
-    namespace: dict[str, Any] = {"torch": torch, "inputs": blob["inputs"], "m": reference_api(name, module)}
-    with torch.no_grad():
-        for output, expression in spec["calls"].items():
-            namespace[output] = eval(expression, {"__builtins__": {}}, namespace)  # noqa: S307 - fixture data
-    for output, reference in blob["outputs"].items():
-        ours_out = namespace[output]
-        assert ours_out.shape == reference.shape, output
-        tolerance = 1e-4 * max(1.0, reference.abs().max().item())
-        error = (ours_out.float() - reference).abs().max().item()
-        assert error <= tolerance, f"{spec_path.stem}.{output}: max abs diff {error:.3g} > {tolerance:.3g}"
+    # The encoder's map2style heads run in one form per device (StyleHeads.forward): both must match.
+    heads = any(isinstance(m, StyleHeads) for m in module.modules())
+    for state in ("plain", CUDA_STATE_ENV) if heads else ("plain",):
+        monkeypatch.setenv(CUDA_STATE_ENV, "1" if state == CUDA_STATE_ENV else "0")
+        namespace: dict[str, Any] = {
+            "torch": torch,
+            "inputs": blob["inputs"],
+            "m": reference_api(name, module),
+        }
+        with torch.no_grad():
+            for output, expression in spec["calls"].items():
+                namespace[output] = eval(expression, {"__builtins__": {}}, namespace)  # noqa: S307 - fixture data
+        for output, reference in blob["outputs"].items():
+            ours_out = namespace[output]
+            assert ours_out.shape == reference.shape, output
+            tolerance = 1e-4 * max(1.0, reference.abs().max().item())
+            error = (ours_out.float() - reference).abs().max().item()
+            where = f"{spec_path.stem}.{output} ({state})"
+            assert error <= tolerance, f"{where}: max abs diff {error:.3g} > {tolerance:.3g}"
 
 
 def test_reference_fixture_folder_is_not_empty() -> None:

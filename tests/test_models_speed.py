@@ -118,8 +118,32 @@ def test_batched_heads_equal_psp_per_head_blocks(n_styles: int) -> None:
             prefix = f"styles.{i}."
             head.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
             expected.append(head(source))
-        torch.testing.assert_close(encoder(x), torch.stack(expected, 1), rtol=1e-5, atol=1e-6)
+        expected = torch.stack(expected, 1)
+        maps = (c3, p2, p1)
+        # Both forms, whichever the device picks: batched in the CUDA state, per head elsewhere.
+        torch.testing.assert_close(encoder.styles.batched(maps), expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(encoder.styles.per_head(maps), expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(encoder(x), expected, rtol=1e-5, atol=1e-6)
     assert sum(isinstance(m, nn.Conv2d) for m in encoder.styles.modules()) == 0  # no per-head modules
+
+
+def test_the_cuda_state_runs_the_heads_batched_and_a_cpu_per_head(monkeypatch) -> None:
+    from unmask_core.accelerator import CUDA_STATE_ENV
+
+    encoder = small_encoder()
+    calls = []
+    for form in ("batched", "per_head"):
+        original = getattr(encoder.styles, form)
+        monkeypatch.setattr(
+            encoder.styles, form, lambda maps, form=form, f=original: calls.append(form) or f(maps)
+        )
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        monkeypatch.setenv(CUDA_STATE_ENV, "0")
+        encoder(x)
+        monkeypatch.setenv(CUDA_STATE_ENV, "1")
+        encoder(x)
+    assert calls == ["per_head", "batched"]
 
 
 def test_batched_heads_load_and_report_per_head_keys() -> None:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from unmask_core.accelerator import cuda_state
 from unmask_core.models.irse import REFERENCE_WIDTHS, build_body, input_layer, stage_units
 from unmask_core.models.stylegan2 import EqualLinear
 
@@ -133,7 +134,35 @@ class StyleHeads(nn.Module):
         return [*convs, "linear.weight", "linear.bias"]
 
     def forward(self, maps: tuple[Tensor, ...]) -> Tensor:
-        """maps (one per level, in the constructor's order) -> styles [B, n_styles, out_channels]."""
+        """maps (one per level, in the constructor's order) -> styles [B, n_styles, out_channels]: the
+        heads batched per level in the CUDA state (a dozen kernels instead of about sixty), one after
+        another elsewhere (pSp's order, on views of the same weights), which a CPU runs faster
+        (BENCHMARKS.md, model forms). Both compute the same function."""
+        return self.batched(maps) if cuda_state(maps[0].device) else self.per_head(maps)
+
+    def per_head(self, maps: tuple[Tensor, ...]) -> Tensor:
+        """pSp's order: each head's convolutions and EqualLinear on its own."""
+        styles = []
+        for level in self.levels:
+            weights = [
+                (getattr(self, f"{level.name}_conv{j}_weight"), getattr(self, f"{level.name}_conv{j}_bias"))
+                for j in range(level.depth)
+            ]
+            linear_weight = getattr(self, f"{level.name}_linear_weight")
+            linear_bias = getattr(self, f"{level.name}_linear_bias")
+            out = self.out_channels
+            for h in range(level.count):
+                x = maps[level.source]
+                for weight, bias in weights:
+                    head = slice(h * out, (h + 1) * out)
+                    x = F.leaky_relu(F.conv2d(x, weight[head], bias[head], stride=2, padding=1), 0.01)
+                x = x.reshape(x.shape[0], out)
+                y = F.linear(x, linear_weight[h] * self.linear_scale)
+                styles.append(y + linear_bias[h].to(y.dtype))
+        return torch.stack(styles, dim=1)
+
+    def batched(self, maps: tuple[Tensor, ...]) -> Tensor:
+        """Every head of a level at once: grouped convolutions and one batched matmul."""
         styles = []
         for level in self.levels:
             x = maps[level.source]
