@@ -348,16 +348,14 @@ def section_forms(bench: Bench, deadline: Deadline) -> dict:
 
 def _stage_table(shard: np.ndarray) -> pa.Table:
     """A shard of aligned faces as the face-finding stage hands it to the unmask stage."""
-    from unmask_core.bulk.stages import STAGE_SCHEMA
+    from unmask_core.bulk.rows import stage_table
 
     base = {"shard": 0, "shard_inputs": len(shard), "source_uri": "synthetic", "input_rows": 1}
     records = [
         dict(base, id=f"face{i}", status="ok", error="", face_index=0, face=face.tobytes())
         for i, face in enumerate(shard)
     ]
-    return pa.Table.from_pylist(
-        [{n: r.get(n) for n in STAGE_SCHEMA.names} for r in records], schema=STAGE_SCHEMA
-    )
+    return stage_table(records)
 
 
 def stage_flops(bench: Bench) -> float:
@@ -475,7 +473,8 @@ def section_photos(bench: Bench, deadline: Deadline) -> dict:
 
 
 def _photo_row(bench: Bench, files: list[Path], deadline: Deadline) -> dict:
-    from unmask_core.bulk.stages import STAGE_SCHEMA, photo_for_device
+    from unmask_core.bulk.device_faces import photo_for_device
+    from unmask_core.bulk.rows import stage_table
 
     stage = bench.photo_stage
     base = {"shard": 0, "shard_inputs": len(files), "input_rows": 1, "status": "ok", "error": ""}
@@ -485,9 +484,7 @@ def _photo_row(bench: Bench, files: list[Path], deadline: Deadline) -> dict:
         )
         for i, f in enumerate(files)
     ]
-    table = pa.Table.from_pylist(
-        [{n: r.get(n) for n in STAGE_SCHEMA.names} for r in records], schema=STAGE_SCHEMA
-    )
+    table = stage_table(records)
     stage.face_finder.decoded.clear()
     outputs: list[pa.Table] = []  # the first call's rows say how many faces each call unmasks
     plan, device = bench.plan, stage.unmasker.device.type

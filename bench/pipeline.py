@@ -2,6 +2,7 @@
 same decoded images, on the same machine (CPU), and the job's peak RSS at N and 4N images.
 
     python -m bench.pipeline [--size 256] [--n 8]
+    python -m bench.pipeline --memory [--n 8]   # peak RSS per process role at N, 4N, 16N (64 px set)
 
 The bare loop does only the work per image (detect, align, unmask, embed) on images already decoded in
 memory; the job also lists, reads, decodes, writes images and Parquet, and runs on Ray Data. Peak RSS is
@@ -70,7 +71,7 @@ def host_steps(
     import torch
 
     from unmask_core import data, storage
-    from unmask_core.bulk.stages import photo_for_device
+    from unmask_core.bulk.device_faces import photo_for_device
 
     paths = sorted(folder.glob("*.jpg"))
     face = np.ascontiguousarray(images[0][100:356, 80:336])
@@ -157,13 +158,19 @@ PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")  # the unit of its resident size
 
 @dataclass
 class ProcessTree:
-    """A job's process tree as sampled: the peak of its summed resident memory, and each process's
-    title and CPU seconds (user + system) when last seen."""
+    """A job's process tree as sampled: the peak of its summed resident memory, the peak of each
+    role's (the driver, each stage's actors, Ray's own processes), and each process's title and CPU
+    seconds (user + system) when last seen."""
 
     root: int
     peak_rss: int = 0
+    peak_rss_by_role: dict[str, int] = field(default_factory=dict)
     cpu_s: dict[int, float] = field(default_factory=dict)
     titles: dict[int, str] = field(default_factory=dict)
+
+    def role_of(self, pid: int) -> str:
+        title = self.titles.get(pid, "")
+        return DRIVER if pid == self.root else next((r for key, r in ROLES if key in title), OTHERS)
 
     def sample(self) -> None:
         # Only each process's stat for the whole machine (parent, CPU times, resident pages): the
@@ -182,7 +189,7 @@ class ProcessTree:
             children.setdefault(ppid, []).append(pid)
             cpu = (int(after_name[11]) + int(after_name[12])) / CLOCK_TICKS
             stats[pid] = (int(after_name[21]) * PAGE_BYTES, cpu)
-        total, stack = 0, [self.root]
+        total, stack, by_role = 0, [self.root], dict.fromkeys((DRIVER, *(r for _, r in ROLES), OTHERS), 0)
         while stack:
             pid = stack.pop()
             stack.extend(children.get(pid, []))
@@ -198,14 +205,15 @@ class ProcessTree:
             # An exiting process has no command line, and an idle worker may yet become an actor.
             if title and "ray::IDLE" not in title:
                 self.titles[pid] = title
+            by_role[self.role_of(pid)] += stats[pid][0]
         self.peak_rss = max(self.peak_rss, total)
+        for role, rss in by_role.items():
+            self.peak_rss_by_role[role] = max(self.peak_rss_by_role.get(role, 0), rss)
 
     def cpu_by_role(self) -> dict[str, float]:
         roles = {name: 0.0 for name in (DRIVER, *(role for _, role in ROLES), OTHERS)}
         for pid, cpu in self.cpu_s.items():
-            title = self.titles.get(pid, "")
-            role = DRIVER if pid == self.root else next((r for key, r in ROLES if key in title), OTHERS)
-            roles[role] += cpu
+            roles[self.role_of(pid)] += cpu
         return roles
 
 
@@ -283,6 +291,44 @@ def cpu_accounting(
     )
 
 
+def memory_growth(n: int, batch_size: int) -> None:
+    """The job's peak RSS at N, 4N and 16N images, per role, with the 64 px model set (the models'
+    share is small, so growth with the data shows): which process grows, and whether it plateaus."""
+    from unmask_core.models.model_set import init_model_set
+
+    sizes = (n, 4 * n, 16 * n)
+    trees: list[ProcessTree] = []
+    with tempfile.TemporaryDirectory() as folder, LoadWatch() as load:
+        root = Path(folder)
+        models = str(root / "models")
+        init_model_set(64, models)
+        for size in sizes:
+            make_gallery(root / f"gallery_{size}", size)
+            trees.append(run_job(root / f"gallery_{size}", root / f"out_{size}", models, batch_size)[2])
+    roles = [*trees[0].peak_rss_by_role, "whole tree"]
+
+    def peak(tree: ProcessTree, role: str) -> int:
+        return tree.peak_rss if role == "whole tree" else tree.peak_rss_by_role.get(role, 0)
+
+    mib = 2**20
+    rows = "".join(
+        f"| {role} | "
+        + " | ".join(f"{peak(t, role) / mib:.0f}" for t in trees)
+        + f" | {peak(trees[2], role) / max(1, peak(trees[0], role)):.3f} |\n"
+        for role in roles
+    )
+    text = (
+        "## Bulk job memory at N, 4N and 16N images (`bench/pipeline.py --memory`)\n\n"
+        f"Machine: {machine_description()}. 64 px model set, the same job, galleries and fixed pools as "
+        f"the pipeline section; peak resident memory (MiB) of each part of the job's process tree, "
+        "sampled every 0.2 s (a part's peak is the largest sum over its processes at one sample).\n\n"
+        f"| part | N = {sizes[0]} | 4N = {sizes[1]} | 16N = {sizes[2]} | 16N / N |\n"
+        "|---|---:|---:|---:|---:|\n" + rows
+    )
+    print(text)
+    update_section("pipeline_memory", text, load)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", type=int, default=256, help="model set size (models init)")
@@ -290,7 +336,13 @@ def main() -> None:
         "--n", type=int, default=8, help="N: images in the small gallery (the large one has 4N)"
     )
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--memory", action="store_true", help="only the peak RSS per part at N, 4N and 16N (64 px set)"
+    )
     args = parser.parse_args()
+    if args.memory:
+        memory_growth(args.n, args.batch_size)
+        return
     from unmask_core.models.model_set import init_model_set
 
     with tempfile.TemporaryDirectory() as folder, LoadWatch() as load:

@@ -57,7 +57,7 @@ class ProbeFaceFinding:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         from unmask_core import storage
-        from unmask_core.bulk.stages import STAGE_SCHEMA
+        from unmask_core.bulk.rows import STAGE_SCHEMA
 
         rows = []
         for shard, payload in zip(batch["shard"], batch["records"]):
@@ -79,7 +79,7 @@ class ProbeUnmasking:
         self.first = True
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        from unmask_core.bulk.stages import IMAGE_COLUMNS
+        from unmask_core.bulk.rows import IMAGE_COLUMNS
 
         if self.first:
             self.first = False

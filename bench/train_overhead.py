@@ -22,12 +22,12 @@ import pyarrow.compute as pc
 import torch
 
 from bench.benchmarks_md import LoadWatch, machine_description, update_section
-from tests.support.synthetic import write_synthetic_pairs
 from unmask_core import ray_session, shards, storage
 from unmask_core.data import png_to_tensor
 from unmask_core.losses import lpips_loss
 from unmask_core.models.irse import id_preprocess
 from unmask_core.models.model_set import init_model_set
+from unmask_core.prepare.synthetic import write_synthetic_pairs
 from unmask_core.training.batches import decode_batch
 from unmask_core.training.config import TrainConfig
 from unmask_core.training.loop import (

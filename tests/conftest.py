@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.processes import orphaned_ray_processes
 from tests.support.model_sets import make_tiny_model_set
+from tests.support.processes import orphaned_ray_processes
 from unmask_core import local_s3
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -18,8 +18,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tests.images import encode, odd_files
-from tests.processes import pids_with_title
+from tests.support.images import encode, odd_files
+from tests.support.processes import pids_with_title
 from unmask_core import cli, local_s3, shards, storage
 from unmask_core.faces.samples import load_rgb, sample_photo
 from unmask_core.models.model_set import init_model_set

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.images import gallery_photos
 from tests.support.faults import full_disk, own_s3
+from tests.support.images import gallery_photos
 from unmask_core import cli, faults, local_s3, shards, storage
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.images import encode
+from tests.support.images import encode
 from unmask_core.accelerator import CUDA_STATE_ENV
 from unmask_core.faces.samples import load_rgb, sample_photo
 from unmask_core.models.model_set import init_model_set

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.images import gallery_photos
+from tests.support.images import gallery_photos
 from unmask_core import local_s3, shards, storage
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

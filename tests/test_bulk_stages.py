@@ -13,7 +13,8 @@ import torch
 
 from unmask_core import data, shards
 from unmask_core.bulk.config import BulkConfig, micro_batch_size
-from unmask_core.bulk.stages import STAGE_SCHEMA, FaceFindingStage, ShardCommitter, row_schema
+from unmask_core.bulk.rows import STAGE_SCHEMA, row_schema, stage_table
+from unmask_core.bulk.stages import FaceFindingStage, ShardCommitter
 from unmask_core.shard_counts import read_summary
 
 
@@ -118,7 +119,7 @@ def _photo_gallery(folder: Path) -> list[dict]:
     data does not decode: one shard's records."""
     from PIL import Image
 
-    from tests.images import bogus_sampling_jpeg, encode
+    from tests.support.images import bogus_sampling_jpeg, encode
     from unmask_core.faces.samples import load_rgb, sample_photo
 
     folder.mkdir()
@@ -181,7 +182,7 @@ def test_faces_found_on_the_device_are_the_faces_the_cpu_stage_finds(tmp_path: P
 
 
 def test_plain_jpegs_travel_as_their_bytes_and_decode_on_the_device(tmp_path: Path, tiny_model_set) -> None:
-    from unmask_core.bulk.stages import DeviceFaceFinder
+    from unmask_core.bulk.device_faces import DeviceFaceFinder
     from unmask_core.faces.samples import load_rgb, sample_photo
 
     cfg = BulkConfig(input="-", output="-", models=tiny_model_set)
@@ -216,7 +217,8 @@ def test_a_jpeg_the_device_decoder_refuses_is_decoded_on_the_cpu(
 ) -> None:
     """nvJPEG failing on a node (here: the device decoder made to fail) costs no photo: each is decoded
     on the CPU instead, counted, and after a few such photos the actor stops asking the device."""
-    from unmask_core.bulk.stages import DeviceFaceFinder, UnmaskingStage
+    from unmask_core.bulk.device_faces import DeviceFaceFinder
+    from unmask_core.bulk.stages import UnmaskingStage
 
     calls = []
 
@@ -251,16 +253,14 @@ def test_a_jpeg_the_device_decoder_refuses_is_decoded_on_the_cpu(
 
 
 def test_faces_filling_their_frame_are_found_on_the_device_too(demo_masked_crops, tiny_model_set) -> None:
-    from unmask_core.bulk.stages import DeviceFaceFinder
+    from unmask_core.bulk.device_faces import DeviceFaceFinder
 
     cfg = BulkConfig(input="-", output="-", models=tiny_model_set)
     decoder = FaceFindingStage(cfg, detect=False)
     rows = [decoder.faces_of({"id": p.name, "uri": str(p)})[0] for p in demo_masked_crops]
     for row in rows:
         row.update(shard=0, shard_inputs=len(rows), input_rows=1)
-    table = pa.Table.from_pylist(
-        [{n: r.get(n) for n in STAGE_SCHEMA.names} for r in rows], schema=STAGE_SCHEMA
-    )
+    table = stage_table(rows)
     faces, crops = DeviceFaceFinder(cfg, "cpu")(table)
     found = faces.column("status").to_pylist()
     assert found.count("ok") >= 11, found

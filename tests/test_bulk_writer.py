@@ -7,7 +7,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from unmask_core.bulk.stages import FACE_SIZE, ImageWriter
+from unmask_core.bulk.rows import FACE_SIZE
+from unmask_core.bulk.stages import ImageWriter
 from unmask_core.errors import TransientError
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.images import bogus_sampling_jpeg, encode, odd_files
+from tests.support.images import bogus_sampling_jpeg, encode, odd_files
 from unmask_core import corpora, data, storage
 from unmask_core.errors import UserError
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.synthetic import write_synthetic_pairs
 from unmask_core import cli
+from unmask_core.prepare.synthetic import write_synthetic_pairs
 
 
 @pytest.mark.parametrize(

@@ -18,13 +18,13 @@ import pytest
 import torch
 
 from tests.support.public_formats import save_facenet, save_irse50, save_psp
-from tests.support.synthetic import write_synthetic_pairs
 from unmask_core.models.encoder import GradualStyleEncoder
 from unmask_core.models.irse import Backbone
 from unmask_core.models.model_set import model_set_configs
 from unmask_core.models.psp import PSP
 from unmask_core.models.public import new_facenet
 from unmask_core.models.stylegan2 import Generator
+from unmask_core.prepare.synthetic import write_synthetic_pairs
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("unmask_core", "jobs")

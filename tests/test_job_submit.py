@@ -36,8 +36,8 @@ from PIL import Image
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from tests.conftest import REPO_ROOT
-from tests.images import encode
-from tests.processes import pids_of_ray_node
+from tests.support.images import encode
+from tests.support.processes import pids_of_ray_node
 from unmask_core import local_s3, shards, storage
 from unmask_core.faces.samples import load_rgb, sample_photo
 
@@ -432,7 +432,7 @@ def test_a_driver_without_the_clusters_token_is_one_line(ray_head: RayHead, tmp_
 def test_a_gpu_asked_of_a_cluster_without_gpus_or_autoscaler_is_refused_in_one_line(
     ray_head: RayHead, model_set: str, bucket: str
 ):
-    from tests.support.synthetic import write_synthetic_pairs
+    from unmask_core.prepare.synthetic import write_synthetic_pairs
 
     pairs = write_synthetic_pairs(f"{bucket}/pairs", n_identities=2, per_identity=2, size=64)
     logs = submit_and_wait(

@@ -111,10 +111,12 @@ def test_two_actors_on_one_node_download_each_weights_file_once(
     entries = sorted(p.name for p in cache_dir.iterdir() if not p.name.endswith(".lock"))
     assert entries == sorted(f"{sizes[name]['sha256']}.pt" for name in UNMASKER_FILES)
 
-    # The actors computed with the right weights: what the local set computes.
+    # The actors computed with the right weights: what the local set computes. An actor's torch runs
+    # one thread and this process two, so fp32 sums round differently at a few uint8 boundaries.
     local = Unmasker(tiny_model_set, ["facenet"]).run(faces, batch_size=2)
     for output in outputs:
-        np.testing.assert_array_equal(output["unmasked"], local.unmasked)
+        difference = np.abs(output["unmasked"].astype(np.int16) - local.unmasked.astype(np.int16))
+        assert difference.max() <= 1 and (difference > 0).mean() < 1e-3
         np.testing.assert_allclose(output["facenet"], local.embeddings["unmasked"]["facenet"], atol=1e-6)
 
     # A restarted actor finds the node's copies: no weights downloaded again.

@@ -17,7 +17,7 @@ from PIL import Image
 
 from tests.conftest import REPO_ROOT
 from unmask_core import cli, data, output_schema, shards
-from unmask_core.bulk.stages import row_schema
+from unmask_core.bulk.rows import row_schema
 from unmask_core.errors import UserError
 
 DOC = REPO_ROOT / "docs" / "output.md"

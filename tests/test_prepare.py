@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.images import encode, odd_files
+from tests.support.images import encode, odd_files
 from unmask_core import cli, corpora, data, shards, storage
 from unmask_core.faces.detect import build_detector
 from unmask_core.faces.samples import load_rgb, sample_photo

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from tests.support.synthetic import smooth_image
 from unmask_core import cli, data, shards, storage
 from unmask_core.data import png_to_tensor
 from unmask_core.faces.align import template
@@ -24,6 +23,7 @@ from unmask_core.faces.samples import load_rgb, sample_photo
 from unmask_core.models.model_set import ModelSet
 from unmask_core.periorbital import periorbital_weight
 from unmask_core.prepare.rmfrd import MAX_REFERENCE_CANDIDATES, add_reference_candidates
+from unmask_core.prepare.synthetic import smooth_image
 from unmask_core.training.config import TrainConfig
 from unmask_core.training.t_hat import compute_t_hat, ensure_t_hat_codes, optimise_t_hat, t_hat_settings
 

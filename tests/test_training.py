@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from tests.processes import pids_with_title
-from tests.support.synthetic import write_synthetic_pairs
+from tests.support.processes import pids_with_title
 from unmask_core import storage
 from unmask_core.losses import LossWeights
+from unmask_core.prepare.synthetic import write_synthetic_pairs
 from unmask_core.training.batches import decode_batch
 from unmask_core.training.config import TrainConfig
 from unmask_core.training.loop import build_training_models, training_step

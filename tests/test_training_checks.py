@@ -12,8 +12,8 @@ import shutil
 import pyarrow as pa
 import pytest
 
-from tests.support.synthetic import write_synthetic_pairs
 from unmask_core import cli, data, shards, storage
+from unmask_core.prepare.synthetic import write_synthetic_pairs
 from unmask_core.training.checks import check_training_inputs
 from unmask_core.training.config import TrainConfig
 

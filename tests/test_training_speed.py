@@ -13,10 +13,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tests.support.synthetic import write_synthetic_pairs
 from unmask_core import shards, storage
 from unmask_core.data import png_to_tensor
 from unmask_core.models.model_set import init_model_set
+from unmask_core.prepare.synthetic import write_synthetic_pairs
 from unmask_core.training.batches import decode_batch
 from unmask_core.training.config import TrainConfig
 from unmask_core.training.history import append_metrics, read_metrics, truncate_metrics

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from tests.support.synthetic import write_synthetic_pairs
 from unmask_core import shards, storage
 from unmask_core.errors import UserError
 from unmask_core.models.irse import id_preprocess
 from unmask_core.models.model_set import ModelSet, init_model_set
+from unmask_core.prepare.synthetic import write_synthetic_pairs
 from unmask_core.training.batches import decode_batch
 from unmask_core.training.config import TrainConfig
 from unmask_core.training.loop import build_training_models, normalise_images, training_step

@@ -154,6 +154,14 @@ def record_plan(out_uri: str, plan: ShardPlan) -> None:
     storage.write_json(storage.join(out_uri, PLAN_FILE), asdict(plan))
 
 
+def record_cache_settings(cache_uri: str, settings: Any) -> None:
+    """`_settings.json` in a cache folder named by its settings' hash (training's targets and T-hat
+    caches), written once: for people, since the folder's name is what the code matches."""
+    path = storage.join(cache_uri, "_settings.json")
+    if not storage.exists(path):
+        storage.write_json(path, asdict(settings))
+
+
 @dataclass
 class ShardedRun:
     """The skeleton every resumable job shares: plan -> finished shards -> the shards still to do.

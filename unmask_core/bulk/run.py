@@ -152,7 +152,7 @@ def run_bulk(cfg: BulkConfig) -> dict[str, Any]:
     if not cfg.overwrite:  # a resume with other settings is refused before Ray starts
         shards.check_pins(cfg.output, {**input_pin, **settings_pins(cfg, detector, on_gpu=None)})
     # The driver checks the model set (a broken one fails here in one line, not inside an actor) while
-    # Ray starts: two waits of about 5 s each on 2 cores, now side by side.
+    # Ray starts: two waits of seconds each, side by side.
     with ThreadPoolExecutor(1) as pool:
         described = pool.submit(describe_model_set, cfg.models, cfg.matchers)
         ray_session.connect()
@@ -244,7 +244,7 @@ def _pipeline(cfg: BulkConfig, began: Start, gpus: float, inputs_left: int | Non
             batch_size=1,
             batch_format="numpy",
             compute=ray_session.actor_pool(cpu_low, cpu_high, most_shards),
-            num_cpus=1,
+            **FaceFindingStage.RESOURCES,
             **ray_session.retry_args(),
         )
         .map_batches(
@@ -255,11 +255,7 @@ def _pipeline(cfg: BulkConfig, began: Start, gpus: float, inputs_left: int | Non
             batch_size=batch_size,
             batch_format="pyarrow",
             compute=unmask_pool,
-            num_gpus=gpus,
-            # A GPU actor asks for no CPU slot: CPU-stage actors that reach a new GPU node first
-            # would otherwise take all its CPUs, leave the GPU actor pending, and make the
-            # autoscaler start another GPU node (an 8-GPU training node, if that is what fits).
-            num_cpus=0 if gpus else 1,
+            **UnmaskingStage.resources(gpus),
             **ray_session.retry_args(),
         )
         .map_batches(
@@ -268,7 +264,7 @@ def _pipeline(cfg: BulkConfig, began: Start, gpus: float, inputs_left: int | Non
             batch_size=None,
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
-            num_cpus=0.25,
+            **ImageWriter.RESOURCES,
             **ray_session.retry_args(),
         )
     )

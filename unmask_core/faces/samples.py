@@ -13,11 +13,6 @@ from PIL import Image
 _PACKAGE = "insightface"
 _IMAGES = ("data", "images")
 
-#: Sample photos with what they show.
-SAMPLE_PHOTOS = {
-    "t1.jpg": "group photo, 6 faces, 1280x886",
-    "Tom_Hanks_54745.png": "one face, already ArcFace-aligned at 112x112",
-}
 MASK_TEXTURE_NAMES = ("mask_blue.jpg", "mask_white.jpg", "mask_green.jpg", "mask_black.jpg")
 
 
@@ -31,7 +26,8 @@ def _images_dir() -> Path:
 
 
 def sample_photo(name: str) -> Path:
-    """Path of one shipped photo, e.g. `sample_photo("t1.jpg")`."""
+    """Path of one shipped photo: `t1.jpg` (a group photo, 6 faces, 1280x886), `Tom_Hanks_54745.png` (one
+    face, already ArcFace-aligned at 112x112), or one of the mask textures."""
     path = _images_dir() / name
     if not path.is_file():
         raise FileNotFoundError(f"no sample photo {name!r} in {path.parent}")

@@ -8,7 +8,7 @@ the pairs, keyed by everything that determines them, in resumable shards.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -97,8 +97,7 @@ def ensure_t_hat_codes(cfg: TrainConfig) -> str:
         raise UserError(f"{cfg.pairs}: no real-mask training rows (prepare it with --corpus rmfrd)")
     ids = rows["id"].to_pylist()
     run = shards.start_run(out, out, list(range(len(ids))), ids, T_HAT_SHARD_SIZE)
-    if not storage.exists(storage.join(out, "_settings.json")):  # for people; the key is the hash
-        storage.write_json(storage.join(out, "_settings.json"), asdict(settings))
+    shards.record_cache_settings(out, settings)
     if run.todo:
         task = ray.remote(num_cpus=1, num_gpus=1 if cfg.gpu else 0)(_t_hat_shard)
         encoders = cfg.init_from or cfg.models

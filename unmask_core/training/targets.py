@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -126,8 +126,7 @@ def ensure_targets(cfg) -> TargetsLookup:
     found = storage.list_files(out, (".parquet",)) if storage.exists(out) else []
     have = {storage.relative_key(out, uri) for uri in found}
     todo = [f for f in files if cache_name(pairs_path, f) not in have]
-    if not storage.exists(storage.join(out, "_settings.json")):  # for people; the key is the hash
-        storage.write_json(storage.join(out, "_settings.json"), asdict(settings))
+    shards.record_cache_settings(out, settings)
     print(
         f"targets: cached in {out}: {len(files) - len(todo)} of {len(files)} pairs files, computing "
         f"{len(todo)}",
