@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import platform
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,7 +83,7 @@ def _cpu_ticks() -> tuple[int, int]:
 class LoadWatch:
     """The machine's load around a timing: the 1-minute load average at its start and end, the share of
     the cores' time that was idle in between (/proc/stat), and the cores that other processes kept
-    busy on average (processes alive at the end and outside this process's tree then). Use as
+    busy on average (processes alive at the end that this process's tree never held). Use as
     `with LoadWatch() as load:` around the timed part, then hand it to update_section."""
 
     cores: int = field(default_factory=lambda: os.cpu_count() or 1)
@@ -92,14 +93,25 @@ class LoadWatch:
     others_cores: float = 0.0
     _ticks: tuple[int, int] = (0, 0)
     _started: float = 0.0
-    _processes: dict[int, tuple[int, float]] = field(default_factory=dict)
+    _processes: dict[int, tuple[int, float]] = field(default_factory=dict, repr=False)
+    _ours: set[int] = field(default_factory=set, repr=False)
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def __enter__(self) -> LoadWatch:
         self.load_before, self._ticks = os.getloadavg()[0], _cpu_ticks()
         self._started, self._processes = time.monotonic(), process_cpu()
+        self._ours = descendants(os.getpid(), self._processes)
+        # Every process of this benchmark's tree, seen once a second: one that outlives its parent
+        # (a job's Ray daemon, reparented to init) is still the benchmark's own.
+        threading.Thread(target=self._watch, name="load-watch", daemon=True).start()
         return self
 
+    def _watch(self) -> None:
+        while not self._stop.wait(1.0):
+            self._ours |= descendants(os.getpid(), process_cpu())
+
     def __exit__(self, *exc: object) -> None:
+        self._stop.set()
         self.until_now()
 
     def until_now(self) -> LoadWatch:
@@ -108,7 +120,7 @@ class LoadWatch:
         self.load_after = os.getloadavg()[0]
         self.idle_share = (idle - self._ticks[0]) / max(1, total - self._ticks[1])
         now = process_cpu()
-        ours = descendants(os.getpid(), now)
+        ours = self._ours | descendants(os.getpid(), now)
         # A process that started in between spent all its CPU time in between.
         others = sum(now[pid][1] - self._processes.get(pid, (0, 0.0))[1] for pid in now.keys() - ours)
         self.others_cores = others / max(1e-6, time.monotonic() - self._started)

@@ -39,6 +39,8 @@ import pyarrow as pa
 
 from bench.virtual_s3 import PAYLOAD, VirtualBucket, VirtualS3
 from unmask_core import local_s3
+from unmask_core.bulk import rows
+from unmask_core.bulk.stages import FaceFindingStage, UnmaskingStage
 
 REPO = Path(__file__).resolve().parent.parent
 BUCKET, PREFIX = "gallery", "photos/"
@@ -49,38 +51,36 @@ JOB_FLAGS = ["--actors", "1,1", "--cpu-actors", "1,2", "--batch-size", "1024", "
 # ---------------------------------------------------------------- the probes (in the job's actors)
 
 
-class ProbeFaceFinding:
-    """Stands in for FaceFindingStage: a `no_face` row per input, after one read with BENCH_SCALE_READ."""
+class ProbeFaceFinding(FaceFindingStage):
+    """Stands in for FaceFindingStage (with its resources): a `no_face` row per input, after one read
+    with BENCH_SCALE_READ."""
 
     def __init__(self, cfg, detect: bool = True) -> None:
         self.cfg, self.read = cfg, os.environ.get(READ_ENV) == "1"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         from unmask_core import storage
-        from unmask_core.bulk.rows import STAGE_SCHEMA
 
-        rows = []
+        out = []
         for shard, payload in zip(batch["shard"], batch["records"]):
             records = json.loads(payload)
             for record in records:
                 if self.read:
                     storage.read_bytes(record["uri"], self.cfg.max_bytes, record["size"], record["version"])
-                rows.append(
-                    {"shard": int(shard), "shard_inputs": len(records), "input_rows": 1, "id": record["id"]}
-                    | {"source_uri": record["uri"], "status": "no_face", "error": "probe"}
-                )
-        return pa.Table.from_pylist(rows, schema=STAGE_SCHEMA)
+                base = {"id": record["id"], "source_uri": record["uri"]}
+                row = rows.error_row(base, "no_face", "probe")
+                out += rows.of_input([row], shard=int(shard), shard_inputs=len(records))
+        return rows.stage_table(out)
 
 
-class ProbeUnmasking:
-    """Stands in for UnmaskingStage: notes the time of its first call (the first model call)."""
+class ProbeUnmasking(UnmaskingStage):
+    """Stands in for UnmaskingStage (with its resources): notes the time of its first call (the first
+    model call)."""
 
     def __init__(self, cfg, find_faces: bool = False) -> None:
         self.first = True
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        from unmask_core.bulk.rows import IMAGE_COLUMNS
-
         if self.first:
             self.first = False
             try:  # the first call of any actor wins
@@ -89,7 +89,7 @@ class ProbeUnmasking:
                 os.close(fd)
             except FileExistsError:
                 pass
-        table = table.drop_columns(["face", *IMAGE_COLUMNS])
+        table = table.drop_columns(["face", *rows.IMAGE_COLUMNS])
         return table.append_column("unmasked", pa.nulls(table.num_rows, pa.binary()))
 
 
@@ -386,7 +386,8 @@ def main() -> None:
                 results.setdefault(kind, {})[n] = measure_kind(kind, n, root, models, args.read, env)
                 print(table({kind: {n: results[kind][n]}}).splitlines()[2], flush=True)
     print(table(results))
-    if not args.read and args.kinds == "s3,folder,manifest":  # the whole table: BENCHMARKS.md's section
+    whole_table = (args.kinds, args.sizes) == (parser.get_default("kinds"), parser.get_default("sizes"))
+    if whole_table and not args.read:  # BENCHMARKS.md's section
         update_section("scale", section(results, args), load)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1, default=str))

@@ -76,11 +76,31 @@ def ray_local(s3_server: local_s3.S3Server) -> Iterator[None]:
     ray.shutdown()
 
 
+TINY_SET_FILES: dict[Path, tuple[int, int]] = {}  # the shared tiny set's files as made: mtime, size
+
+
+def _file_states(folder: Path) -> dict[Path, tuple[int, int]]:
+    return {path: (path.stat().st_mtime_ns, path.stat().st_size) for path in sorted(folder.iterdir())}
+
+
 @pytest.fixture(scope="session")
 def tiny_model_set(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A 64 px model set made once (seed TINY_MODEL_SET_SEED), as a local path. Read it only: a test
-    that changes a model set copies this one or makes its own."""
-    return make_tiny_model_set(tmp_path_factory.mktemp("tiny_model_set"))
+    that changes a model set copies this one or makes its own (checked after every test)."""
+    folder = make_tiny_model_set(tmp_path_factory.mktemp("tiny_model_set"))
+    TINY_SET_FILES.update(_file_states(Path(folder)))
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def the_shared_tiny_set_is_left_as_made(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that wrote into the shared set would change every later test's models: it fails here,
+    named, instead of a later test failing for no reason of its own."""
+    yield
+    if TINY_SET_FILES:
+        folder = next(iter(TINY_SET_FILES)).parent
+        changed = _file_states(folder) != TINY_SET_FILES
+        assert not changed, f"{request.node.nodeid} changed the shared tiny model set"
 
 
 @pytest.fixture

@@ -26,8 +26,8 @@ from ray.job_submission import JobStatus
 from ray.util.state import StateApiClient
 from ray.util.state.common import ActorState, ListApiOptions, NodeState, StateResource
 
+from tests.support.ray_head import RayHead, free_port, hanks_upscaled, put, start_head, submit_and_wait
 from tests.test_cluster import load_cluster
-from tests.test_job_submit import RayHead, free_port, hanks_upscaled, put, start_head, submit_and_wait
 from unmask_core import local_s3, shards, storage
 from unmask_core.faces.samples import sample_photo
 from unmask_core.models.model_set import init_model_set

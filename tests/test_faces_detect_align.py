@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper
 from skimage.transform import SimilarityTransform
 
-from tests.test_faces_masks import SAMPLE_LANDMARKS, padded_portrait
+from tests.support.faces import SAMPLE_LANDMARKS, padded_portrait
 from unmask_core.errors import UserError
 from unmask_core.faces.align import (
     ARCFACE_TEMPLATE_112,

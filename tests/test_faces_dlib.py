@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.test_faces_masks import EYE_MARGIN, SAMPLE_LANDMARKS, covers, distance_to_eyes, sample_photos
+from tests.support.faces import EYE_MARGIN, SAMPLE_LANDMARKS, covers, distance_to_eyes, sample_photos
 from unmask_core.faces.align import align_face, transform_points
 from unmask_core.faces.dlib_models import SHAPE_PREDICTOR_68, landmarks68, model_path
 from unmask_core.faces.masks import MASK_KINDS, MaskError, apply_mask
