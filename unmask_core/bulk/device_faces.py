@@ -1,12 +1,10 @@
 """Faces of whole photos found on the unmask actor's device, when its actors have GPUs: the first
 stage only reads each photo (`photo_for_device`), and `DeviceFaceFinder` decodes, detects and aligns it
-beside f and g, since MTCNN and decoding are the costliest host steps by far. Its rows follow the row
-protocol (bulk/rows.py) like the CPU stage's.
+beside f and g (faces/device.py), since MTCNN and decoding are the costliest host steps by far. Its
+rows follow the row protocol (bulk/rows.py) like the CPU stage's.
 """
 
 from __future__ import annotations
-
-from collections import Counter
 
 import numpy as np
 import pyarrow as pa
@@ -14,6 +12,7 @@ import pyarrow as pa
 from unmask_core import data
 from unmask_core.bulk import rows
 from unmask_core.bulk.config import BulkConfig
+from unmask_core.faces.device import DeviceFaces
 
 
 def photo_for_device(raw: bytes, max_pixels: int) -> dict:
@@ -26,77 +25,13 @@ def photo_for_device(raw: bytes, max_pixels: int) -> dict:
     return {"image": image.tobytes(), "image_size": list(image.shape[:2])}
 
 
-class DeviceFaceFinder:
-    """Faces of whole photos, found on the unmask actor's device: JPEGs are decoded there (nvJPEG on
-    CUDA, in batches), the host-decoded pixels go up in one (pinned) copy, MTCNN runs on letterboxed
-    batches (`detect_batch`), and the similarity warp runs there too, with the CPU path's transform and
-    filters. The crops never leave the device before f.
-
-    A JPEG the device decoder refuses is decoded on the CPU, with the host's limits, and uploaded: a
-    node whose nvJPEG fails still unmasks every photo. After DEVICE_DECODE_STRIKES such photos in a row,
-    this actor stops asking the device decoder. `decoded` counts where photos were decoded, and every
-    row carries it (`decoded_on`)."""
-
-    DEVICE_DECODE_STRIKES = 8
+class DeviceFaceFinder(DeviceFaces):
+    """The unmask stage's rows of whole photos -> rows of faces (or errors) and the ok faces' crops on
+    the device; every row of a decoded photo says where it was decoded (`decoded_on`)."""
 
     def __init__(self, cfg: BulkConfig, device) -> None:
-        import torch
-
-        from unmask_core.faces.detect import build_detector
-
+        super().__init__(cfg.detector, device, cfg.max_pixels)
         self.cfg = cfg
-        self.device = torch.device(device)
-        self.detector = build_detector(cfg.detector, str(self.device))
-        self.decoded: Counter[str] = Counter()
-        self.device_decode_strikes = 0
-
-    def upload(self, images: list[np.ndarray]) -> list:
-        """The images as uint8 [H, W, 3] tensors on the device, from one host-to-device copy."""
-        import torch
-
-        from unmask_core.accelerator import upload
-
-        flat = upload(torch.from_numpy(np.concatenate([image.reshape(-1) for image in images])), self.device)
-        views, start = [], 0
-        for image in images:
-            views.append(flat[start : start + image.size].view(image.shape))
-            start += image.size
-        return views
-
-    def decode_on_device(self, encoded: list) -> list:
-        """JPEG byte tensors -> uint8 [H, W, 3] tensors on the device, in one batched call."""
-        from torchvision.io import ImageReadMode, decode_jpeg
-
-        return [x.permute(1, 2, 0) for x in decode_jpeg(encoded, mode=ImageReadMode.RGB, device=self.device)]
-
-    def decode_jpegs(self, blobs: list[bytes], sizes: list[list[int]]) -> list[tuple]:
-        """(uint8 [H, W, 3] tensor on the device, "device" or "cpu") per JPEG, or (the exception that
-        neither decoder got past, None)."""
-        import torch
-
-        on_device: list = [None] * len(blobs)
-        if self.device_decode_strikes < self.DEVICE_DECODE_STRIKES:
-            encoded = [torch.frombuffer(bytearray(blob), dtype=torch.uint8) for blob in blobs]
-            try:
-                on_device = self.decode_on_device(encoded)
-            except Exception:  # one file the decoder refuses fails the whole batch: then each on its own
-                on_device = [_or_exception(lambda x: self.decode_on_device([x])[0], x) for x in encoded]
-        results: list = [None] * len(blobs)
-        fallback, pixels = [], []
-        for i, (photo, size) in enumerate(zip(on_device, sizes)):
-            if isinstance(photo, torch.Tensor) and list(photo.shape[:2]) == size:
-                results[i], self.device_decode_strikes = (photo, "device"), 0
-                continue
-            try:
-                pixels.append(data.decode_image(blobs[i], self.cfg.max_pixels))
-            except Exception as exc:  # a file no decoder reads: the input's own fault
-                results[i] = (exc, None)
-                continue
-            fallback.append(i)
-            self.device_decode_strikes += 1  # the device refused a photo the CPU could decode
-        for i, photo in zip(fallback, self.upload(pixels) if pixels else []):
-            results[i] = (photo, "cpu")
-        return results
 
     def photos(self, photo_rows: list[dict]) -> list[tuple]:
         """(pixels as a uint8 [H, W, 3] tensor on the device, where they were decoded) per photo row,
@@ -118,17 +53,6 @@ class DeviceFaceFinder:
                 photos[i] = (photo, "cpu")  # decoded by the first stage, on its host
         self.decoded.update(where for _, where in photos if where)
         return photos
-
-    def detect(self, photos: list) -> list:
-        """Faces per photo, or the exception its detection raised (one odd photo loses only itself)."""
-        from unmask_core.faces.detect import find_faces
-
-        if not hasattr(self.detector, "detect_batch"):  # a detector without a batched device path
-            return [_or_exception(find_faces, self.detector, x.cpu().numpy()) for x in photos]
-        try:
-            return self.detector.detect_batch(photos)
-        except Exception:
-            return [_or_exception(lambda x: self.detector.detect_batch([x])[0], x) for x in photos]
 
     def __call__(self, table: pa.Table):
         """(rows of faces and errors, the ok rows' aligned crops: uint8 [K, 256, 256, 3] on the device)."""
@@ -155,23 +79,20 @@ class DeviceFaceFinder:
         return rows.stage_table(out), masked
 
     def faces_of(self, base: dict, detected, image, crops: list) -> list[dict]:
-        from unmask_core.faces.align import align_faces_torch
-
         if isinstance(detected, Exception):
             return [rows.error_row(base, "detect_error", f"{type(detected).__name__}: {detected}")]
         if not detected:
             return [rows.error_row(base, "no_face", "no face detected")]
         chosen = detected if self.cfg.faces == "all" else detected[:1]
         found = []
-        photo = image.permute(2, 0, 1).float()
         for index, face in enumerate(chosen):
             try:
-                aligned, matrices = align_faces_torch(photo, [face.landmarks], size=rows.FACE_SIZE)
+                crop, matrix = self.align(image, face.landmarks, rows.FACE_SIZE)
             except Exception as exc:
                 found.append(rows.error_row(base, "align_error", str(exc), face_index=index))
                 continue
-            crops.append(aligned.round().to(image.dtype).permute(0, 2, 3, 1))
-            found.append(rows.face_row(base, index, face, matrices[0]))
+            crops.append(crop)
+            found.append(rows.face_row(base, index, face, matrix))
         return found
 
 
@@ -180,10 +101,3 @@ def _decode_error(error: Exception) -> tuple[str, str]:
     if isinstance(error, data.ImageDecodeError):
         return error.status, error.reason
     return "decode_error", f"{type(error).__name__}: {error}"
-
-
-def _or_exception(function, *args):
-    try:
-        return function(*args)
-    except Exception as exc:
-        return exc

@@ -241,7 +241,7 @@ def _pipeline(cfg: BulkConfig, began: Start, gpus: float, inputs_left: int | Non
         .map_batches(
             FaceFindingStage,
             fn_constructor_args=(cfg, not on_device),
-            batch_size=1,
+            batch_size=FaceFindingStage.BATCH_SIZE,
             batch_format="numpy",
             compute=ray_session.actor_pool(cpu_low, cpu_high, most_shards),
             **FaceFindingStage.RESOURCES,
@@ -261,7 +261,7 @@ def _pipeline(cfg: BulkConfig, began: Start, gpus: float, inputs_left: int | Non
         .map_batches(
             ImageWriter,
             fn_constructor_args=(cfg.output, cfg.image_format, cfg.jpeg_quality),
-            batch_size=None,
+            batch_size=ImageWriter.BATCH_SIZE,
             batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
             **ImageWriter.RESOURCES,

@@ -13,7 +13,8 @@ Faces stream through the unmask stage in fixed-size batches that span shards, so
 sees a whole shard: the rows follow the row protocol of bulk/rows.py, and the committer writes a shard's
 rows (the exactly-once marker) when they are all there, after their images.
 
-Each stage declares what one actor of it needs (`RESOURCES`); the pipeline (bulk/run.py) sizes the pools.
+Each stage declares what one actor of it needs and how many rows a call takes (`RESOURCES`, `BATCH_SIZE`;
+the unmask stage's batch is the job's `--batch-size`); the pipeline (bulk/run.py) reads them.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class FaceFindingStage:
     on the accelerator: a plain JPEG as its bytes (decoded there), any other image decoded here."""
 
     RESOURCES = {"num_cpus": 1}
+    BATCH_SIZE = 1  # a shard per call: its rows leave together
 
     def __init__(self, cfg: BulkConfig, detect: bool = True) -> None:
         from unmask_core.faces.detect import build_detector
@@ -206,6 +208,7 @@ class ImageWriter:
     never a row: it raises a TransientError, which stops the job with the shard uncommitted."""
 
     RESOURCES = {"num_cpus": 0.25}  # mostly waiting on uploads
+    BATCH_SIZE = None  # whatever block arrives: its rows are pixel-free soon after
 
     def __init__(
         self, output: str, image_format: str = "png", jpeg_quality: int = 95, threads: int = 16
