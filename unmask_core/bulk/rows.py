@@ -105,7 +105,8 @@ def row_schema(embedding_dims: dict[str, int]) -> pa.Schema:
     embeddings = [
         embedding_field(kind, name, dim) for name, dim in embedding_dims.items() for kind in EMBEDDING_KINDS
     ]
-    fields = [*map(pa.field, *zip(*FACE_FIELDS)), pa.field("unmasked_uri", pa.string()), *embeddings]
+    named = [*FACE_FIELDS, ("unmasked_uri", pa.string())]
+    fields = [*(pa.field(name, type_) for name, type_ in named), *embeddings]
     fields += [pa.field(name, type_) for name, type_ in PROVENANCE_FIELDS]
     return output_schema.with_meanings(pa.schema(fields), "rows")
 
