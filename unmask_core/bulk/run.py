@@ -225,6 +225,11 @@ def _pipeline(cfg: BulkConfig, began: Start, gpus: float, inputs_left: int | Non
     )
     most_shards = shards_left or 1 << 30
     unmask_pool = ray_session.actor_pool(*pool_range(cfg.actors, "--actors"), most_shards)
+    # No more GPUs than the unmask pool can use: Ray Data's own cluster autoscaler otherwise asks for
+    # twice the GPUs in use, which an autoscaler may meet with a larger GPU node type (an 8-GPU
+    # training node) that no actor of this job will ever use.
+    options = ray.data.DataContext.get_current().execution_options
+    options.resource_limits = options.resource_limits.copy(gpu=unmask_pool.max_size * gpus)
     source = PlannedShards(
         cfg, input_plan.segments_for(began.planned.inputs, cfg.shard_size), began.committed
     )
