@@ -46,8 +46,12 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 OTHERS_LIMIT_CORES = 0.5  # other processes' average busy cores that make a timing "loaded"
 
 
-def process_cpu() -> dict[int, tuple[int, float]]:
-    """pid -> (parent pid, CPU seconds so far, user + system) of every process, from /proc/<pid>/stat."""
+PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
+def process_stats() -> dict[int, tuple[int, float, int]]:
+    """pid -> (parent pid, CPU seconds so far (user + system), resident bytes) of every process, from
+    /proc/<pid>/stat."""
     found = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -57,13 +61,14 @@ def process_cpu() -> dict[int, tuple[int, float]]:
         except OSError:
             continue
         fields = stat[stat.rfind(")") + 2 :].split()  # fields 3.. of proc(5)'s stat
-        found[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS)
+        cpu = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        found[int(entry.name)] = (int(fields[1]), cpu, int(fields[21]) * PAGE_BYTES)
     return found
 
 
-def descendants(root: int, processes: dict[int, tuple[int, float]]) -> set[int]:
+def descendants(root: int, processes: dict[int, tuple[int, float, int]]) -> set[int]:
     children: dict[int, list[int]] = {}
-    for pid, (parent, _) in processes.items():
+    for pid, (parent, *_) in processes.items():
         children.setdefault(parent, []).append(pid)
     tree, stack = set(), [root]
     while stack:
@@ -93,13 +98,13 @@ class LoadWatch:
     others_cores: float = 0.0
     _ticks: tuple[int, int] = (0, 0)
     _started: float = 0.0
-    _processes: dict[int, tuple[int, float]] = field(default_factory=dict, repr=False)
+    _processes: dict[int, tuple[int, float, int]] = field(default_factory=dict, repr=False)
     _ours: set[int] = field(default_factory=set, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
 
     def __enter__(self) -> LoadWatch:
         self.load_before, self._ticks = os.getloadavg()[0], _cpu_ticks()
-        self._started, self._processes = time.monotonic(), process_cpu()
+        self._started, self._processes = time.monotonic(), process_stats()
         self._ours = descendants(os.getpid(), self._processes)
         # Every process of this benchmark's tree, seen once a second: one that outlives its parent
         # (a job's Ray daemon, reparented to init) is still the benchmark's own.
@@ -108,7 +113,7 @@ class LoadWatch:
 
     def _watch(self) -> None:
         while not self._stop.wait(1.0):
-            self._ours |= descendants(os.getpid(), process_cpu())
+            self._ours |= descendants(os.getpid(), process_stats())
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
@@ -119,10 +124,10 @@ class LoadWatch:
         idle, total = _cpu_ticks()
         self.load_after = os.getloadavg()[0]
         self.idle_share = (idle - self._ticks[0]) / max(1, total - self._ticks[1])
-        now = process_cpu()
+        now = process_stats()
         ours = self._ours | descendants(os.getpid(), now)
         # A process that started in between spent all its CPU time in between.
-        others = sum(now[pid][1] - self._processes.get(pid, (0, 0.0))[1] for pid in now.keys() - ours)
+        others = sum(now[pid][1] - self._processes.get(pid, (0, 0.0, 0))[1] for pid in now.keys() - ours)
         self.others_cores = others / max(1e-6, time.monotonic() - self._started)
         return self
 

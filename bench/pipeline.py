@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench.benchmarks_md import LoadWatch, machine_description, update_section
+from bench.benchmarks_md import LoadWatch, machine_description, process_stats, update_section
 from unmask_core.faces.samples import load_rgb, sample_photo
 
 REPO = Path(__file__).resolve().parent.parent
@@ -152,8 +152,6 @@ ROLES = (
     ("FaceFindingStage", "detect/align actor"),
     ("ImageWriter", "image writer actors"),
 )
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # the unit of CPU times in /proc/<pid>/stat
-PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")  # the unit of its resident size
 
 
 @dataclass
@@ -175,20 +173,11 @@ class ProcessTree:
     def sample(self) -> None:
         # Only each process's stat for the whole machine (parent, CPU times, resident pages): the
         # sampler shares the cores it measures. Titles are read for the job's own processes.
+        processes = process_stats()
         children: dict[int, list[int]] = {}
-        stats: dict[int, tuple[int, float]] = {}
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            after_name = stat[stat.rfind(")") + 2 :].split()  # fields 3.. of proc(5)'s stat
-            pid, ppid = int(entry.name), int(after_name[1])
-            children.setdefault(ppid, []).append(pid)
-            cpu = (int(after_name[11]) + int(after_name[12])) / CLOCK_TICKS
-            stats[pid] = (int(after_name[21]) * PAGE_BYTES, cpu)
+        for pid, (parent, *_) in processes.items():
+            children.setdefault(parent, []).append(pid)
+        stats = {pid: (rss, cpu) for pid, (_, cpu, rss) in processes.items()}
         total, stack, by_role = 0, [self.root], dict.fromkeys((DRIVER, *(r for _, r in ROLES), OTHERS), 0)
         while stack:
             pid = stack.pop()

@@ -79,21 +79,12 @@ class DeviceFaceFinder(DeviceFaces):
         return rows.stage_table(out), masked
 
     def faces_of(self, base: dict, detected, image, crops: list) -> list[dict]:
-        if isinstance(detected, Exception):
-            return [rows.error_row(base, "detect_error", f"{type(detected).__name__}: {detected}")]
-        if not detected:
-            return [rows.error_row(base, "no_face", "no face detected")]
-        chosen = detected if self.cfg.faces == "all" else detected[:1]
-        found = []
-        for index, face in enumerate(chosen):
-            try:
-                crop, matrix = self.align(image, face.landmarks, rows.FACE_SIZE)
-            except Exception as exc:
-                found.append(rows.error_row(base, "align_error", str(exc), face_index=index))
-                continue
+        def align(face) -> tuple[np.ndarray, dict]:
+            crop, matrix = self.align(image, face.landmarks, rows.FACE_SIZE)
             crops.append(crop)
-            found.append(rows.face_row(base, index, face, matrix))
-        return found
+            return matrix, {}
+
+        return rows.detected_faces(base, detected, self.cfg.faces, align)
 
 
 def _decode_error(error: Exception) -> tuple[str, str]:

@@ -87,6 +87,25 @@ def face_row(base: dict[str, Any], index: int, face, matrix: np.ndarray) -> dict
     )
 
 
+def detected_faces(base: dict[str, Any], detected, faces: str, align) -> list[dict[str, Any]]:
+    """A photo's rows from its detection: a `detect_error` (`detected` is the exception it raised), a
+    `no_face`, or a row per chosen face (the first, or all with faces='all'). `align(face)` returns its
+    similarity matrix and the row's extra fields; a face it raises on is an `align_error` row."""
+    if isinstance(detected, Exception):
+        return [error_row(base, "detect_error", f"{type(detected).__name__}: {detected}")]
+    if not detected:
+        return [error_row(base, "no_face", "no face detected")]
+    found = []
+    for index, face in enumerate(detected if faces == "all" else detected[:1]):
+        try:
+            matrix, extra = align(face)
+        except Exception as exc:
+            found.append(error_row(base, "align_error", str(exc), face_index=index))
+            continue
+        found.append(dict(face_row(base, index, face, matrix), **extra))
+    return found
+
+
 def ok_indices(table: pa.Table) -> list[int]:
     """Positions of the rows that hold a face to unmask."""
     return [i for i, status in enumerate(table.column("status").to_pylist()) if status == "ok"]

@@ -90,19 +90,13 @@ class FaceFindingStage:
         try:
             detected = find_faces(self.detector, image)
         except Exception as exc:  # a detector failure on one odd image must not lose the shard
-            return [rows.error_row(base, "detect_error", f"{type(exc).__name__}: {exc}")]
-        if not detected:
-            return [rows.error_row(base, "no_face", "no face detected")]
-        chosen = detected if self.cfg.faces == "all" else detected[:1]
-        found = []
-        for index, face in enumerate(chosen):
-            try:
-                aligned, matrix = align_face(image, face.landmarks, size=FACE_SIZE)
-            except Exception as exc:
-                found.append(rows.error_row(base, "align_error", str(exc), face_index=index))
-                continue
-            found.append(dict(rows.face_row(base, index, face, matrix), face=aligned.tobytes()))
-        return found
+            detected = exc
+
+        def align(face) -> tuple[np.ndarray, dict]:
+            aligned, matrix = align_face(image, face.landmarks, size=FACE_SIZE)
+            return matrix, {"face": aligned.tobytes()}
+
+        return rows.detected_faces(base, detected, self.cfg.faces, align)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         out = []
